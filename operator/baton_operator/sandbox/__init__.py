@@ -1,0 +1,1 @@
+"""Local Kubernetes sandbox: real control plane binaries plus kwok-simulated GPU node pools."""

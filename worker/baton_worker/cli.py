@@ -1,0 +1,65 @@
+"""The `baton` command: a thin dispatcher.
+
+Each subcommand lives in its own module exposing ``main(argv) -> int`` and is imported
+only when used, so `baton operator` never imports torch and the operator image stays small.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "up": ("baton_worker.local_stack", "run the disaggregated stack locally: router + prefill + decode workers"),
+    "worker": ("baton_worker.server.main", "run a prefill or decode worker (--role prefill|decode)"),
+    "router": ("baton_worker.router.main", "run the OpenAI-compatible router"),
+    "operator": ("baton_operator.main", "run the InferencePool operator (kopf)"),
+    "sandbox": ("baton_operator.sandbox.cli", "local Kubernetes control plane with simulated GPU pools"),
+}
+BENCHES: dict[str, tuple[str, str]] = {
+    "kv": ("baton_worker.bench.kv", "KV transfer bandwidth between two processes (nixl, grpc, memcpy)"),
+    "decode": ("baton_worker.bench.decode", "prefill and decode tokens/s of the engine"),
+    "serve": ("baton_worker.bench.serve", "TTFT, ITL and goodput: disaggregated vs colocated"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: baton <command> [options]", "", "commands:"]
+    lines += [f"  {name:<10} {desc}" for name, (_, desc) in COMMANDS.items()]
+    lines += ["  bench      benchmarks, JSON with --json:"]
+    lines += [f"    {name:<8} {desc}" for name, (_, desc) in BENCHES.items()]
+    return "\n".join(lines)
+
+
+def _run(module: str, argv: list[str]) -> int:
+    mod = importlib.import_module(module)
+    return int(mod.main(argv) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `baton` console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    cmd, rest = args[0], args[1:]
+    if cmd in ("--version", "version"):
+        from baton_worker import __version__
+
+        print(f"baton {__version__}")
+        return 0
+    if cmd == "bench":
+        if not rest or rest[0] not in BENCHES:
+            print(_usage(), file=sys.stderr)
+            print(f"\nbaton bench: expected one of {', '.join(BENCHES)}", file=sys.stderr)
+            return 2
+        return _run(BENCHES[rest[0]][0], rest[1:])
+    if cmd not in COMMANDS:
+        print(f"baton: unknown command {cmd!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    return _run(COMMANDS[cmd][0], rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

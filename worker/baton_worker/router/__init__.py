@@ -1,0 +1,1 @@
+"""baton_worker.router"""
