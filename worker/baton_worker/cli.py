@@ -11,7 +11,10 @@ import sys
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "up": ("baton_worker.local_stack", "run the disaggregated stack locally: router + prefill + decode workers"),
+    "up": (
+        "baton_worker.local_stack",
+        "run the disaggregated stack locally: router + prefill + decode workers",
+    ),
     "worker": ("baton_worker.server.main", "run a prefill or decode worker (--role prefill|decode)"),
     "router": ("baton_worker.router.main", "run the OpenAI-compatible router"),
     "operator": ("baton_operator.main", "run the InferencePool operator (kopf)"),
@@ -21,6 +24,11 @@ BENCHES: dict[str, tuple[str, str]] = {
     "kv": ("baton_worker.bench.kv", "KV transfer bandwidth between two processes (nixl, grpc, memcpy)"),
     "decode": ("baton_worker.bench.decode", "prefill and decode tokens/s of the engine"),
     "serve": ("baton_worker.bench.serve", "TTFT, ITL and goodput: disaggregated vs colocated"),
+    "operator": (
+        "baton_operator.bench",
+        "InferencePools to Ready on the sandbox, API writes on a no-op resync",
+    ),
+    "autoscale": ("baton_operator.autoscaling.bench", "reaction time from a queue spike to new replicas"),
 }
 
 

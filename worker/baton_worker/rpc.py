@@ -12,6 +12,7 @@ import hashlib
 import importlib
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -37,32 +38,39 @@ def proto_path() -> Path:
 
 
 def _generate(proto: Path) -> None:
-    try:
-        from grpc_tools import protoc
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ImportError("grpcio-tools is needed to build the gRPC stubs: pip install 'baton[worker]'") from exc
     digest = hashlib.sha256(proto.read_bytes()).hexdigest()
     stamp = _OUT_DIR / "SOURCE_SHA256"
     if stamp.is_file() and stamp.read_text().strip() == digest:
         return
     tmp = Path(tempfile.mkdtemp(prefix="baton-proto-", dir=_PKG_DIR))
     try:
-        include = Path(protoc.__file__).parent / "_proto"
-        rc = protoc.main(
-            [
-                "grpc_tools.protoc",
-                f"-I{proto.parent}",
-                f"-I{include}",
-                f"--python_out={tmp}",
-                f"--grpc_python_out={tmp}",
-                str(proto),
-            ]
+        # protoc runs in a child process: grpc_tools bundles its own libprotobuf/absl, which
+        # crash when loaded into a process that already holds NIXL's copies.
+        script = (
+            "import sys; from pathlib import Path; from grpc_tools import protoc; "
+            "inc = str(Path(protoc.__file__).parent / '_proto'); "
+            "sys.exit(protoc.main(['grpc_tools.protoc', '-I' + sys.argv[1], '-I' + inc, "
+            "'--python_out=' + sys.argv[2], '--grpc_python_out=' + sys.argv[2], sys.argv[3]]))"
         )
-        if rc != 0:
-            raise RuntimeError(f"protoc failed on {proto} (exit {rc})")
+        proc = subprocess.run(
+            [sys.executable, "-c", script, str(proto.parent), str(tmp), str(proto)],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            hint = (
+                "; is grpcio-tools installed (pip install 'baton[worker]')?"
+                if "grpc_tools" in proc.stderr
+                else ""
+            )
+            raise RuntimeError(
+                f"protoc failed on {proto} (exit {proc.returncode}): {proc.stderr.strip()}{hint}"
+            )
         # grpc_tools writes `import baton_pb2`; make it package-relative.
         grpc_file = tmp / "baton_pb2_grpc.py"
-        grpc_file.write_text(grpc_file.read_text().replace("import baton_pb2 as", "from . import baton_pb2 as"))
+        grpc_file.write_text(
+            grpc_file.read_text().replace("import baton_pb2 as", "from . import baton_pb2 as")
+        )
         (tmp / "__init__.py").write_text("")
         (tmp / "SOURCE_SHA256").write_text(digest + "\n")
         if _OUT_DIR.exists():
