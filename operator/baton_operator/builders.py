@@ -1,0 +1,455 @@
+"""Pure builders: an InferencePool's parsed spec -> the manifest dicts of every child.
+
+Each function returns the full object the operator server-side applies (field manager
+``baton-operator``); nothing here talks to the API. Quantities are strings because the API server
+returns them as strings, and a no-op resync compares desired with live objects field by field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from baton_operator.spec import API_VERSION, KIND, Pool, RoleSpec
+
+MANAGED_BY = "baton-operator"
+WORKER_GRPC_PORT = 50051
+WORKER_METRICS_PORT = 8081
+CONFIG_MOUNT = "/etc/baton"
+CONFIG_FILE = "config.json"
+SHM_SIZE = "16Gi"
+# Long enough for a decode pod to finish its running sequences after readiness drops.
+GRACE_SECONDS = {"prefill": 120, "decode": 600, "router": 60}
+ROUTER_RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
+CONFIG_HASH_ANNOTATION = "baton.dev/config-hash"
+# Metadata keys that belong to tools, never copied onto children.
+FOREIGN_ANNOTATION_PREFIXES = ("kopf.zalando.org/", "kubectl.kubernetes.io/")
+
+
+def child_name(pool: Pool, role: str) -> str:
+    """Name of the workload and Service of ``role`` (prefill, decode, router)."""
+    return f"{pool.name}-{role}"
+
+
+def config_map_name(pool: Pool) -> str:
+    return f"{pool.name}-config"
+
+
+def router_service_account_name(pool: Pool) -> str:
+    return f"{pool.name}-router"
+
+
+def selector_labels(pool: Pool, role: str) -> dict[str, str]:
+    """Labels that select one role's pods; immutable in a workload's selector, so never change them."""
+    return {
+        "app.kubernetes.io/name": "baton",
+        "app.kubernetes.io/instance": pool.name,
+        "baton.dev/pool": pool.name,
+        "baton.dev/role": role,
+    }
+
+
+def labels(pool: Pool, role: str) -> dict[str, str]:
+    """The architecture's labels, on every child and pod."""
+    return {**selector_labels(pool, role), "app.kubernetes.io/managed-by": MANAGED_BY}
+
+
+def pool_labels(pool: Pool) -> dict[str, str]:
+    """Labels of children that belong to the whole pool (the ConfigMap); role is `pool`."""
+    return labels(pool, "pool")
+
+
+def strip_foreign_annotations(annotations: dict[str, str] | None) -> dict[str, str]:
+    """Drop kopf's and kubectl's bookkeeping annotations before copying metadata to a child."""
+    return {
+        key: value
+        for key, value in (annotations or {}).items()
+        if not key.startswith(FOREIGN_ANNOTATION_PREFIXES)
+    }
+
+
+def owner_reference(pool: Pool) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": pool.name,
+        "uid": pool.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(pool: Pool, name: str, object_labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": pool.namespace,
+        "labels": object_labels,
+        "ownerReferences": [owner_reference(pool)],
+    }
+
+
+def worker_config(pool: Pool) -> dict[str, Any]:
+    """The worker configuration both roles read (mounted from the ConfigMap at /etc/baton)."""
+    spec = pool.spec
+    return {
+        "pool": pool.name,
+        "model": {
+            "name": spec.model.name,
+            "source": spec.model.source,
+            "dtype": spec.model.dtype,
+            "maxModelLen": spec.model.max_model_len,
+        },
+        "kvTransfer": {"backend": spec.kv_transfer.backend, "rdmaResource": spec.kv_transfer.rdma_resource},
+        "roles": {
+            role.role: {"tensorParallelSize": role.tensor_parallel_size, "maxBatchSize": role.max_batch_size}
+            for role in (spec.prefill, spec.decode)
+        },
+        "services": {
+            "prefill": child_name(pool, "prefill"),
+            "decode": child_name(pool, "decode"),
+            "router": child_name(pool, "router"),
+            "namespace": pool.namespace,
+        },
+    }
+
+
+def _config_text(pool: Pool) -> str:
+    return json.dumps(worker_config(pool), indent=2, sort_keys=True) + "\n"
+
+
+def config_hash(pool: Pool) -> str:
+    """Short hash of the ConfigMap's content, stamped on pod templates so a config change rolls pods."""
+    return hashlib.sha256(_config_text(pool).encode()).hexdigest()[:16]
+
+
+def build_config_map(pool: Pool) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(pool, config_map_name(pool), pool_labels(pool)),
+        "data": {CONFIG_FILE: _config_text(pool)},
+    }
+
+
+def worker_command(pool: Pool, role: RoleSpec) -> list[str]:
+    """The worker's command line; the role is on it so `ps` tells prefill and decode apart."""
+    spec = pool.spec
+    return [
+        "baton",
+        "worker",
+        "--role",
+        role.role,
+        "--model",
+        spec.model.source,
+        "--served-model-name",
+        spec.model.name,
+        "--dtype",
+        spec.model.dtype,
+        "--max-model-len",
+        str(spec.model.max_model_len),
+        "--tensor-parallel-size",
+        str(role.tensor_parallel_size),
+        "--max-batch-size",
+        str(role.max_batch_size),
+        "--kv-backend",
+        spec.kv_transfer.backend,
+        "--device",
+        "cuda",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(WORKER_GRPC_PORT),
+        "--metrics-port",
+        str(WORKER_METRICS_PORT),
+    ]
+
+
+def _worker_resources(pool: Pool, role: RoleSpec) -> dict[str, Any]:
+    """User's extra requests/limits, plus the GPUs (= tensorParallelSize) and the RDMA device."""
+    requests = {k: str(v) for k, v in (role.resources.get("requests") or {}).items()}
+    limits = {k: str(v) for k, v in (role.resources.get("limits") or {}).items()}
+    # Extended resources must have requests == limits; the GPU count is not the user's to override.
+    extended = {"nvidia.com/gpu": str(role.tensor_parallel_size)}
+    if pool.spec.kv_transfer.rdma_resource:
+        extended[pool.spec.kv_transfer.rdma_resource] = "1"
+    requests.update(extended)
+    limits.update(extended)
+    return {"requests": requests, "limits": limits}
+
+
+def _volumes(pool: Pool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    volumes: list[dict[str, Any]] = [
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}},
+        {"name": "config", "configMap": {"name": config_map_name(pool)}},
+        {"name": "model-cache", "emptyDir": {}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+        {"name": "model-cache", "mountPath": "/var/cache/baton"},
+    ]
+    source = pool.spec.model.source
+    if source.startswith("pvc://"):
+        claim = source[len("pvc://") :].split("/", 1)[0]
+        volumes.append({"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        mounts.append({"name": "model", "mountPath": f"/models/{claim}", "readOnly": True})
+    return volumes, mounts
+
+
+def _env(pool: Pool, role: str) -> list[dict[str, Any]]:
+    def field_ref(path: str) -> dict[str, Any]:
+        return {"valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}}
+
+    return [
+        {"name": "POD_NAME", **field_ref("metadata.name")},
+        {"name": "POD_NAMESPACE", **field_ref("metadata.namespace")},
+        {"name": "POD_IP", **field_ref("status.podIP")},
+        {"name": "BATON_POOL", "value": pool.name},
+        {"name": "BATON_ROLE", "value": role},
+        {"name": "BATON_CONFIG", "value": f"{CONFIG_MOUNT}/{CONFIG_FILE}"},
+    ]
+
+
+def _probe(path: str, port: str, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": port},
+        "periodSeconds": period,
+        "timeoutSeconds": 3,
+        "failureThreshold": failures,
+    }
+
+
+def _spread(pool: Pool, role: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": selector_labels(pool, role)},
+        }
+    ]
+
+
+def worker_pod_template(pool: Pool, role: RoleSpec) -> dict[str, Any]:
+    """Pod template of a prefill or decode worker: GPUs, GPU-type node selector, probes, drain."""
+    volumes, mounts = _volumes(pool)
+    security: dict[str, Any] = {"allowPrivilegeEscalation": False}
+    if pool.spec.kv_transfer.rdma_resource:
+        # Registering memory with an RDMA NIC pins pages.
+        security["capabilities"] = {"add": ["IPC_LOCK"]}
+    container: dict[str, Any] = {
+        "name": "worker",
+        "image": pool.spec.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": worker_command(pool, role),
+        "ports": [
+            {"name": "grpc", "containerPort": WORKER_GRPC_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": WORKER_METRICS_PORT, "protocol": "TCP"},
+        ],
+        "env": _env(pool, role.role),
+        "resources": _worker_resources(pool, role),
+        "volumeMounts": mounts,
+        # Model loading can take many minutes; liveness only starts once the worker is up.
+        "startupProbe": _probe("/health", "metrics", 10, 180),
+        "readinessProbe": _probe("/health", "metrics", 5, 3),
+        "livenessProbe": _probe("/health", "metrics", 10, 6),
+        # /drain turns readiness off and returns once running sequences finish (or the grace ends).
+        "lifecycle": {"preStop": {"httpGet": {"path": "/drain", "port": "metrics"}}},
+        "securityContext": security,
+    }
+    # The user's selector wins on a key they set themselves (e.g. a more specific product string).
+    node_selector = {"nvidia.com/gpu.product": role.gpu_product, **role.node_selector}
+    tolerations = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    tolerations += [t for t in role.tolerations if t not in tolerations]
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "nodeSelector": node_selector,
+        "tolerations": tolerations,
+        "topologySpreadConstraints": _spread(pool, role.role),
+        "terminationGracePeriodSeconds": GRACE_SECONDS[role.role],
+        "automountServiceAccountToken": False,
+        "volumes": volumes,
+    }
+    if role.affinity:
+        pod_spec["affinity"] = role.affinity
+    return {
+        "metadata": {
+            "labels": labels(pool, role.role),
+            "annotations": {CONFIG_HASH_ANNOTATION: config_hash(pool)},
+        },
+        "spec": pod_spec,
+    }
+
+
+def _replicas(role: RoleSpec) -> dict[str, Any]:
+    # With autoscaling on, spec.replicas belongs to the field manager baton-autoscaler: omit it.
+    return {} if role.autoscaling.enabled else {"replicas": role.replicas}
+
+
+def build_prefill_statefulset(pool: Pool) -> dict[str, Any]:
+    """Prefill StatefulSet: stable identities behind the headless Service, pods started in parallel."""
+    role = pool.spec.prefill
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _metadata(pool, child_name(pool, "prefill"), labels(pool, "prefill")),
+        "spec": {
+            **_replicas(role),
+            "serviceName": child_name(pool, "prefill"),
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": selector_labels(pool, "prefill")},
+            "updateStrategy": {"type": "RollingUpdate"},
+            "template": worker_pod_template(pool, role),
+        },
+    }
+
+
+def build_decode_deployment(pool: Pool) -> dict[str, Any]:
+    """Decode Deployment: interchangeable pods; surge first so capacity never drops in a rollout."""
+    role = pool.spec.decode
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(pool, child_name(pool, "decode"), labels(pool, "decode")),
+        "spec": {
+            **_replicas(role),
+            "selector": {"matchLabels": selector_labels(pool, "decode")},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": worker_pod_template(pool, role),
+        },
+    }
+
+
+def router_command(pool: Pool) -> list[str]:
+    """Router command line: it discovers workers through the role Services' EndpointSlices."""
+    return [
+        "baton",
+        "router",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(pool.spec.router.port),
+        "--prefill-service",
+        child_name(pool, "prefill"),
+        "--decode-service",
+        child_name(pool, "decode"),
+        "--namespace",
+        pool.namespace,
+        "--served-model-name",
+        pool.spec.model.name,
+    ]
+
+
+def build_router_deployment(pool: Pool) -> dict[str, Any]:
+    router = pool.spec.router
+    container = {
+        "name": "router",
+        "image": pool.spec.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": router_command(pool),
+        "ports": [{"name": "http", "containerPort": router.port, "protocol": "TCP"}],
+        "env": _env(pool, "router"),
+        "resources": ROUTER_RESOURCES,
+        "readinessProbe": _probe("/health", "http", 5, 3),
+        "livenessProbe": _probe("/health", "http", 10, 6),
+        "securityContext": {"allowPrivilegeEscalation": False},
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(pool, child_name(pool, "router"), labels(pool, "router")),
+        "spec": {
+            "replicas": router.replicas,
+            "selector": {"matchLabels": selector_labels(pool, "router")},
+            "template": {
+                "metadata": {"labels": labels(pool, "router")},
+                "spec": {
+                    "serviceAccountName": router_service_account_name(pool),
+                    "containers": [container],
+                    "terminationGracePeriodSeconds": GRACE_SECONDS["router"],
+                    "topologySpreadConstraints": _spread(pool, "router"),
+                },
+            },
+        },
+    }
+
+
+def _port(name: str, port: int, target: str) -> dict[str, Any]:
+    return {"name": name, "port": port, "targetPort": target, "protocol": "TCP"}
+
+
+def build_service(pool: Pool, role: str) -> dict[str, Any]:
+    """Service of a role. Prefill's is headless (StatefulSet identities); the router's is the endpoint."""
+    spec: dict[str, Any] = {"selector": selector_labels(pool, role)}
+    if role == "router":
+        spec["type"] = pool.spec.router.service_type
+        spec["ports"] = [_port("http", pool.spec.router.port, "http")]
+    else:
+        spec["ports"] = [
+            _port("grpc", WORKER_GRPC_PORT, "grpc"),
+            _port("metrics", WORKER_METRICS_PORT, "metrics"),
+        ]
+        if role == "prefill":
+            spec["clusterIP"] = "None"
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(pool, child_name(pool, role), labels(pool, role)),
+        "spec": spec,
+    }
+
+
+def build_pdb(pool: Pool, role: str) -> dict[str, Any]:
+    """At most one pod of a role voluntarily evicted at a time (node drains, upgrades)."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(pool, child_name(pool, role), labels(pool, role)),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(pool, role)}},
+    }
+
+
+def build_router_rbac(pool: Pool) -> list[dict[str, Any]]:
+    """ServiceAccount, Role and RoleBinding letting the router read its pool's EndpointSlices."""
+    name = router_service_account_name(pool)
+    meta = _metadata(pool, name, labels(pool, "router"))
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": meta,
+            "rules": [
+                {
+                    "apiGroups": ["discovery.k8s.io"],
+                    "resources": ["endpointslices"],
+                    "verbs": ["get", "list", "watch"],
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": meta,
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": pool.namespace}],
+        },
+    ]
+
+
+def build_children(pool: Pool) -> list[dict[str, Any]]:
+    """Every child of a pool, in apply order (config and identities before the pods that use them)."""
+    return [
+        build_config_map(pool),
+        *build_router_rbac(pool),
+        build_service(pool, "prefill"),
+        build_service(pool, "decode"),
+        build_service(pool, "router"),
+        build_prefill_statefulset(pool),
+        build_decode_deployment(pool),
+        build_router_deployment(pool),
+        build_pdb(pool, "prefill"),
+        build_pdb(pool, "decode"),
+        build_pdb(pool, "router"),
+    ]

@@ -1,0 +1,294 @@
+"""Typed view of an InferencePool: parse the object's dict once, with the CRD's defaults.
+
+The API server applies the CRD's defaults and validation before the operator sees an object, but
+the operator must never crash on a malformed or older object, so parsing re-applies the same
+defaults and raises :class:`SpecError` naming the field when something is wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+GROUP = "baton.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "InferencePool"
+PLURAL = "inferencepools"
+
+# GPU Feature Discovery's `nvidia.com/gpu.product` value for each `gpu.type`.
+GPU_PRODUCTS: dict[str, str] = {
+    "H100": "NVIDIA-H100-80GB-HBM3",
+    "H200": "NVIDIA-H200",
+    "A100": "NVIDIA-A100-SXM4-80GB",
+    "A100-40GB": "NVIDIA-A100-SXM4-40GB",
+    "L40S": "NVIDIA-L40S",
+    "L4": "NVIDIA-L4",
+    "A10G": "NVIDIA-A10G",
+    "B200": "NVIDIA-B200",
+}
+TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
+DTYPES = ("bfloat16", "float16", "float32", "auto")
+KV_BACKENDS = ("auto", "nixl", "grpc")
+SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
+AUTOSCALING_MODES = ("builtin", "keda")
+ROLES = ("prefill", "decode")
+MAX_POOL_NAME = 40  # children are named <pool>-prefill etc.; pod names must stay under 63 chars
+
+
+class SpecError(ValueError):
+    """A permanent problem with an InferencePool's spec; ``field`` is its path, e.g. spec.prefill.gpu.type."""
+
+    def __init__(self, field_path: str, message: str) -> None:
+        super().__init__(f"{field_path}: {message}")
+        self.field = field_path
+        self.message = message
+
+
+@dataclass(frozen=True)
+class RoleAutoscaling:
+    enabled: bool = False
+    min_replicas: int = 1
+    max_replicas: int = 8
+    target_queue_depth: float = 4.0
+    scale_up_stabilization_seconds: int = 0
+    scale_down_stabilization_seconds: int = 300
+    tolerance: float = 0.1
+    max_scale_step: int = 4
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    role: str
+    replicas: int
+    tensor_parallel_size: int
+    max_batch_size: int
+    gpu_type: str
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = field(default_factory=list)
+    affinity: dict[str, Any] = field(default_factory=dict)
+    resources: dict[str, Any] = field(default_factory=dict)
+    autoscaling: RoleAutoscaling = field(default_factory=RoleAutoscaling)
+
+    @property
+    def gpu_product(self) -> str:
+        return GPU_PRODUCTS[self.gpu_type]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    source: str
+    dtype: str = "bfloat16"
+    max_model_len: int = 8192
+
+
+@dataclass(frozen=True)
+class RouterSpec:
+    replicas: int = 1
+    service_type: str = "ClusterIP"
+    port: int = 8000
+
+
+@dataclass(frozen=True)
+class KvTransferSpec:
+    backend: str = "auto"
+    rdma_resource: str = ""
+
+
+@dataclass(frozen=True)
+class PoolAutoscaling:
+    mode: str = "builtin"
+    metrics_url: str = ""
+    interval_seconds: int = 5
+    prometheus_url: str = ""
+    prometheus_query: str = ""
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    model: ModelSpec
+    image: str
+    prefill: RoleSpec
+    decode: RoleSpec
+    router: RouterSpec
+    kv_transfer: KvTransferSpec
+    autoscaling: PoolAutoscaling
+
+    def role(self, name: str) -> RoleSpec:
+        return self.prefill if name == "prefill" else self.decode
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Identity of an InferencePool object plus its parsed spec."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+    spec: PoolSpec
+
+
+ROLE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "prefill": {"replicas": 1, "tensorParallelSize": 1, "maxBatchSize": 1, "gpu": "H100"},
+    "decode": {"replicas": 1, "tensorParallelSize": 1, "maxBatchSize": 64, "gpu": "A100"},
+}
+
+
+def _obj(raw: Any, path: str) -> Mapping[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise SpecError(path, f"must be an object, got {type(raw).__name__}")
+    return raw
+
+
+def _int(raw: Mapping[str, Any], key: str, path: str, default: int, minimum: int | None = None) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(f"{path}.{key}", f"must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise SpecError(f"{path}.{key}", f"must be >= {minimum}, got {value}")
+    return value
+
+
+def _num(raw: Mapping[str, Any], key: str, path: str, default: float, minimum: float = 0.0) -> float:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SpecError(f"{path}.{key}", f"must be a number, got {value!r}")
+    if value < minimum:
+        raise SpecError(f"{path}.{key}", f"must be >= {minimum}, got {value}")
+    return float(value)
+
+
+def _str(raw: Mapping[str, Any], key: str, path: str, default: str, choices: tuple[str, ...] = ()) -> str:
+    value = raw.get(key, default)
+    if not isinstance(value, str):
+        raise SpecError(f"{path}.{key}", f"must be a string, got {value!r}")
+    if choices and value not in choices:
+        raise SpecError(f"{path}.{key}", f"must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+def _role_autoscaling(raw: Any, path: str) -> RoleAutoscaling:
+    obj = _obj(raw, path)
+    result = RoleAutoscaling(
+        enabled=bool(obj.get("enabled", False)),
+        min_replicas=_int(obj, "minReplicas", path, 1, minimum=0),
+        max_replicas=_int(obj, "maxReplicas", path, 8, minimum=1),
+        target_queue_depth=_num(obj, "targetQueueDepth", path, 4.0),
+        scale_up_stabilization_seconds=_int(obj, "scaleUpStabilizationSeconds", path, 0, minimum=0),
+        scale_down_stabilization_seconds=_int(obj, "scaleDownStabilizationSeconds", path, 300, minimum=0),
+        tolerance=_num(obj, "tolerance", path, 0.1),
+        max_scale_step=_int(obj, "maxScaleStep", path, 4, minimum=1),
+    )
+    if result.min_replicas > result.max_replicas:
+        raise SpecError(
+            f"{path}.minReplicas",
+            f"must be <= maxReplicas ({result.min_replicas} > {result.max_replicas})",
+        )
+    if result.target_queue_depth <= 0:
+        raise SpecError(f"{path}.targetQueueDepth", "must be > 0")
+    return result
+
+
+def _role(raw: Any, role: str) -> RoleSpec:
+    path = f"spec.{role}"
+    obj = _obj(raw, path)
+    defaults = ROLE_DEFAULTS[role]
+    tp = _int(obj, "tensorParallelSize", path, defaults["tensorParallelSize"])
+    if tp not in TENSOR_PARALLEL_SIZES:
+        raise SpecError(f"{path}.tensorParallelSize", f"must be 1, 2, 4 or 8; got {tp}")
+    gpu = _obj(obj.get("gpu"), f"{path}.gpu")
+    gpu_type = _str(gpu, "type", f"{path}.gpu", defaults["gpu"], tuple(GPU_PRODUCTS))
+    node_selector = dict(_obj(obj.get("nodeSelector"), f"{path}.nodeSelector"))
+    for key, value in node_selector.items():
+        if not isinstance(value, str):
+            raise SpecError(f"{path}.nodeSelector.{key}", "must be a string")
+    tolerations = obj.get("tolerations") or []
+    if not isinstance(tolerations, list) or not all(isinstance(t, Mapping) for t in tolerations):
+        raise SpecError(f"{path}.tolerations", "must be a list of objects")
+    return RoleSpec(
+        role=role,
+        replicas=_int(obj, "replicas", path, defaults["replicas"], minimum=0),
+        tensor_parallel_size=tp,
+        max_batch_size=_int(obj, "maxBatchSize", path, defaults["maxBatchSize"], minimum=1),
+        gpu_type=gpu_type,
+        node_selector=node_selector,
+        tolerations=[dict(t) for t in tolerations],
+        affinity=dict(_obj(obj.get("affinity"), f"{path}.affinity")),
+        resources=dict(_obj(obj.get("resources"), f"{path}.resources")),
+        autoscaling=_role_autoscaling(obj.get("autoscaling"), f"{path}.autoscaling"),
+    )
+
+
+def parse_spec(raw: Any, pool_name: str, default_image: str) -> PoolSpec:
+    """Parse ``spec`` of an InferencePool, applying the CRD's defaults.
+
+    Raises SpecError naming the offending field; never returns a half-parsed spec.
+    """
+    spec = _obj(raw, "spec")
+    if "model" not in spec:
+        raise SpecError("spec.model", "is required")
+    model = _obj(spec["model"], "spec.model")
+    source = _str(model, "source", "spec.model", "")
+    if not source:
+        raise SpecError("spec.model.source", "is required (hf://, pvc://, file:// or builtin://)")
+    if not source.startswith(("hf://", "pvc://", "file://", "builtin://")):
+        raise SpecError(
+            "spec.model.source", f"must start with hf://, pvc://, file:// or builtin://; got {source!r}"
+        )
+    router = _obj(spec.get("router"), "spec.router")
+    service = _obj(router.get("service"), "spec.router.service")
+    kv = _obj(spec.get("kvTransfer"), "spec.kvTransfer")
+    auto = _obj(spec.get("autoscaling"), "spec.autoscaling")
+    prom = _obj(auto.get("prometheus"), "spec.autoscaling.prometheus")
+    port = _int(service, "port", "spec.router.service", 8000, minimum=1)
+    if port > 65535:
+        raise SpecError("spec.router.service.port", f"must be <= 65535, got {port}")
+    return PoolSpec(
+        model=ModelSpec(
+            name=_str(model, "name", "spec.model", "") or pool_name,
+            source=source,
+            dtype=_str(model, "dtype", "spec.model", "bfloat16", DTYPES),
+            max_model_len=_int(model, "maxModelLen", "spec.model", 8192, minimum=1),
+        ),
+        image=_str(spec, "image", "spec", "") or default_image,
+        prefill=_role(spec.get("prefill"), "prefill"),
+        decode=_role(spec.get("decode"), "decode"),
+        router=RouterSpec(
+            replicas=_int(router, "replicas", "spec.router", 1, minimum=0),
+            service_type=_str(service, "type", "spec.router.service", "ClusterIP", SERVICE_TYPES),
+            port=port,
+        ),
+        kv_transfer=KvTransferSpec(
+            backend=_str(kv, "backend", "spec.kvTransfer", "auto", KV_BACKENDS),
+            rdma_resource=_str(kv, "rdmaResource", "spec.kvTransfer", ""),
+        ),
+        autoscaling=PoolAutoscaling(
+            mode=_str(auto, "mode", "spec.autoscaling", "builtin", AUTOSCALING_MODES),
+            metrics_url=_str(auto, "metricsUrl", "spec.autoscaling", ""),
+            interval_seconds=_int(auto, "intervalSeconds", "spec.autoscaling", 5, minimum=1),
+            prometheus_url=_str(prom, "url", "spec.autoscaling.prometheus", ""),
+            prometheus_query=_str(prom, "query", "spec.autoscaling.prometheus", ""),
+        ),
+    )
+
+
+def parse_pool(body: Mapping[str, Any], default_image: str) -> Pool:
+    """Parse a whole InferencePool object (metadata + spec). Raises SpecError on bad input."""
+    meta = _obj(body.get("metadata"), "metadata")
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        raise SpecError("metadata.name", "is required")
+    if len(name) > MAX_POOL_NAME:
+        raise SpecError("metadata.name", f"must be at most {MAX_POOL_NAME} characters, got {len(name)}")
+    return Pool(
+        name=name,
+        namespace=str(meta.get("namespace") or "default"),
+        uid=str(meta.get("uid") or ""),
+        generation=int(meta.get("generation") or 0),
+        spec=parse_spec(body.get("spec"), name, default_image),
+    )

@@ -1,0 +1,258 @@
+"""Pure status: what the operator observed of a pool's children -> the pool's status and conditions.
+
+The operator owns observedGeneration, conditions, endpoint, <role>.replicas/readyReplicas/summary,
+router, and <role>.desiredReplicas while that role's autoscaling is off (docs/internals.md). The
+autoscaler owns the rest of each role's block and status.autoscaling; this module only reads those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from baton_operator.spec import Pool
+
+CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "ScalingActive")
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Live state of a pool's children as read from the API (plain dicts, None when absent)."""
+
+    prefill: Mapping[str, Any] | None = None  # the StatefulSet
+    decode: Mapping[str, Any] | None = None  # the Deployment
+    router: Mapping[str, Any] | None = None  # the Deployment
+    router_service: Mapping[str, Any] | None = None
+    pods: Sequence[Mapping[str, Any]] = field(default_factory=list)
+    # A permanent problem (bad spec) or the last failed apply, already phrased for a user.
+    error: str = ""
+    error_reason: str = ""
+
+
+@dataclass(frozen=True)
+class RoleView:
+    name: str
+    desired: int
+    replicas: int
+    ready: int
+    updated: int
+    current: bool  # the controller has seen the latest generation of the workload
+    exists: bool
+
+
+def _get(obj: Mapping[str, Any] | None, *path: str, default: Any = None) -> Any:
+    cur: Any = obj
+    for key in path:
+        if not isinstance(cur, Mapping):
+            return default
+        cur = cur.get(key)
+    return default if cur is None else cur
+
+
+def _role_view(name: str, workload: Mapping[str, Any] | None, spec_desired: int | None) -> RoleView:
+    if workload is None:
+        return RoleView(name, spec_desired or 0, 0, 0, 0, False, False)
+    live_desired = _get(workload, "spec", "replicas", default=1)
+    desired = live_desired if spec_desired is None else spec_desired
+    generation = _get(workload, "metadata", "generation", default=0)
+    seen = _get(workload, "status", "observedGeneration", default=0)
+    return RoleView(
+        name=name,
+        desired=int(desired),
+        replicas=int(_get(workload, "status", "replicas", default=0)),
+        ready=int(_get(workload, "status", "readyReplicas", default=0)),
+        updated=int(_get(workload, "status", "updatedReplicas", default=0)),
+        current=seen >= generation,
+        exists=True,
+    )
+
+
+def unschedulable_reasons(pods: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """role -> the scheduler's message for that role's first unschedulable pod (PodScheduled=False)."""
+    found: dict[str, str] = {}
+    for pod in sorted(pods, key=lambda p: str(_get(p, "metadata", "name", default=""))):
+        role = _get(pod, "metadata", "labels", "baton.dev/role", default="")
+        if not role or role in found or _get(pod, "metadata", "deletionTimestamp"):
+            continue
+        for cond in _get(pod, "status", "conditions", default=[]) or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                found[role] = str(cond.get("message") or cond.get("reason") or "Unschedulable").strip()
+    return found
+
+
+def crashing_pods(pods: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Names of pods with a container stuck in CrashLoopBackOff, image pull errors and the like."""
+    bad = {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError"}
+    names = []
+    for pod in pods:
+        for cs in _get(pod, "status", "containerStatuses", default=[]) or []:
+            if _get(cs, "state", "waiting", "reason") in bad:
+                names.append(f"{_get(pod, 'metadata', 'name')} ({cs['state']['waiting']['reason']})")
+                break
+    return sorted(names)
+
+
+def endpoint(pool: Pool, service: Mapping[str, Any] | None) -> str:
+    """The router's URL: the load balancer's address once it has one, else the in-cluster DNS name."""
+    port = pool.spec.router.port
+    for ingress in _get(service, "status", "loadBalancer", "ingress", default=[]) or []:
+        host = ingress.get("ip") or ingress.get("hostname")
+        if host:
+            return f"http://{host}:{port}"
+    return f"http://{pool.name}-router.{pool.namespace}.svc:{port}"
+
+
+def _condition(
+    ctype: str,
+    ok: bool,
+    reason: str,
+    message: str,
+    pool: Pool,
+    previous: Mapping[str, Mapping[str, Any]],
+    now: str,
+) -> dict[str, Any]:
+    status = "True" if ok else "False"
+    prev = previous.get(ctype)
+    # lastTransitionTime moves only when the status flips.
+    since = prev.get("lastTransitionTime") if prev and prev.get("status") == status else None
+    return {
+        "type": ctype,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since or now,
+        "observedGeneration": pool.generation,
+    }
+
+
+def _scaling_condition(
+    pool: Pool, autoscaling_status: Mapping[str, Any], previous: Mapping[str, Mapping[str, Any]], now: str
+) -> dict[str, Any] | None:
+    roles = [r for r in ("prefill", "decode") if pool.spec.role(r).autoscaling.enabled]
+    if not roles:
+        return None
+    if pool.spec.autoscaling.mode == "keda":
+        return _condition(
+            "ScalingActive", True, "KedaManaged", f"KEDA scales {', '.join(roles)}", pool, previous, now
+        )
+    if not autoscaling_status:
+        return _condition(
+            "ScalingActive", False, "AwaitingMetrics", "no queue-depth sample yet", pool, previous, now
+        )
+    if autoscaling_status.get("metricsAvailable") is False:
+        message = str(autoscaling_status.get("message") or "queue-depth metrics unavailable; replicas held")
+        return _condition("ScalingActive", False, "MetricsUnavailable", message, pool, previous, now)
+    limited = str(autoscaling_status.get("limitedBy") or "")
+    if limited:
+        message = str(autoscaling_status.get("message") or f"scaling limited by {limited}")
+        return _condition("ScalingActive", True, "ScalingLimited", message, pool, previous, now)
+    message = str(autoscaling_status.get("message") or f"autoscaling {', '.join(roles)} on queue depth")
+    return _condition("ScalingActive", True, "MetricsAvailable", message, pool, previous, now)
+
+
+def compute_status(
+    pool: Pool, observed: Observed, previous_status: Mapping[str, Any] | None, now: str
+) -> dict[str, Any]:
+    """The operator's part of status.
+
+    Promises: conditions Ready/Progressing/Degraded always present (ScalingActive when a role
+    autoscales); lastTransitionTime carried over unless the status flipped; Ready False naming the
+    scheduler's reason when pods are unschedulable; the autoscaler's fields never included for an
+    autoscaled role. ``now`` is an RFC 3339 timestamp.
+    """
+    previous_status = previous_status or {}
+    previous = {c.get("type"): c for c in previous_status.get("conditions") or [] if isinstance(c, Mapping)}
+    views: dict[str, RoleView] = {}
+    roles_status: dict[str, dict[str, Any]] = {}
+    for name, workload in (("prefill", observed.prefill), ("decode", observed.decode)):
+        role = pool.spec.role(name)
+        auto = role.autoscaling.enabled
+        prev_desired = _get(previous_status, name, "desiredReplicas")
+        spec_desired = None if auto else role.replicas
+        if auto and workload is None and prev_desired is not None:
+            spec_desired = int(prev_desired)
+        view = _role_view(name, workload, spec_desired)
+        views[name] = view
+        block: dict[str, Any] = {
+            "replicas": view.replicas,
+            "readyReplicas": view.ready,
+            "summary": f"{view.ready}/{view.desired}",
+        }
+        if not auto:
+            block["desiredReplicas"] = view.desired
+        roles_status[name] = block
+    router = _role_view("router", observed.router, pool.spec.router.replicas)
+    views["router"] = router
+
+    unschedulable = unschedulable_reasons(observed.pods)
+    crashing = crashing_pods(observed.pods)
+    missing = [v.name for v in views.values() if not v.exists]
+    not_ready = [v for v in views.values() if v.ready < v.desired]
+    rolling = [v for v in views.values() if v.exists and (not v.current or v.updated < v.desired)]
+    progress = ", ".join(f"{v.name} {v.ready}/{v.desired} ready" for v in views.values())
+
+    if observed.error:
+        ready = (False, observed.error_reason or "ReconcileError", observed.error)
+    elif unschedulable:
+        text = "; ".join(f"{role} pods unschedulable: {msg}" for role, msg in sorted(unschedulable.items()))
+        ready = (False, "Unschedulable", text)
+    elif missing:
+        ready = (False, "Creating", f"creating {', '.join(missing)}")
+    elif not_ready or rolling:
+        ready = (False, "PodsNotReady", progress)
+    else:
+        ready = (True, "AllReplicasReady", progress)
+
+    if observed.error or missing:
+        progressing = (True, "Reconciling", observed.error or f"creating {', '.join(missing)}")
+    elif rolling:
+        progressing = (True, "RollingOut", "rolling out " + ", ".join(v.name for v in rolling))
+    elif not_ready:
+        progressing = (True, "ScalingUp", progress)
+    else:
+        progressing = (False, "Stable", "every role runs its desired replicas")
+
+    problems = []
+    if observed.error:
+        problems.append(observed.error)
+    problems += [f"{role} pods unschedulable: {msg}" for role, msg in sorted(unschedulable.items())]
+    if crashing:
+        problems.append("pods failing: " + ", ".join(crashing))
+    if problems:
+        reason = observed.error_reason or ("Unschedulable" if unschedulable else "PodsFailing")
+        degraded = (True, reason, "; ".join(problems))
+    else:
+        degraded = (False, "AsExpected", "no problems observed")
+
+    conditions = [
+        _condition("Ready", *ready, pool, previous, now),
+        _condition("Progressing", *progressing, pool, previous, now),
+        _condition("Degraded", *degraded, pool, previous, now),
+    ]
+    scaling = _scaling_condition(pool, previous_status.get("autoscaling") or {}, previous, now)
+    if scaling:
+        conditions.append(scaling)
+    return {
+        "observedGeneration": pool.generation,
+        "conditions": conditions,
+        "endpoint": endpoint(pool, observed.router_service),
+        "prefill": roles_status["prefill"],
+        "decode": roles_status["decode"],
+        "router": {"replicas": router.replicas, "readyReplicas": router.ready},
+    }
+
+
+def status_patch(desired: Mapping[str, Any], current: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The merge patch taking ``current`` status to ``desired`` (only differing keys); {} = no write."""
+    current = current or {}
+    patch: dict[str, Any] = {}
+    for key, value in desired.items():
+        cur = current.get(key)
+        if isinstance(value, Mapping) and isinstance(cur, Mapping):
+            sub = status_patch(value, cur)
+            if sub:
+                patch[key] = sub
+        elif value != cur:
+            patch[key] = value
+    return patch

@@ -1,0 +1,208 @@
+"""Builders: spec -> manifests. Pure; no cluster."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from baton_operator import builders
+from baton_operator.spec import Pool, parse_pool
+
+IMAGE = "example.org/baton-worker:test"
+LABEL_KEYS = {
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/managed-by",
+    "baton.dev/pool",
+    "baton.dev/role",
+}
+
+
+def make_pool(**spec_overrides) -> Pool:
+    spec = {
+        "model": {"name": "llama", "source": "hf://meta-llama/Llama-3.1-8B-Instruct"},
+        "prefill": {"replicas": 2, "tensorParallelSize": 8, "gpu": {"type": "H100"}},
+        "decode": {"replicas": 2, "gpu": {"type": "A100"}},
+    }
+    for key, value in spec_overrides.items():
+        spec[key] = value
+    body = {
+        "apiVersion": "baton.dev/v1alpha1",
+        "kind": "InferencePool",
+        "metadata": {"name": "demo", "namespace": "ml", "uid": "u-1", "generation": 3},
+        "spec": spec,
+    }
+    return parse_pool(body, IMAGE)
+
+
+def test_every_child_and_pod_carries_the_architecture_labels_and_owner():
+    pool = make_pool()
+    for child in builders.build_children(pool):
+        meta = child["metadata"]
+        assert LABEL_KEYS <= set(meta["labels"]), child["kind"]
+        assert meta["labels"]["baton.dev/pool"] == "demo"
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "baton-operator"
+        assert meta["namespace"] == "ml"
+        (owner,) = meta["ownerReferences"]
+        assert owner == {
+            "apiVersion": "baton.dev/v1alpha1",
+            "kind": "InferencePool",
+            "name": "demo",
+            "uid": "u-1",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+        template = child.get("spec", {}).get("template")
+        if template:
+            assert LABEL_KEYS <= set(template["metadata"]["labels"])
+            role = meta["labels"]["baton.dev/role"]
+            assert template["metadata"]["labels"]["baton.dev/role"] == role
+
+
+@pytest.mark.parametrize(
+    ("role", "build", "gpus", "product"),
+    [
+        ("prefill", builders.build_prefill_statefulset, "8", "NVIDIA-H100-80GB-HBM3"),
+        ("decode", builders.build_decode_deployment, "1", "NVIDIA-A100-SXM4-80GB"),
+    ],
+)
+def test_worker_pods_ask_for_gpus_of_the_right_type(role, build, gpus, product):
+    workload = build(make_pool())
+    pod = workload["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == gpus
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == gpus
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": product}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert container["command"][:4] == ["baton", "worker", "--role", role]
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}} in pod["volumes"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": "metrics"}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert container["lifecycle"]["preStop"]["httpGet"]["path"] == "/drain"
+    assert pod["terminationGracePeriodSeconds"] >= 120
+    assert pod["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
+    assert workload["spec"]["replicas"] == 2
+
+
+def test_user_node_selector_tolerations_affinity_resources_are_merged():
+    toleration = {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}}
+    pool = make_pool(
+        prefill={
+            "replicas": 1,
+            "tensorParallelSize": 4,
+            "gpu": {"type": "H100"},
+            "nodeSelector": {"zone": "a"},
+            "tolerations": [toleration],
+            "affinity": affinity,
+            # the user cannot override the GPU count: it comes from tensorParallelSize
+            "resources": {"requests": {"cpu": 8, "nvidia.com/gpu": "1"}, "limits": {"memory": "200Gi"}},
+        }
+    )
+    pod = builders.build_prefill_statefulset(pool)["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "zone": "a"}
+    assert toleration in pod["tolerations"] and len(pod["tolerations"]) == 2
+    assert pod["affinity"] == affinity
+    res = pod["containers"][0]["resources"]
+    assert res["requests"] == {"cpu": "8", "nvidia.com/gpu": "4"}
+    assert res["limits"] == {"memory": "200Gi", "nvidia.com/gpu": "4"}
+
+
+def test_rdma_resource_and_ipc_lock_only_when_asked():
+    plain = builders.build_decode_deployment(make_pool())["spec"]["template"]["spec"]["containers"][0]
+    assert "rdma/ib" not in plain["resources"]["limits"]
+    assert "capabilities" not in plain["securityContext"]
+    rdma = builders.build_decode_deployment(
+        make_pool(kvTransfer={"backend": "nixl", "rdmaResource": "rdma/ib"})
+    )
+    container = rdma["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["rdma/ib"] == "1"
+    assert container["securityContext"]["capabilities"] == {"add": ["IPC_LOCK"]}
+    assert "--kv-backend" in container["command"]
+    assert container["command"][container["command"].index("--kv-backend") + 1] == "nixl"
+
+
+def test_autoscaled_role_omits_replicas_so_the_autoscaler_owns_them():
+    pool = make_pool(
+        decode={"replicas": 3, "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 4}}
+    )
+    assert "replicas" not in builders.build_decode_deployment(pool)["spec"]
+    assert builders.build_prefill_statefulset(pool)["spec"]["replicas"] == 2
+
+
+def test_services_prefill_headless_router_uses_spec_port_and_type():
+    pool = make_pool(router={"replicas": 2, "service": {"type": "LoadBalancer", "port": 9000}})
+    prefill = builders.build_service(pool, "prefill")
+    assert prefill["spec"]["clusterIP"] == "None"
+    assert [p["name"] for p in prefill["spec"]["ports"]] == ["grpc", "metrics"]
+    decode = builders.build_service(pool, "decode")
+    assert "clusterIP" not in decode["spec"]
+    router = builders.build_service(pool, "router")
+    assert router["spec"]["type"] == "LoadBalancer"
+    assert router["spec"]["ports"] == [
+        {"name": "http", "port": 9000, "targetPort": "http", "protocol": "TCP"}
+    ]
+    deploy = builders.build_router_deployment(pool)
+    assert deploy["spec"]["replicas"] == 2
+    cmd = deploy["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert cmd[:2] == ["baton", "router"]
+    for flag, value in (
+        ("--prefill-service", "demo-prefill"),
+        ("--decode-service", "demo-decode"),
+        ("--namespace", "ml"),
+        ("--port", "9000"),
+    ):
+        assert cmd[cmd.index(flag) + 1] == value
+    assert deploy["spec"]["template"]["spec"]["serviceAccountName"] == "demo-router"
+
+
+def test_statefulset_is_bound_to_its_headless_service_and_starts_pods_in_parallel():
+    sts = builders.build_prefill_statefulset(make_pool())
+    assert sts["spec"]["serviceName"] == "demo-prefill"
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"
+    assert sts["spec"]["selector"]["matchLabels"] == builders.selector_labels(make_pool(), "prefill")
+
+
+def test_config_change_changes_the_pod_template_hash_and_selectors_never_change():
+    a, b = make_pool(), make_pool(model={"name": "llama", "source": "hf://org/other"})
+    ta = builders.build_decode_deployment(a)
+    tb = builders.build_decode_deployment(b)
+    hash_key = builders.CONFIG_HASH_ANNOTATION
+    assert (
+        ta["spec"]["template"]["metadata"]["annotations"][hash_key]
+        != (tb["spec"]["template"]["metadata"]["annotations"][hash_key])
+    )
+    assert ta["spec"]["selector"] == tb["spec"]["selector"]
+
+
+def test_pvc_source_is_mounted_read_only():
+    pool = make_pool(model={"name": "m", "source": "pvc://weights/llama-8b"})
+    pod = builders.build_prefill_statefulset(pool)["spec"]["template"]["spec"]
+    assert {"name": "model", "persistentVolumeClaim": {"claimName": "weights", "readOnly": True}} in pod[
+        "volumes"
+    ]
+
+
+def test_builders_are_pure_and_deterministic():
+    pool = make_pool()
+    first = builders.build_children(pool)
+    again = builders.build_children(copy.deepcopy(pool))
+    assert first == again
+    kinds = [(c["kind"], c["metadata"]["name"]) for c in first]
+    assert len(kinds) == len(set(kinds))
+    assert ("StatefulSet", "demo-prefill") in kinds
+    assert ("Deployment", "demo-decode") in kinds
+    assert ("Deployment", "demo-router") in kinds
+    assert [k for k, _ in kinds].count("PodDisruptionBudget") == 3
+    assert ("ConfigMap", "demo-config") in kinds
+
+
+def test_strip_foreign_annotations():
+    got = builders.strip_foreign_annotations(
+        {
+            "kopf.zalando.org/last-handled-configuration": "{}",
+            "kubectl.kubernetes.io/last-applied-configuration": "{}",
+            "team": "ml",
+        }
+    )
+    assert got == {"team": "ml"}

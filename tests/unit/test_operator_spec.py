@@ -1,0 +1,70 @@
+"""Spec parsing: defaults of the CRD, errors naming the field."""
+
+from __future__ import annotations
+
+import pytest
+from baton_operator.spec import SpecError, parse_pool
+
+
+def body(spec, name="p"):
+    return {"metadata": {"name": name, "namespace": "ns", "uid": "u", "generation": 1}, "spec": spec}
+
+
+def test_defaults_match_the_architecture():
+    pool = parse_pool(body({"model": {"source": "builtin://tiny"}}), "img")
+    s = pool.spec
+    assert (s.model.name, s.model.dtype, s.model.max_model_len) == ("p", "bfloat16", 8192)
+    assert (s.prefill.tensor_parallel_size, s.prefill.max_batch_size, s.prefill.gpu_type) == (1, 1, "H100")
+    assert (s.decode.tensor_parallel_size, s.decode.max_batch_size, s.decode.gpu_type) == (1, 64, "A100")
+    assert (s.router.replicas, s.router.service_type, s.router.port) == (1, "ClusterIP", 8000)
+    assert (s.kv_transfer.backend, s.kv_transfer.rdma_resource) == ("auto", "")
+    assert (s.autoscaling.mode, s.autoscaling.interval_seconds) == ("builtin", 5)
+    a = s.decode.autoscaling
+    assert (a.enabled, a.min_replicas, a.max_replicas, a.target_queue_depth) == (False, 1, 8, 4.0)
+    assert (a.tolerance, a.max_scale_step, a.scale_down_stabilization_seconds) == (0.1, 4, 300)
+    assert s.image == "img"
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({}, "spec.model"),
+        ({"model": {"name": "x"}}, "spec.model.source"),
+        ({"model": {"source": "s3://bucket"}}, "spec.model.source"),
+        (
+            {"model": {"source": "builtin://tiny"}, "prefill": {"tensorParallelSize": 3}},
+            "spec.prefill.tensorParallelSize",
+        ),
+        ({"model": {"source": "builtin://tiny"}, "decode": {"replicas": -1}}, "spec.decode.replicas"),
+        ({"model": {"source": "builtin://tiny"}, "decode": {"maxBatchSize": 0}}, "spec.decode.maxBatchSize"),
+        ({"model": {"source": "builtin://tiny"}, "decode": {"gpu": {"type": "TPU"}}}, "spec.decode.gpu.type"),
+        ({"model": {"source": "builtin://tiny", "dtype": "int3"}}, "spec.model.dtype"),
+        (
+            {
+                "model": {"source": "builtin://tiny"},
+                "prefill": {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}},
+            },
+            "spec.prefill.autoscaling.minReplicas",
+        ),
+        (
+            {"model": {"source": "builtin://tiny"}, "kvTransfer": {"backend": "rdma"}},
+            "spec.kvTransfer.backend",
+        ),
+        (
+            {"model": {"source": "builtin://tiny"}, "router": {"service": {"port": 70000}}},
+            "spec.router.service.port",
+        ),
+        ({"model": {"source": "builtin://tiny"}, "prefill": "big"}, "spec.prefill"),
+    ],
+)
+def test_bad_specs_name_the_field(spec, field):
+    with pytest.raises(SpecError) as err:
+        parse_pool(body(spec), "img")
+    assert err.value.field == field
+    assert str(err.value).startswith(field)
+
+
+def test_long_names_are_refused():
+    with pytest.raises(SpecError) as err:
+        parse_pool(body({"model": {"source": "builtin://tiny"}}, name="x" * 41), "img")
+    assert err.value.field == "metadata.name"
