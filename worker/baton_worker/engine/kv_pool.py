@@ -1,0 +1,185 @@
+"""The paged KV block pool: one contiguous tensor, allocated once, handed out in fixed-size blocks.
+
+Layout "LNKHBD": ``storage[num_layers, num_blocks, 2 (K, V), num_kv_heads, block_size, head_dim]``.
+Token ``t`` of a sequence lives in ``block_ids[t // block_size]``, slot ``t % block_size``. One
+(layer, block, K|V, head range) is a contiguous run of bytes, so the KV transfer registers the
+whole tensor once and reads exactly the runs it needs (see docs/internals.md).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+
+LAYOUT = "LNKHBD"
+DEFAULT_BLOCK_SIZE = 16
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str | torch.dtype) -> torch.dtype:
+    """Map "float32" | "bfloat16" | "float16" (or a torch dtype) to a torch dtype; ValueError otherwise."""
+    if isinstance(name, torch.dtype):
+        if name not in _DTYPES.values():
+            raise ValueError(f"dtype: unsupported {name}; expected one of {', '.join(_DTYPES)}")
+        return name
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise ValueError(f"dtype: unsupported {name!r}; expected one of {', '.join(_DTYPES)}") from None
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The inverse of :func:`torch_dtype`."""
+    for name, value in _DTYPES.items():
+        if value == dtype:
+            return name
+    raise ValueError(f"dtype: unsupported {dtype}")
+
+
+@dataclass(frozen=True)
+class PoolUsage:
+    free_blocks: int
+    total_blocks: int
+    waiters: int  # callers blocked in allocate_blocking
+    waiting_tokens: int  # tokens those callers want room for
+
+
+class KvBlockPool:
+    """A fixed pool of KV blocks over one preallocated tensor. ``allocate``/``free`` are thread-safe.
+
+    Give either ``num_blocks`` or ``memory_bytes`` (the pool takes as many blocks as fit).
+    """
+
+    def __init__(
+        self,
+        *,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: str | torch.dtype = "float32",
+        device: str | torch.device = "cpu",
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        num_blocks: int | None = None,
+        memory_bytes: int | None = None,
+    ) -> None:
+        if block_size < 1:
+            raise ValueError(f"block_size: must be >= 1, got {block_size}")
+        for name, value in (
+            ("num_layers", num_layers),
+            ("num_kv_heads", num_kv_heads),
+            ("head_dim", head_dim),
+        ):
+            if value < 1:
+                raise ValueError(f"{name}: must be >= 1, got {value}")
+        self.dtype = torch_dtype(dtype)
+        self.num_layers = num_layers
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.block_size = block_size
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        self.bytes_per_block = num_layers * 2 * num_kv_heads * block_size * head_dim * itemsize
+        if (num_blocks is None) == (memory_bytes is None):
+            raise ValueError("num_blocks/memory_bytes: give exactly one of them")
+        if num_blocks is None:
+            num_blocks = int(memory_bytes) // self.bytes_per_block
+        if num_blocks < 1:
+            raise ValueError(
+                f"memory_bytes: {memory_bytes} bytes hold no block of {self.bytes_per_block} bytes"
+                if memory_bytes is not None
+                else f"num_blocks: must be >= 1, got {num_blocks}"
+            )
+        self.num_blocks = num_blocks
+        # zeros, not empty: a block read before it was written must not hold NaNs from old memory.
+        self.storage = torch.zeros(
+            (num_layers, num_blocks, 2, num_kv_heads, block_size, head_dim), dtype=self.dtype, device=device
+        )
+        self._cond = threading.Condition()
+        # Lowest ids are handed out first (a stack popped from the end).
+        self._free: list[int] = list(range(num_blocks - 1, -1, -1))
+        self._allocated = bytearray(num_blocks)
+        self._waiters = 0
+        self._waiting_tokens = 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.storage.device
+
+    @property
+    def num_free(self) -> int:
+        with self._cond:
+            return len(self._free)
+
+    def blocks_needed(self, num_tokens: int) -> int:
+        """Blocks that hold ``num_tokens`` tokens."""
+        return -(-max(0, num_tokens) // self.block_size)
+
+    def allocate(self, n: int) -> list[int] | None:
+        """Take ``n`` blocks, all or none: returns their ids, or None when fewer than ``n`` are free."""
+        if n < 0:
+            raise ValueError(f"n: must be >= 0, got {n}")
+        with self._cond:
+            return self._take(n)
+
+    def _take(self, n: int) -> list[int] | None:
+        if n > len(self._free):
+            return None
+        ids = [self._free.pop() for _ in range(n)]
+        for b in ids:
+            self._allocated[b] = 1
+        return ids
+
+    def allocate_blocking(self, n: int, timeout: float, num_tokens: int = 0) -> list[int] | None:
+        """Like :meth:`allocate` but waits up to ``timeout`` seconds for blocks to be freed.
+
+        While waiting, the caller counts in :meth:`usage` (``waiters``, ``waiting_tokens``), which is
+        how a decode worker's queue shows requests waiting for KV memory. Returns None on timeout;
+        raises ValueError at once when ``n`` exceeds the whole pool (it could never succeed).
+        """
+        if n > self.num_blocks:
+            raise ValueError(f"n: {n} blocks requested but the pool only has {self.num_blocks}")
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            ids = self._take(n)
+            if ids is not None:
+                return ids
+            self._waiters += 1
+            self._waiting_tokens += num_tokens
+            try:
+                while True:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return None
+                    self._cond.wait(remaining)
+                    ids = self._take(n)
+                    if ids is not None:
+                        return ids
+            finally:
+                self._waiters -= 1
+                self._waiting_tokens -= num_tokens
+
+    def free(self, block_ids: list[int] | tuple[int, ...]) -> None:
+        """Return blocks to the pool. Freeing a block that is not allocated raises ValueError
+        (and frees nothing), because it means two owners believed they held it."""
+        with self._cond:
+            seen: set[int] = set()
+            for b in block_ids:
+                if not 0 <= b < self.num_blocks or not self._allocated[b] or b in seen:
+                    raise ValueError(f"block_ids: block {b} is not allocated (double free?)")
+                seen.add(b)
+            for b in block_ids:
+                self._allocated[b] = 0
+                self._free.append(b)
+            if block_ids:
+                self._cond.notify_all()
+
+    def usage(self) -> PoolUsage:
+        with self._cond:
+            return PoolUsage(len(self._free), self.num_blocks, self._waiters, self._waiting_tokens)
+
+    def block_view(self, layer: int, block_id: int) -> torch.Tensor:
+        """The ``[2, num_kv_heads, block_size, head_dim]`` view of one (layer, block)."""
+        return self.storage[layer, block_id]

@@ -1,0 +1,156 @@
+"""The model forward over the paged KV pool, written on top of the HF module weights.
+
+HF's own attention keeps a per-request cache; here every layer writes K/V into the pool's blocks
+and reads them back through block tables, so sequences of any length share one batch and a KV
+cache pulled from another worker is used in place. The arithmetic mirrors transformers'
+Llama/Qwen2/Mistral forward (RMSNorm, rotary embedding, grouped-query attention, SwiGLU MLP).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from baton_worker.engine.kv_pool import KvBlockPool
+from baton_worker.engine.loader import LoadedModel
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return x * cos + _rotate_half(x) * sin
+
+
+class PagedModel:
+    """Prefill and decode forwards of ``model`` whose KV lives in ``pool``.
+
+    Not thread-safe: one runner (prefill runner or decode engine) drives one PagedModel.
+    """
+
+    def __init__(self, model: LoadedModel, pool: KvBlockPool) -> None:
+        shape = model.shape
+        if (pool.num_layers, pool.num_kv_heads, pool.head_dim) != (
+            shape.num_layers,
+            shape.num_kv_heads,
+            shape.head_dim,
+        ):
+            raise ValueError(
+                f"pool: shape (layers {pool.num_layers}, kv heads {pool.num_kv_heads}, head dim "
+                f"{pool.head_dim}) does not match the model ({shape.num_layers}, {shape.num_kv_heads}, "
+                f"{shape.head_dim})"
+            )
+        if pool.device != model.device or pool.dtype != model.dtype:
+            raise ValueError(
+                f"pool: {pool.dtype} on {pool.device} but the model is {model.dtype} on {model.device}"
+            )
+        self.model = model
+        self.pool = pool
+        hf = model.hf_model
+        self._inner = hf.model
+        self._lm_head = hf.lm_head
+        self._layers = list(hf.model.layers)
+        self._hq = shape.num_attention_heads
+        self._hkv = shape.num_kv_heads
+        self._d = shape.head_dim
+        self._scale = getattr(self._layers[0].self_attn, "scaling", self._d**-0.5)
+        self.device = model.device
+
+    def _rotary(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # HF's rotary module handles every rope_type (llama3 scaling, yarn, ...) for us.
+        cos, sin = self._inner.rotary_emb(x, positions)
+        return cos.unsqueeze(1), sin.unsqueeze(1)  # [B, 1, T, D], broadcast over heads
+
+    def _qkv(self, layer: torch.nn.Module, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        attn = layer.self_attn
+        b, t, _ = h.shape
+        q = attn.q_proj(h).view(b, t, self._hq, self._d).transpose(1, 2)
+        k = attn.k_proj(h).view(b, t, self._hkv, self._d).transpose(1, 2)
+        v = attn.v_proj(h).view(b, t, self._hkv, self._d).transpose(1, 2)
+        return _rope(q, cos, sin), _rope(k, cos, sin), v
+
+    def _finish_layer(self, layer: torch.nn.Module, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        b, _, t, _ = attn_out.shape
+        x = x + layer.self_attn.o_proj(attn_out.transpose(1, 2).reshape(b, t, self._hq * self._d))
+        return x + layer.mlp(layer.post_attention_layernorm(x))
+
+    @torch.inference_mode()
+    def prefill(self, token_ids: list[list[int]], block_tables: list[list[int]]) -> torch.Tensor:
+        """Run whole prefixes from position 0, write their KV into their blocks, return the
+        float32 logits of each sequence's last token, shape ``[B, vocab]``."""
+        bsz = len(token_ids)
+        lens = [len(t) for t in token_ids]
+        tmax = max(lens)
+        bs = self.pool.block_size
+        for i, (n, table) in enumerate(zip(lens, block_tables, strict=True)):
+            if len(table) < self.pool.blocks_needed(n):
+                raise ValueError(f"block_tables[{i}]: {len(table)} blocks cannot hold {n} tokens")
+        dev = self.device
+        ids = torch.zeros((bsz, tmax), dtype=torch.long)
+        for i, t in enumerate(token_ids):
+            ids[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+        ids = ids.to(dev)
+        positions = torch.arange(tmax, device=dev).unsqueeze(0).expand(bsz, tmax)
+        valid = positions < torch.tensor(lens, device=dev).unsqueeze(1)  # [B, T]
+        blk = torch.tensor(
+            [table[p // bs] for table, n in zip(block_tables, lens, strict=True) for p in range(n)],
+            dtype=torch.long,
+            device=dev,
+        )
+        slot = torch.tensor([p % bs for n in lens for p in range(n)], dtype=torch.long, device=dev)
+        mask = None
+        if bsz > 1 and min(lens) != tmax:
+            causal = torch.ones((tmax, tmax), dtype=torch.bool, device=dev).tril()
+            mask = (causal.unsqueeze(0) & valid.unsqueeze(1)).unsqueeze(1)  # [B, 1, T, T]
+        x = self._inner.embed_tokens(ids)
+        cos, sin = self._rotary(x, positions)
+        storage = self.pool.storage
+        for li, layer in enumerate(self._layers):
+            q, k, v = self._qkv(layer, layer.input_layernorm(x), cos, sin)
+            # [B, H, T, D] -> the valid tokens in order, [N, H, D]
+            storage[li, blk, 0, :, slot, :] = k.transpose(1, 2)[valid]
+            storage[li, blk, 1, :, slot, :] = v.transpose(1, 2)[valid]
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None, scale=self._scale, enable_gqa=True
+            )
+            x = self._finish_layer(layer, x, out)
+        last = x[torch.arange(bsz, device=dev), torch.tensor(lens, device=dev) - 1]  # [B, hidden]
+        return self._lm_head(self._inner.norm(last)).float()
+
+    @torch.inference_mode()
+    def decode(
+        self, token_ids: torch.Tensor, positions: torch.Tensor, block_table: torch.Tensor
+    ) -> torch.Tensor:
+        """One decode step for ``B`` sequences: token ``token_ids[b]`` sits at ``positions[b]``
+        (so its context is ``positions[b] + 1`` tokens); ``block_table[b]`` lists the blocks of
+        sequence ``b`` padded with any valid id. Writes the new K/V, returns float32 logits [B, vocab]."""
+        dev = self.device
+        bsz = token_ids.shape[0]
+        bs = self.pool.block_size
+        nblk = block_table.shape[1]
+        token_ids = token_ids.to(dev)
+        positions = positions.to(dev)
+        block_table = block_table.to(dev)
+        rows = torch.arange(bsz, device=dev)
+        blk = block_table[rows, positions // bs]
+        slot = positions % bs
+        key_pos = torch.arange(nblk * bs, device=dev)
+        mask = (key_pos.unsqueeze(0) <= positions.unsqueeze(1)).view(bsz, 1, 1, nblk * bs)
+        x = self._inner.embed_tokens(token_ids.unsqueeze(1))  # [B, 1, hidden]
+        cos, sin = self._rotary(x, positions.unsqueeze(1))
+        storage = self.pool.storage
+        for li, layer in enumerate(self._layers):
+            q, k, v = self._qkv(layer, layer.input_layernorm(x), cos, sin)
+            storage[li, blk, 0, :, slot, :] = k[:, :, 0, :]
+            storage[li, blk, 1, :, slot, :] = v[:, :, 0, :]
+            # Gather each sequence's blocks: [B, M, 2, H, bs, D] -> K, V as [B, H, M*bs, D]
+            kv = storage[li][block_table]
+            keys = kv[:, :, 0].permute(0, 2, 1, 3, 4).reshape(bsz, self._hkv, nblk * bs, self._d)
+            vals = kv[:, :, 1].permute(0, 2, 1, 3, 4).reshape(bsz, self._hkv, nblk * bs, self._d)
+            out = F.scaled_dot_product_attention(
+                q, keys, vals, attn_mask=mask, scale=self._scale, enable_gqa=True
+            )
+            x = self._finish_layer(layer, x, out)
+        return self._lm_head(self._inner.norm(x[:, 0])).float()
