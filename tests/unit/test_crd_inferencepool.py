@@ -1,0 +1,112 @@
+"""The CRD file: generated from baton_operator.crd, copied byte-equal into the chart, documented."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from baton_operator import crd
+
+ROOT = Path(__file__).resolve().parents[2]
+SOURCE = ROOT / "crds" / crd.FILE_NAME
+CHART_COPY = ROOT / "charts" / "baton" / "crds" / crd.FILE_NAME
+
+
+def _schema():
+    doc = yaml.safe_load(SOURCE.read_text())
+    return doc, doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def _walk(schema, path="<root>"):
+    yield path, schema
+    for name, sub in (schema.get("properties") or {}).items():
+        yield from _walk(sub, f"{path}.{name}")
+    if isinstance(schema.get("items"), dict):
+        yield from _walk(schema["items"], f"{path}[]")
+
+
+def test_chart_copy_is_byte_equal_to_crds_dir():
+    assert CHART_COPY.read_bytes() == SOURCE.read_bytes(), "run: python -m baton_operator.crd"
+
+
+def test_committed_file_matches_the_generator():
+    assert SOURCE.read_text() == crd.render(), "run: python -m baton_operator.crd"
+
+
+def test_every_field_has_a_description_and_no_unknown_fields_are_preserved():
+    _, root = _schema()
+    for path, sub in _walk(root):
+        if path == "<root>.metadata":
+            continue  # Kubernetes owns metadata's schema
+        if path.endswith("[]") and sub.get("type") in ("string", "integer"):
+            continue  # scalar list items: the list itself is described
+        assert sub.get("description"), f"{path} has no description"
+        assert "x-kubernetes-preserve-unknown-fields" not in sub, path
+        if sub.get("type") == "object":
+            assert "properties" in sub or "additionalProperties" in sub, f"{path} is not structural"
+
+
+def test_names_short_name_status_and_printer_columns():
+    doc, root = _schema()
+    spec = doc["spec"]
+    assert (spec["group"], spec["names"]["kind"], spec["names"]["plural"]) == (
+        "baton.dev",
+        "InferencePool",
+        "inferencepools",
+    )
+    assert "infpool" not in spec["names"]["shortNames"]
+    version = spec["versions"][0]
+    assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
+    columns = [c["name"] for c in version["additionalPrinterColumns"] if c.get("priority", 0) == 0]
+    assert columns == ["Ready", "Prefill", "Decode", "Endpoint", "Age"]
+    assert root["required"] == ["spec"]
+    assert root["properties"]["spec"]["required"] == ["model"]
+
+
+def test_architecture_fields_defaults_and_validation():
+    _, root = _schema()
+    spec = root["properties"]["spec"]["properties"]
+    assert set(spec) == {"model", "image", "prefill", "decode", "router", "kvTransfer", "autoscaling"}
+    prefill, decode = spec["prefill"]["properties"], spec["decode"]["properties"]
+    assert prefill["tensorParallelSize"]["enum"] == [1, 2, 4, 8]
+    assert prefill["replicas"]["minimum"] == 0 and prefill["maxBatchSize"]["minimum"] == 1
+    assert (
+        decode["maxBatchSize"]["default"] == 64 and decode["gpu"]["properties"]["type"]["default"] == "A100"
+    )
+    assert prefill["gpu"]["properties"]["type"]["default"] == "H100"
+    auto = prefill["autoscaling"]
+    assert set(auto["properties"]) >= {
+        "enabled",
+        "minReplicas",
+        "maxReplicas",
+        "targetQueueDepth",
+        "tolerance",
+        "maxScaleStep",
+    }
+    assert (
+        auto["properties"]["tolerance"]["default"] == 0.1
+        and auto["properties"]["maxScaleStep"]["default"] == 4
+    )
+    (rule,) = auto["x-kubernetes-validations"]
+    assert rule["rule"] == "self.minReplicas <= self.maxReplicas" and rule["fieldPath"] == ".minReplicas"
+    assert "spec.prefill.autoscaling.minReplicas" in rule["messageExpression"]
+    top = spec["autoscaling"]["properties"]
+    assert top["mode"]["enum"] == ["builtin", "keda"] and top["intervalSeconds"]["minimum"] == 1
+    assert spec["kvTransfer"]["properties"]["backend"]["enum"] == ["auto", "nixl", "grpc"]
+    assert spec["model"]["properties"]["dtype"]["default"] == "bfloat16"
+    status = root["properties"]["status"]["properties"]
+    assert set(status["autoscaling"]["properties"]) == {
+        "metricsAvailable",
+        "message",
+        "lastSampleTime",
+        "limitedBy",
+    }
+    assert set(status["prefill"]["properties"]) >= {
+        "replicas",
+        "readyReplicas",
+        "desiredReplicas",
+        "queueDepth",
+        "lastScaleTime",
+        "lastScaleReason",
+        "summary",
+    }
