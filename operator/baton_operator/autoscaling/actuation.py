@@ -1,0 +1,149 @@
+"""The autoscaler's Kubernetes I/O: read a role's workload and pods, set replicas, write status.
+
+Replicas are set by server-side apply of the one field ``spec.replicas`` with the field manager
+``baton-autoscaler`` (docs/internals.md): the operator applies the rest of the object without
+``spec.replicas``, and a GitOps tool that ignores ``spec.replicas`` never fights either of them.
+Every call carries a request timeout, so a slow API server delays a pass but never hangs it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from baton_operator.autoscaling.capacity import Scheduling, role_capacity, scheduling
+from baton_operator.autoscaling.controller import FIELD_MANAGER, Workload
+
+GROUP, VERSION, PLURAL = "baton.dev", "v1alpha1", "inferencepools"
+KINDS = {"prefill": "StatefulSet", "decode": "Deployment"}
+REQUEST_TIMEOUT_S = 5.0
+
+_lock = threading.Lock()
+_api_client: Any = None
+
+
+def api_client() -> Any:
+    """A kubernetes ApiClient from KUBECONFIG / ~/.kube/config, else the in-cluster account."""
+    global _api_client
+    with _lock:
+        if _api_client is None:
+            from kubernetes import client, config
+
+            try:
+                config.load_kube_config()
+            except (config.ConfigException, FileNotFoundError, TypeError):
+                config.load_incluster_config()
+            _api_client = client.ApiClient()
+        return _api_client
+
+
+def workload_name(pool: str, role: str) -> str:
+    """Name of a role's workload, as the operator's builders name it (``<pool>-<role>``)."""
+    return f"{pool}-{role}"
+
+
+class KubeCluster:
+    """:class:`controller.Cluster` over the Kubernetes API."""
+
+    def __init__(self, client: Any = None) -> None:
+        from kubernetes import client as k8s
+
+        self._api = client or api_client()
+        self._apps = k8s.AppsV1Api(self._api)
+        self._core = k8s.CoreV1Api(self._api)
+        self._custom = k8s.CustomObjectsApi(self._api)
+        self._capacity_denied = False
+
+    def _get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        read = (
+            self._apps.read_namespaced_stateful_set
+            if kind == "StatefulSet"
+            else self._apps.read_namespaced_deployment
+        )
+        try:
+            obj = read(name, namespace, _request_timeout=REQUEST_TIMEOUT_S)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return self._api.sanitize_for_serialization(obj)
+
+    def workload(self, namespace: str, pool: str, role: str) -> Workload | None:
+        kind = KINDS[role]
+        name = workload_name(pool, role)
+        obj = self._get(kind, namespace, name)
+        if obj is None:
+            return None
+        spec = obj.get("spec") or {}
+        pod_spec = ((spec.get("template") or {}).get("spec")) or {}
+        return Workload(kind, name, namespace, int(spec.get("replicas", 1)), pod_spec)
+
+    def _pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        pods = self._core.list_namespaced_pod(
+            namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT_S
+        )
+        return [self._api.sanitize_for_serialization(p) for p in pods.items]
+
+    def scheduling(self, namespace: str, pool: str, role: str) -> Scheduling:
+        return scheduling(self._pods(namespace, f"baton.dev/pool={pool},baton.dev/role={role}"))
+
+    def capacity(self, workload: Workload, scheduled: int) -> int | None:
+        """GPU capacity for this role, or None when the operator may not list nodes."""
+        from kubernetes.client.exceptions import ApiException
+
+        if self._capacity_denied:
+            return None
+        try:
+            nodes = self._core.list_node(_request_timeout=REQUEST_TIMEOUT_S)
+            pods = self._core.list_pod_for_all_namespaces(
+                field_selector="status.phase!=Succeeded,status.phase!=Failed",
+                _request_timeout=REQUEST_TIMEOUT_S,
+            )
+        except ApiException as e:
+            if e.status == 403:
+                # RBAC without cluster-wide node/pod reads: fall back to the Unschedulable signal only.
+                self._capacity_denied = True
+                return None
+            raise
+        ser = self._api.sanitize_for_serialization
+        return role_capacity(
+            workload.pod_spec, [ser(n) for n in nodes.items], [ser(p) for p in pods.items], scheduled
+        )
+
+    def set_replicas(self, workload: Workload, replicas: int) -> None:
+        body = {
+            "apiVersion": "apps/v1",
+            "kind": workload.kind,
+            "metadata": {"name": workload.name, "namespace": workload.namespace},
+            "spec": {"replicas": replicas},
+        }
+        patch = (
+            self._apps.patch_namespaced_stateful_set
+            if workload.kind == "StatefulSet"
+            else self._apps.patch_namespaced_deployment
+        )
+        patch(
+            workload.name,
+            workload.namespace,
+            body,
+            field_manager=FIELD_MANAGER,
+            force=True,
+            _content_type="application/apply-patch+yaml",
+            _request_timeout=REQUEST_TIMEOUT_S,
+        )
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """Merge-patch the pool's status subresource with the autoscaler's fields."""
+        self._custom.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"status": dict(status)},
+            _content_type="application/merge-patch+json",
+            _request_timeout=REQUEST_TIMEOUT_S,
+        )

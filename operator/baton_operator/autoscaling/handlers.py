@@ -1,0 +1,100 @@
+"""kopf glue of the built-in autoscaler: one timer per InferencePool.
+
+Importing this module registers the timer (the operator's main imports it). kopf timers have a
+fixed interval, so the timer ticks every second and runs a pass when the pool's
+``spec.autoscaling.intervalSeconds`` has elapsed (per pool, remembered in kopf's per-object memo).
+The handler is synchronous: kopf runs it in its executor, so blocking HTTP and API calls (all with
+deadlines) never stall the event loop. It never raises: failures end up in status and Events.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import kopf
+
+from baton_operator.autoscaling import config, controller, signal
+from baton_operator.autoscaling.actuation import GROUP, PLURAL, VERSION, KubeCluster
+
+TICK_S = 1.0
+_MEMO_KEY = "baton_autoscaler"
+_cluster: KubeCluster | None = None
+_CLEARED: dict[str, Any] = {"autoscaling": None}
+
+
+def _kube() -> KubeCluster:
+    global _cluster
+    if _cluster is None:
+        _cluster = KubeCluster()
+    return _cluster
+
+
+def _signal_timeout(cfg: config.AutoscalingConfig) -> float:
+    # Leave room in the interval for the API calls of the pass.
+    return max(0.5, min(3.0, cfg.interval_s / 2))
+
+
+def _state(memo: Any) -> controller.PoolState:
+    state = getattr(memo, _MEMO_KEY, None)
+    if state is None:
+        state = controller.PoolState()
+        setattr(memo, _MEMO_KEY, state)
+    return state
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, id="baton-autoscaler", interval=TICK_S)
+def inferencepool_autoscale(
+    spec: Any, name: str, namespace: str, status: Any, body: Any, memo: Any, logger: Any, **_: Any
+) -> None:
+    """Run one autoscaling pass on this pool when its interval has elapsed."""
+    state = _state(memo)
+    now = time.time()
+    try:
+        cfg = config.parse(dict(spec))
+    except config.ConfigError as e:
+        if state.written is None or state.written.get("autoscaling", {}).get("message") != str(e):
+            patch = {"autoscaling": {"metricsAvailable": False, "message": f"invalid spec: {e}"}}
+            _write_status(namespace, name, state, patch, now, logger)
+        return
+    if cfg.mode != "builtin" or not cfg.roles:
+        state.roles.clear()  # KEDA (or nobody) scales: forget samples so a switch back starts clean
+        state.last_pass = float("-inf")
+        if (status or {}).get("autoscaling") is not None and state.written != _CLEARED:
+            _write_status(namespace, name, state, _CLEARED, now, logger)
+        return
+    if not controller.due(state, cfg, now):
+        return
+    controller.seed_from_status(state, status)
+    source = signal.source_for(cfg, name, namespace)
+    timeout = _signal_timeout(cfg)
+    try:
+        result = controller.run_pass(
+            state,
+            cfg,
+            name,
+            namespace,
+            now,
+            lambda: signal.read_queue_depths(source, timeout),
+            _kube(),
+            source.describe(),
+        )
+    except Exception as e:  # noqa: BLE001 - an API outage must not kill the timer; the next tick retries
+        logger.warning(f"autoscaling pass failed: {e}")
+        return
+    for event in result.events:
+        (kopf.warn if event.warning else kopf.info)(dict(body), reason=event.reason, message=event.message)
+    patch = controller.status_to_write(state, result, now)
+    if patch is not None:
+        _write_status(namespace, name, state, patch, now, logger)
+
+
+def _write_status(
+    namespace: str, name: str, state: controller.PoolState, patch: dict, now: float, logger: Any
+) -> None:
+    try:
+        _kube().patch_status(namespace, name, patch)
+    except Exception as e:  # noqa: BLE001 - status is retried on the next pass
+        logger.warning(f"autoscaling status write failed: {e}")
+        return
+    controller.mark_written(state, patch, now)
