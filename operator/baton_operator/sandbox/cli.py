@@ -1,0 +1,155 @@
+"""`baton sandbox build|up|down|status|env|kubeconfig`: thin wiring of the sandbox modules to a CLI."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from .build import BuildError, resolve
+from .cluster import SandboxError, current, down, status, up
+from .handle import KubectlError
+from .layout import COMPONENTS
+from .nodepools import DEFAULT_NODEPOOLS, NodePoolError
+from .operator_proc import NAMESPACE, RELEASE, ensure_operator, find_chart, install_chart
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="baton sandbox", description="local Kubernetes control plane with simulated GPU pools"
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="state directory (default $BATON_SANDBOX_DIR or ~/.cache/baton/sandbox/state)",
+    )
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("build", help="find or build etcd, kube-*, kwok, kubectl and helm (cached per version)")
+    u = sub.add_parser("up", help="start the sandbox (idempotent), install the chart, run the operator")
+    u.add_argument("--node-pools", type=Path, default=DEFAULT_NODEPOOLS, help="node pool YAML")
+    u.add_argument(
+        "--no-chart", action="store_true", help="do not install charts/baton (implies --no-operator)"
+    )
+    u.add_argument(
+        "--no-operator", action="store_true", help="do not start `baton operator` in the background"
+    )
+    u.add_argument(
+        "--operator-arg", action="append", default=[], help="extra argument for `baton operator` (repeatable)"
+    )
+    d = sub.add_parser("down", help="stop every sandbox process and remove its state")
+    d.add_argument("--keep-state", action="store_true", help="stop processes but keep the state directory")
+    sub.add_parser("status", help="say what runs, where, and its memory")
+    sub.add_parser("env", help="print export lines: KUBECONFIG and PATH with the matching kubectl and helm")
+    k = sub.add_parser(
+        "kubeconfig", help="print the admin kubeconfig path, or write one for a ServiceAccount"
+    )
+    k.add_argument("service_account", nargs="?", help="NAMESPACE/NAME of a ServiceAccount")
+    return p
+
+
+def _build() -> int:
+    t0 = time.monotonic()
+    bins = resolve(build_missing=True)
+    for name, path in bins.paths.items():
+        print(f"  {name:<24} {path}  ({bins.sources[name]})")
+    print(f"sandbox binaries ready in {time.monotonic() - t0:.1f} s")
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    t0 = time.monotonic()
+    sandbox, started = up(args.state_dir, nodepools=args.node_pools)
+    chart = None if args.no_chart else find_chart()
+    if args.no_chart:
+        print("  chart: skipped (--no-chart)")
+    elif chart is None:
+        print("  chart: charts/baton/Chart.yaml not found yet; cluster only")
+    else:
+        install_chart(sandbox, chart)
+        print(
+            f"  chart: helm release {RELEASE!r} of {chart} in namespace {NAMESPACE} (operator.enabled=false)"
+        )
+    if chart is None or args.no_operator:
+        print("  operator: not started" + (" (--no-operator)" if args.no_operator else ""))
+    else:
+        op, new = ensure_operator(sandbox, args.operator_arg)
+        if op is None:
+            print("  operator: already running")
+        else:
+            print(f"  operator: `baton operator` pid {op.pid}, log {op.log}")
+    print(f"sandbox {'up' if started else 'already up'} in {time.monotonic() - t0:.1f} s")
+    print(f"  server      {sandbox.server}")
+    print(f"  kubeconfig  {sandbox.kubeconfig}")
+    print(f"  logs        {sandbox.layout.logs}")
+    print('  use it:     eval "$(baton sandbox env)" && kubectl get nodes')
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    stuck = down(args.state_dir, keep_state=args.keep_state)
+    if stuck:
+        print(f"baton sandbox down: could not stop {', '.join(stuck)}", file=sys.stderr)
+        return 1
+    print("sandbox down: no sandbox process left" + ("" if args.keep_state else "; state removed"))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    st = status(args.state_dir)
+    if not st.up:
+        print(f"sandbox: not up (no state in {st.state_dir})")
+        return 3
+    print(f"sandbox: {'ready' if st.api_ready else 'NOT ready'}  server {st.server}")
+    print(f"  kubeconfig {st.kubeconfig}")
+    for p in st.processes:
+        state = f"running  {p.rss_bytes / 2**20:7.0f} MiB" if p.running else "STOPPED"
+        print(f"  {p.name:<24} pid {p.pid:<8} {state}  log {p.log}")
+    print(f"  control plane RSS: {st.control_plane_rss_bytes / 2**20:.0f} MiB ({', '.join(COMPONENTS)})")
+    return 0 if st.api_ready else 1
+
+
+def _env(args: argparse.Namespace) -> int:
+    sandbox = current(args.state_dir)
+    dirs = list(dict.fromkeys([str(sandbox.kubectl_path.parent), str(sandbox.helm_path.parent)]))
+    print(f"export KUBECONFIG={shlex.quote(str(sandbox.kubeconfig))}")
+    print(f'export PATH={shlex.quote(":".join(dirs))}:"$PATH"')
+    return 0
+
+
+def _kubeconfig(args: argparse.Namespace) -> int:
+    sandbox = current(args.state_dir)
+    if not args.service_account:
+        print(sandbox.kubeconfig)
+        return 0
+    ns, sep, name = args.service_account.partition("/")
+    if not sep or not ns or not name:
+        print(
+            f"baton sandbox kubeconfig: expected NAMESPACE/NAME, got {args.service_account!r}",
+            file=sys.stderr,
+        )
+        return 2
+    print(sandbox.kubeconfig_for_service_account(ns, name))
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of `baton sandbox`; returns the exit code."""
+    args = _parser().parse_args(argv)
+    if args.state_dir is not None:
+        args.state_dir = args.state_dir.expanduser().resolve()
+    handlers = {"build": lambda a: _build(), "up": _up, "down": _down, "status": _status, "env": _env}
+    handlers["kubeconfig"] = _kubeconfig
+    try:
+        return handlers[args.cmd](args)
+    except (BuildError, SandboxError, NodePoolError, KubectlError) as exc:
+        print(f"baton sandbox {args.cmd}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(
+            f"baton sandbox {args.cmd}: interrupted; `baton sandbox down` stops what was started",
+            file=sys.stderr,
+        )
+        return 130

@@ -1,0 +1,375 @@
+"""`up`, `down` and `status` of the sandbox control plane (the imperative shell).
+
+What each component runs with is decided in layout.py; this module starts the processes in
+order, waits on observable readiness with deadlines, records every pid in the state file and
+stops exactly those pids again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import procs
+from .build import Resolved, resolve
+from .certs import CLIENTS, ensure_pki
+from .handle import Sandbox
+from .health import NotReady, healthy, tls_context, wait_for
+from .kubeconfig import kubeconfig_dict, write_kubeconfig
+from .layout import COMPONENTS, Layout, Ports, command, default_state_dir, server_url
+from .nodepools import DEFAULT_NODEPOOLS, KWOK_ANNOTATION, KWOK_ANNOTATION_VALUE, load_pools, node_manifests
+
+STATE_VERSION = 1
+START_TIMEOUT_S = 60.0
+
+
+class SandboxError(RuntimeError):
+    """The sandbox could not be brought up or inspected; the message says what is wrong."""
+
+
+@dataclass
+class State:
+    """What `up` recorded: ports, binaries and every process it started."""
+
+    ports: Ports
+    binaries: dict[str, str]
+    procs: list[procs.ProcRecord] = field(default_factory=list)
+    extra: list[procs.ProcRecord] = field(default_factory=list)
+    started_at: float = 0.0
+    ready_after_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "ports": self.ports.as_dict(),
+            "binaries": self.binaries,
+            "procs": [p.to_json() for p in self.procs],
+            "extra": [p.to_json() for p in self.extra],
+            "started_at": self.started_at,
+            "ready_after_s": self.ready_after_s,
+        }
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> State:
+        if d.get("version") != STATE_VERSION:
+            raise ValueError(f"state file version {d.get('version')!r}, expected {STATE_VERSION}")
+        return State(
+            ports=Ports(**d["ports"]),
+            binaries=dict(d["binaries"]),
+            procs=[procs.ProcRecord.from_json(p) for p in d["procs"]],
+            extra=[procs.ProcRecord.from_json(p) for p in d.get("extra", [])],
+            started_at=float(d.get("started_at", 0.0)),
+            ready_after_s=float(d.get("ready_after_s", 0.0)),
+        )
+
+
+def load_state(layout: Layout) -> State | None:
+    """The recorded state, or None when there is none (or it is unreadable)."""
+    try:
+        return State.from_json(json.loads(layout.state_file.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def save_state(layout: Layout, state: State) -> None:
+    tmp = layout.state_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state.to_json(), indent=1))
+    tmp.replace(layout.state_file)
+
+
+@contextmanager
+def state_lock(layout: Layout) -> Iterator[None]:
+    """Serialize `up`/`down` and state-file updates of one sandbox across processes."""
+    layout.lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(layout.lock_file, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def handle(layout: Layout, state: State) -> Sandbox:
+    """The Sandbox handle of a recorded state."""
+    return Sandbox(
+        state_dir=layout.state_dir,
+        server=server_url(state.ports),
+        kubeconfig=layout.admin_kubeconfig,
+        kubectl_path=Path(state.binaries["kubectl"]),
+        helm_path=Path(state.binaries["helm"]),
+        ca_file=layout.pki.ca_cert,
+    )
+
+
+def _died(rec: procs.ProcRecord, ports: Ports) -> SandboxError:
+    log_tail = procs.tail(rec.log)
+    if "address already in use" in log_tail:
+        taken = [p for p in ports.as_dict().values() if str(p) in log_tail and not procs.port_is_free(p)]
+        where = f"port {taken[0]}" if taken else "a port"
+        return SandboxError(f"{rec.name}: {where} on 127.0.0.1 is taken by another process; run `up` again")
+    return SandboxError(f"{rec.name} died; last lines of {rec.log}:\n{log_tail}")
+
+
+def _alive_check(rec: procs.ProcRecord, ports: Ports) -> Callable[[], None]:
+    def check() -> None:
+        if not procs.is_running(rec):
+            raise _died(rec, ports)
+
+    return check
+
+
+def running_ok(layout: Layout, state: State) -> bool:
+    """Whether every control-plane process is alive and the API server answers /readyz."""
+    if not all(procs.is_running(p) for p in state.procs) or len(state.procs) != len(COMPONENTS):
+        return False
+    pki = layout.pki
+    ctx = tls_context(pki.ca_cert, pki.client_cert("admin"), pki.client_key("admin"))
+    return healthy(state.ports.apiserver, "/readyz", ctx)
+
+
+def _write_configs(layout: Layout, ports: Ports) -> None:
+    pki = ensure_pki(layout.pki.dir)
+    server = server_url(ports)
+    users = {c.file_stem: c.user for c in CLIENTS}
+    admin = kubeconfig_dict(
+        server,
+        pki.ca_cert,
+        users["admin"],
+        client_cert=pki.client_cert("admin"),
+        client_key=pki.client_key("admin"),
+    )
+    write_kubeconfig(layout.admin_kubeconfig, admin)
+    for stem in ("controller-manager", "scheduler", "kwok"):
+        cfg = kubeconfig_dict(
+            server,
+            pki.ca_cert,
+            users[stem],
+            client_cert=pki.client_cert(stem),
+            client_key=pki.client_key(stem),
+        )
+        write_kubeconfig(layout.component_kubeconfig(stem), cfg)
+    # An explicit (empty) kwok configuration: never pick up a user's ~/.kwok/kwok.yaml.
+    kwok_cfg = {"apiVersion": "config.kwok.x-k8s.io/v1alpha1", "kind": "KwokConfiguration", "options": {}}
+    (layout.state_dir / "kwok.yaml").write_text(yaml.safe_dump(kwok_cfg))
+
+
+def _start_control_plane(layout: Layout, state: State, bins: Resolved, log: Callable[[str], None]) -> None:
+    pki, ports = layout.pki, state.ports
+    annotation = f"{KWOK_ANNOTATION}={KWOK_ANNOTATION_VALUE}"
+
+    def launch(name: str) -> procs.ProcRecord:
+        argv = command(name, bins[name], layout, ports, annotation)
+        rec = procs.start(name, argv, layout.log(name))
+        state.procs.append(rec)
+        save_state(layout, state)  # recorded at once, so `down` can stop a half-started sandbox
+        return rec
+
+    etcd = launch("etcd")
+    etcd_ctx = tls_context(
+        pki.ca_cert, pki.client_cert("apiserver-etcd-client"), pki.client_key("apiserver-etcd-client")
+    )
+    wait_for(
+        "etcd",
+        lambda: healthy(ports.etcd_client, "/health", etcd_ctx),
+        START_TIMEOUT_S,
+        check_alive=_alive_check(etcd, ports),
+    )
+    api = launch("kube-apiserver")
+    admin_ctx = tls_context(pki.ca_cert, pki.client_cert("admin"), pki.client_key("admin"))
+    wait_for(
+        "kube-apiserver",
+        lambda: healthy(ports.apiserver, "/readyz", admin_ctx),
+        START_TIMEOUT_S,
+        check_alive=_alive_check(api, ports),
+    )
+    log(f"  kube-apiserver ready at {server_url(ports)}")
+    rest = [launch(name) for name in ("kube-controller-manager", "kube-scheduler", "kwok")]
+    anon = tls_context(None)
+    for rec, port in ((rest[0], ports.controller_manager), (rest[1], ports.scheduler)):
+        wait_for(
+            rec.name,
+            lambda port=port: healthy(port, "/healthz", anon),
+            START_TIMEOUT_S,
+            check_alive=_alive_check(rec, ports),
+        )
+
+
+def _nodes_ready(sandbox: Sandbox, expected: set[str]) -> bool:
+    items = sandbox.kubectl_json("get", "nodes")["items"]
+    ready = {
+        n["metadata"]["name"]
+        for n in items
+        if any(
+            c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", [])
+        )
+    }
+    return expected <= ready
+
+
+def _default_sa_exists(sandbox: Sandbox) -> bool:
+    return sandbox.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0
+
+
+def _add_nodes(layout: Layout, state: State, sandbox: Sandbox, nodepools: Path) -> int:
+    manifests = node_manifests(load_pools(nodepools))
+    sandbox.apply(manifests)
+    names = {m["metadata"]["name"] for m in manifests}
+    kwok = next(p for p in state.procs if p.name == "kwok")
+    wait_for(
+        f"{len(names)} kwok nodes",
+        lambda: _nodes_ready(sandbox, names),
+        START_TIMEOUT_S,
+        check_alive=_alive_check(kwok, state.ports),
+        interval_s=0.3,
+    )
+    cm = next(p for p in state.procs if p.name == "kube-controller-manager")
+    # Pods cannot be created in a namespace before its `default` ServiceAccount exists.
+    wait_for(
+        "the default ServiceAccount",
+        lambda: _default_sa_exists(sandbox),
+        START_TIMEOUT_S,
+        check_alive=_alive_check(cm, state.ports),
+        interval_s=0.2,
+    )
+    return len(names)
+
+
+def _remove_state_dir(layout: Layout) -> None:
+    # $BATON_SANDBOX_DIR may point anywhere: only ever delete a directory the sandbox made.
+    d = layout.state_dir
+    if not d.exists():
+        return
+    if any(d.iterdir()) and not (d / "sandbox.json").exists() and not (d / "pki").exists():
+        raise SandboxError(f"{d} is not empty and is not a sandbox state directory; refusing to delete it")
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def stop_all(layout: Layout, state: State) -> list[str]:
+    """Stop every recorded process (extras first, then the control plane in reverse order).
+
+    Returns the names of processes that would not stop (empty when all are gone).
+    """
+    stuck: list[str] = []
+    for rec in [*reversed(state.extra), *reversed(state.procs)]:
+        if not procs.stop(rec):
+            stuck.append(f"{rec.name} (pid {rec.pid})")
+    return stuck
+
+
+def up(
+    state_dir: Path | None = None,
+    *,
+    nodepools: Path = DEFAULT_NODEPOOLS,
+    log: Callable[[str], None] = print,
+) -> tuple[Sandbox, bool]:
+    """Bring the control plane and node pools up, or reuse the one already running.
+
+    Returns the handle and whether this call started it. Raises SandboxError (one-line cause,
+    plus a log tail when a component died) and BuildError when binaries cannot be built.
+    """
+    layout = Layout(state_dir or default_state_dir())
+    with state_lock(layout):
+        state = load_state(layout)
+        if state is not None and running_ok(layout, state):
+            log(f"sandbox already up ({layout.state_dir})")
+            return handle(layout, state), False
+        if state is not None:
+            dead = [p.name for p in state.procs if not procs.is_running(p)]
+            log(f"sandbox state found but not healthy (stopped: {', '.join(dead) or 'none'}); restarting")
+            stop_all(layout, state)
+        t0 = time.monotonic()
+        bins = resolve(build_missing=True, log=log)
+        _remove_state_dir(layout)
+        layout.state_dir.mkdir(parents=True)
+        layout.state_dir.chmod(0o700)
+        ports = Ports(*procs.free_ports(6))
+        _write_configs(layout, ports)
+        state = State(
+            ports=ports, binaries={k: str(v) for k, v in bins.paths.items()}, started_at=time.time()
+        )
+        save_state(layout, state)
+        try:
+            _start_control_plane(layout, state, bins, log)
+            sandbox = handle(layout, state)
+            n = _add_nodes(layout, state, sandbox, nodepools)
+        except (NotReady, SandboxError, RuntimeError) as exc:
+            stop_all(layout, state)
+            raise SandboxError(str(exc)) from None
+        state.ready_after_s = time.monotonic() - t0
+        save_state(layout, state)
+        log(f"  {n} nodes Ready; control plane up in {state.ready_after_s:.1f} s")
+        return sandbox, True
+
+
+def down(state_dir: Path | None = None, *, keep_state: bool = False) -> list[str]:
+    """Stop every process the sandbox started and remove its state directory.
+
+    Returns what could not be stopped (empty on success); the state is kept in that case so
+    a second `down` can retry.
+    """
+    layout = Layout(state_dir or default_state_dir())
+    with state_lock(layout):
+        state = load_state(layout)
+        stuck = stop_all(layout, state) if state is not None else []
+        if not stuck and not keep_state:
+            _remove_state_dir(layout)
+        return stuck
+
+
+@dataclass(frozen=True)
+class ProcStatus:
+    name: str
+    pid: int
+    running: bool
+    rss_bytes: int
+    log: str
+
+
+@dataclass(frozen=True)
+class Status:
+    """What `status` reports; ``up`` is False when nothing was recorded."""
+
+    state_dir: Path
+    up: bool
+    server: str | None
+    kubeconfig: Path | None
+    processes: tuple[ProcStatus, ...]
+    api_ready: bool
+
+    @property
+    def control_plane_rss_bytes(self) -> int:
+        return sum(p.rss_bytes for p in self.processes if p.name in COMPONENTS)
+
+
+def status(state_dir: Path | None = None) -> Status:
+    """Observe the sandbox without changing it."""
+    layout = Layout(state_dir or default_state_dir())
+    state = load_state(layout)
+    if state is None:
+        return Status(layout.state_dir, False, None, None, (), False)
+    rows = tuple(
+        ProcStatus(
+            p.name, p.pid, procs.is_running(p), procs.rss_bytes(p.pid) if procs.is_running(p) else 0, p.log
+        )
+        for p in [*state.procs, *state.extra]
+    )
+    ready = running_ok(layout, state)
+    return Status(layout.state_dir, True, server_url(state.ports), layout.admin_kubeconfig, rows, ready)
+
+
+def current(state_dir: Path | None = None) -> Sandbox:
+    """Handle of the running sandbox; raises SandboxError when it is not up."""
+    layout = Layout(state_dir or default_state_dir())
+    state = load_state(layout)
+    if state is None or not running_ok(layout, state):
+        raise SandboxError(f"no running sandbox in {layout.state_dir}: run `baton sandbox up`")
+    return handle(layout, state)

@@ -1,0 +1,220 @@
+"""Where the sandbox keeps its state, and the command line of each component (pure functions).
+
+Every component listens on 127.0.0.1 only, on ports picked when the sandbox comes up; etcd and
+kube-apiserver speak TLS with client-certificate authentication; the API server authorizes with
+RBAC and signs ServiceAccount tokens.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .certs import Pki
+
+STATE_DIR_ENV = "BATON_SANDBOX_DIR"
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+SERVICE_CIDR = "10.96.0.0/16"
+POD_CIDR = "10.244.0.0/16"
+# Started in this order, stopped in the reverse one.
+COMPONENTS: tuple[str, ...] = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+# The controllers a real cluster needs for what baton creates (Deployments, StatefulSets,
+# Services, ServiceAccount tokens) and for garbage collection; node lifecycle and cloud
+# controllers are left out since kwok owns the nodes.
+CONTROLLERS: tuple[str, ...] = (
+    "serviceaccount-token-controller",
+    "serviceaccount-controller",
+    "garbage-collector-controller",
+    "deployment-controller",
+    "replicaset-controller",
+    "statefulset-controller",
+    "endpointslice-controller",
+    "endpoints-controller",
+    "namespace-controller",
+    "job-controller",
+    "pod-garbage-collector-controller",
+    "disruption-controller",
+    "resourcequota-controller",
+    "clusterrole-aggregation-controller",
+    "root-ca-certificate-publisher-controller",
+)
+
+
+@dataclass(frozen=True)
+class Ports:
+    etcd_client: int
+    etcd_peer: int
+    apiserver: int
+    controller_manager: int
+    scheduler: int
+    kwok: int
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def default_state_dir() -> Path:
+    """``$BATON_SANDBOX_DIR``, else ``~/.cache/baton/sandbox/state``."""
+    env = os.environ.get(STATE_DIR_ENV)
+    if env:
+        return Path(env).expanduser().resolve()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "baton" / "sandbox" / "state"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The files of one sandbox under its state directory."""
+
+    state_dir: Path
+
+    @property
+    def pki(self) -> Pki:
+        return Pki(self.state_dir / "pki")
+
+    @property
+    def etcd_data(self) -> Path:
+        return self.state_dir / "etcd"
+
+    @property
+    def logs(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def kubeconfigs(self) -> Path:
+        return self.state_dir / "kubeconfigs"
+
+    @property
+    def admin_kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "sandbox.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.state_dir.parent / f".{self.state_dir.name}.lock"
+
+    def component_kubeconfig(self, stem: str) -> Path:
+        return self.kubeconfigs / f"{stem}.kubeconfig"
+
+    def log(self, component: str) -> Path:
+        return self.logs / f"{component}.log"
+
+
+def server_url(ports: Ports) -> str:
+    return f"https://127.0.0.1:{ports.apiserver}"
+
+
+def etcd_args(layout: Layout, ports: Ports) -> list[str]:
+    pki = layout.pki
+    peer = f"http://127.0.0.1:{ports.etcd_peer}"
+    client = f"https://127.0.0.1:{ports.etcd_client}"
+    return [
+        "--name=sandbox",
+        f"--data-dir={layout.etcd_data}",
+        f"--listen-client-urls={client}",
+        f"--advertise-client-urls={client}",
+        # Single member: the peer listener is required but only ever sees loopback.
+        f"--listen-peer-urls={peer}",
+        f"--initial-advertise-peer-urls={peer}",
+        f"--initial-cluster=sandbox={peer}",
+        f"--cert-file={pki.server_cert}",
+        f"--key-file={pki.server_key}",
+        f"--trusted-ca-file={pki.ca_cert}",
+        "--client-cert-auth",
+        # A throwaway cluster: skipping fsync makes every API write several times faster.
+        "--unsafe-no-fsync",
+        "--log-level=warn",
+    ]
+
+
+def apiserver_args(layout: Layout, ports: Ports) -> list[str]:
+    pki = layout.pki
+    return [
+        f"--etcd-servers=https://127.0.0.1:{ports.etcd_client}",
+        f"--etcd-cafile={pki.ca_cert}",
+        f"--etcd-certfile={pki.client_cert('apiserver-etcd-client')}",
+        f"--etcd-keyfile={pki.client_key('apiserver-etcd-client')}",
+        "--bind-address=127.0.0.1",
+        "--advertise-address=127.0.0.1",
+        f"--secure-port={ports.apiserver}",
+        f"--tls-cert-file={pki.server_cert}",
+        f"--tls-private-key-file={pki.server_key}",
+        f"--client-ca-file={pki.ca_cert}",
+        "--authorization-mode=RBAC",
+        f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+        f"--service-account-key-file={pki.sa_pub}",
+        f"--service-account-signing-key-file={pki.sa_key}",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        # The `kubernetes` Service cannot point at a loopback address; nothing in-cluster needs it.
+        "--endpoint-reconciler-type=none",
+        "--allow-privileged=true",
+        "--profiling=false",
+        "--v=0",
+    ]
+
+
+def _secure_serving(layout: Layout, stem: str, port: int) -> list[str]:
+    kc = layout.component_kubeconfig(stem)
+    return [
+        f"--kubeconfig={kc}",
+        f"--authentication-kubeconfig={kc}",
+        f"--authorization-kubeconfig={kc}",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={port}",
+        f"--cert-dir={layout.state_dir / 'serving' / stem}",
+        "--leader-elect=false",
+        # Sandbox tests create many objects quickly; client-go's default 5 QPS would throttle them.
+        "--kube-api-qps=200",
+        "--kube-api-burst=400",
+        "--v=0",
+    ]
+
+
+def controller_manager_args(layout: Layout, ports: Ports) -> list[str]:
+    pki = layout.pki
+    return [
+        *_secure_serving(layout, "controller-manager", ports.controller_manager),
+        f"--controllers={','.join(CONTROLLERS)}",
+        f"--service-account-private-key-file={pki.sa_key}",
+        f"--root-ca-file={pki.ca_cert}",
+        "--use-service-account-credentials=true",
+        f"--cluster-cidr={POD_CIDR}",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+    ]
+
+
+def scheduler_args(layout: Layout, ports: Ports) -> list[str]:
+    return _secure_serving(layout, "scheduler", ports.scheduler)
+
+
+def kwok_args(layout: Layout, ports: Ports, annotation: str) -> list[str]:
+    return [
+        f"--kubeconfig={layout.component_kubeconfig('kwok')}",
+        f"--config={layout.state_dir / 'kwok.yaml'}",
+        "--manage-all-nodes=false",
+        f"--manage-nodes-with-annotation-selector={annotation}",
+        f"--cidr={POD_CIDR}",
+        "--node-ip=127.0.0.1",
+        "--node-lease-duration-seconds=40",
+        # kwok's own server (healthz, logs, exec) would otherwise listen on every interface.
+        f"--server-address=127.0.0.1:{ports.kwok}",
+    ]
+
+
+def command(name: str, binary: Path, layout: Layout, ports: Ports, kwok_annotation: str) -> list[str]:
+    """Full argv of component ``name``."""
+    builders = {
+        "etcd": etcd_args,
+        "kube-apiserver": apiserver_args,
+        "kube-controller-manager": controller_manager_args,
+        "kube-scheduler": scheduler_args,
+    }
+    if name == "kwok":
+        return [str(binary), *kwok_args(layout, ports, kwok_annotation)]
+    if name not in builders:
+        raise ValueError(f"unknown sandbox component {name!r}")
+    return [str(binary), *builders[name](layout, ports)]

@@ -1,0 +1,148 @@
+"""Install baton's Helm chart into the sandbox and run `baton operator` as a local process.
+
+The chart's operator Deployment is disabled in the sandbox (kwok pods run nothing); the
+operator runs here instead, with a token kubeconfig for the chart's ServiceAccount, so it is
+held to exactly the RBAC the chart grants.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import procs
+from .cluster import SandboxError, load_state, save_state, state_lock
+from .handle import Sandbox
+
+RELEASE = "baton"
+NAMESPACE = "baton-system"
+SERVICE_ACCOUNT = "baton-operator"
+HELM_TIMEOUT_S = 120
+
+
+def find_chart() -> Path | None:
+    """charts/baton of this checkout (next to the installed package, else under the cwd)."""
+    here = Path(__file__).resolve()
+    for root in (*here.parents, Path.cwd(), *Path.cwd().parents):
+        chart = root / "charts" / "baton"
+        if (chart / "Chart.yaml").is_file():
+            return chart
+    return None
+
+
+def install_chart(sandbox: Sandbox, chart: Path, extra_set: Sequence[str] = ()) -> str:
+    """`helm upgrade --install` the chart with the operator Deployment off; returns helm's output.
+
+    Raises SandboxError with helm's last lines when the install fails.
+    """
+    cmd = [
+        str(sandbox.helm_path),
+        "upgrade",
+        "--install",
+        RELEASE,
+        str(chart),
+        "-n",
+        NAMESPACE,
+        "--create-namespace",
+        "--set",
+        "operator.enabled=false",
+        *(a for s in extra_set for a in ("--set", s)),
+        "--wait",
+        f"--timeout={HELM_TIMEOUT_S}s",
+    ]
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, env=sandbox.env(), timeout=HELM_TIMEOUT_S + 30, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise SandboxError(f"helm install of {chart} took over {HELM_TIMEOUT_S + 30} s") from None
+    if proc.returncode != 0:
+        last = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
+        raise SandboxError(f"helm install of {chart} failed: {last}")
+    return proc.stdout
+
+
+@dataclass(frozen=True)
+class OperatorProcess:
+    """A `baton operator` process running against the sandbox."""
+
+    record: procs.ProcRecord
+    kubeconfig: Path
+
+    @property
+    def pid(self) -> int:
+        return self.record.pid
+
+    @property
+    def log(self) -> Path:
+        return Path(self.record.log)
+
+    def running(self) -> bool:
+        return procs.is_running(self.record)
+
+
+def _baton_command() -> list[str]:
+    exe = Path(sys.executable).with_name("baton")
+    if exe.exists():
+        return [str(exe)]
+    return [sys.executable, "-c", "import sys; from baton_worker.cli import main; sys.exit(main())"]
+
+
+def start_operator(
+    sandbox: Sandbox,
+    *,
+    namespace: str = NAMESPACE,
+    service_account: str = SERVICE_ACCOUNT,
+    args: Sequence[str] = (),
+    name: str = "operator",
+    env: dict[str, str] | None = None,
+) -> OperatorProcess:
+    """Start `baton operator <args>` in the background as ServiceAccount ``namespace/service_account``.
+
+    The process is recorded in the sandbox state, so `baton sandbox down` stops it even when
+    its starter did not; its log is ``<state>/logs/<name>.log``. Call ``stop_operator`` to stop it.
+    """
+    kubeconfig = sandbox.kubeconfig_for_service_account(namespace, service_account)
+    full_env = {**sandbox.env(kubeconfig), **(env or {})}
+    log = sandbox.layout.log(name)
+    rec = procs.start(name, [*_baton_command(), "operator", *args], log, env=full_env)
+    layout = sandbox.layout
+    with state_lock(layout):
+        state = load_state(layout)
+        if state is None:
+            procs.stop(rec)
+            raise SandboxError(f"no sandbox state in {layout.state_dir}; bring the sandbox up first")
+        state.extra.append(rec)
+        save_state(layout, state)
+    return OperatorProcess(record=rec, kubeconfig=kubeconfig)
+
+
+def stop_operator(sandbox: Sandbox, operator: OperatorProcess, timeout_s: float = 15.0) -> bool:
+    """Stop an operator started by ``start_operator``; True when it is gone."""
+    gone = procs.stop(operator.record, timeout_s=timeout_s)
+    layout = sandbox.layout
+    with state_lock(layout):
+        state = load_state(layout)
+        if state is not None and gone:
+            state.extra = [p for p in state.extra if p.pid != operator.pid]
+            save_state(layout, state)
+    return gone
+
+
+def running_operators(sandbox: Sandbox, name: str = "operator") -> list[procs.ProcRecord]:
+    """Recorded operator processes named ``name`` that are still alive."""
+    state = load_state(sandbox.layout)
+    if state is None:
+        return []
+    return [p for p in state.extra if p.name == name and procs.is_running(p)]
+
+
+def ensure_operator(sandbox: Sandbox, args: Sequence[str] = ()) -> tuple[OperatorProcess | None, bool]:
+    """The `up` step: keep a live recorded operator or start one. Returns (process, started)."""
+    alive = running_operators(sandbox)
+    if alive:
+        return None, False
+    return start_operator(sandbox, args=args), True

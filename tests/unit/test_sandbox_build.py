@@ -1,0 +1,74 @@
+"""Wrapper go.mod generation and version pins of the sandbox build (no Go needed)."""
+
+from __future__ import annotations
+
+import pytest
+from baton_operator.sandbox.build import parse_replaces, wrapper_gomod
+from baton_operator.sandbox.versions import KUBERNETES_VERSION, components, staging_version
+
+K8S_GOMOD = """module k8s.io/kubernetes
+
+go 1.25.0
+
+require (
+\tk8s.io/api v0.0.0 // indirect
+)
+
+replace (
+\tk8s.io/api => ./staging/src/k8s.io/api
+\tk8s.io/client-go => ./staging/src/k8s.io/client-go // staged
+)
+"""
+
+ETCD_GOMOD = """module go.etcd.io/etcd/server/v3
+
+replace (
+\tgo.etcd.io/etcd/api/v3 => ../api
+\tgo.etcd.io/etcd/pkg/v3 => ../pkg
+)
+
+replace go.etcd.io/etcd => ./FORBIDDEN_DEPENDENCY
+replace github.com/foo/bar v1.0.0 => github.com/fork/bar v1.0.1
+"""
+
+
+def test_staging_version_maps_minor_and_patch() -> None:
+    assert staging_version("v1.35.4") == "v0.35.4"
+    assert staging_version("v1.34.0") == "v0.34.0"
+    with pytest.raises(ValueError, match="KUBERNETES_VERSION"):
+        staging_version("v2.0.0")
+
+
+def test_parse_replaces_handles_blocks_single_lines_and_comments() -> None:
+    assert parse_replaces(K8S_GOMOD) == [
+        ("k8s.io/api", "./staging/src/k8s.io/api", None),
+        ("k8s.io/client-go", "./staging/src/k8s.io/client-go", None),
+    ]
+    assert parse_replaces(ETCD_GOMOD)[-1] == ("github.com/foo/bar", "github.com/fork/bar", "v1.0.1")
+
+
+def test_kubernetes_wrapper_pins_staging_modules_to_matching_release() -> None:
+    k8s = next(c for c in components() if c.name == "kubernetes")
+    text = wrapper_gomod(k8s, K8S_GOMOD)
+    assert f"require k8s.io/kubernetes {KUBERNETES_VERSION}" in text
+    assert f"\tk8s.io/api => k8s.io/api {staging_version(KUBERNETES_VERSION)}" in text
+    assert f"\tk8s.io/client-go => k8s.io/client-go {staging_version(KUBERNETES_VERSION)}" in text
+    assert "./staging" not in text
+
+
+def test_etcd_wrapper_drops_local_replaces_and_keeps_remote_ones() -> None:
+    etcd = next(c for c in components() if c.name == "etcd")
+    text = wrapper_gomod(etcd, ETCD_GOMOD)
+    assert "../api" not in text and "FORBIDDEN" not in text
+    assert "\tgithub.com/foo/bar => github.com/fork/bar v1.0.1" in text
+
+
+def test_every_binary_is_pinned_and_kubernetes_is_at_least_1_34() -> None:
+    names = [b.name for c in components() for b in c.binaries]
+    assert sorted(names) == sorted(
+        ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok", "helm"]
+    )
+    minor = int(KUBERNETES_VERSION.lstrip("v").split(".")[1])
+    assert minor >= 34
+    k8s = next(c for c in components() if c.name == "kubernetes")
+    assert f"-X k8s.io/component-base/version.gitVersion={KUBERNETES_VERSION}" in k8s.ldflags
