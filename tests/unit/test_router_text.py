@@ -1,0 +1,69 @@
+"""Output text assembly with stop strings and incomplete UTF-8 (pure)."""
+
+from __future__ import annotations
+
+import pytest
+from baton_worker.router.text import TextAssembler
+
+# A toy byte-level vocabulary: id -> bytes (ids 200 and 201 are the two halves of "é").
+VOCAB = {i: bytes([i]) for i in range(1, 127)}
+VOCAB[200], VOCAB[201] = "é".encode()[:1], "é".encode()[1:]
+
+
+def decode(ids: list[int]) -> str:
+    return b"".join(VOCAB[i] for i in ids).decode("utf-8", errors="replace")
+
+
+def ids_of(s: str) -> list[int]:
+    return [ord(c) for c in s]
+
+
+def run(chunks: list[list[int]], stop: tuple[str, ...] = ()) -> tuple[list[str], TextAssembler]:
+    t = TextAssembler(decode, stop)
+    out = [t.add(c) for c in chunks]
+    out.append(t.flush())
+    return out, t
+
+
+def test_plain_text_streams_every_token() -> None:
+    out, t = run([ids_of("ab"), ids_of("c")])
+    assert out == ["ab", "c", ""] and t.text == "abc" and not t.stopped
+
+
+def test_incomplete_utf8_is_held_back() -> None:
+    out, t = run([ids_of("x") + [200], [201], ids_of("y")])
+    assert out == ["x", "é", "y", ""] and t.text == "xéy"
+
+
+@pytest.mark.parametrize(
+    ("chunks", "stop", "text", "stopped"),
+    [
+        (["hello", " wor", "ld END more"], ("END",), "hello world ", True),
+        (["aE", "N", "D"], ("END",), "a", True),
+        (["aE", "N", "x"], ("END",), "aENx", False),  # a partial stop is released when it fails to complete
+        (["abc"], ("b", "c"), "a", True),  # the earliest stop wins
+        (["a\n\nb"], ("\n\n",), "a", True),
+        (["ab"], ("abc",), "ab", False),  # held back, then flushed at the end
+    ],
+)
+def test_stop_strings(chunks: list[str], stop: tuple[str, ...], text: str, stopped: bool) -> None:
+    out, t = run([ids_of(c) for c in chunks], stop)
+    assert "".join(out) == text == t.text
+    assert t.stopped is stopped
+    for piece in out:
+        for s in stop:
+            assert s not in piece
+
+
+def test_streamed_equals_all_at_once_for_any_split() -> None:
+    s = "the quick END brown"
+    whole, _ = run([ids_of(s)], ("END",))
+    for cut in range(1, len(s)):
+        parts, _ = run([ids_of(s[:cut]), ids_of(s[cut:])], ("END",))
+        assert "".join(parts) == "".join(whole) == "the quick "
+
+
+def test_nothing_after_stop() -> None:
+    t = TextAssembler(decode, ("X",))
+    assert t.add(ids_of("aXb")) == "a"
+    assert t.add(ids_of("more")) == "" and t.text == "a"

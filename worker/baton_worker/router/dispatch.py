@@ -1,0 +1,294 @@
+"""Running one request over the worker pools, with retries and mid-stream failover.
+
+The loop: pick a decode worker; decide remote or local prefill; on remote, call Prefill and
+hand its first token to the caller at once (that is the time to first token); then stream
+Generate from the decode worker. Any worker failure is retried on another worker, resuming
+from the output tokens already produced (``resume_token_ids``): sampling of output index i
+depends only on (seed, i), so the continuation is the same tokens a healthy run would give.
+The decisions (what failed, what to skip) are pure functions at the top of this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+
+from baton_worker.rpc import pb2
+
+from .errors import bad_param, internal, unavailable
+from .metrics import RouterMetrics
+from .placement import DisaggConfig, choose_decode, decide_prefill
+from .pool import Worker, WorkerPool
+
+log = logging.getLogger("baton.router.dispatch")
+
+# Worker answers that mean "this request is wrong", not "this worker is broken".
+_CLIENT_CODES = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE)
+
+
+@dataclass(frozen=True)
+class DispatchConfig:
+    disagg: DisaggConfig = field(default_factory=DisaggConfig)
+    prefill_timeout_s: float = 120.0
+    request_timeout_s: float = 3600.0
+    worker_wait_s: float = 15.0  # how long a request may wait for a usable worker before 503
+    max_attempts: int = 8
+
+
+@dataclass
+class Job:
+    """One request as the workers see it; ``sampling.seed`` is always set (see internals.md)."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling: pb2.SamplingParams
+
+
+@dataclass(frozen=True)
+class Progress:
+    """New output tokens, in order, each exactly once; ``finish_reason`` on the last event."""
+
+    token_ids: tuple[int, ...]
+    finish_reason: str | None = None
+
+
+def new_tokens(chunk_ids: Sequence[int], chunk_total: int, known: int) -> tuple[list[int], int]:
+    """The part of a chunk that is new, and the size of any gap before it.
+
+    ``chunk_total`` is the worker's count of output tokens after this chunk, resumed tokens
+    included, so the chunk holds output indices ``[chunk_total - len(chunk_ids), chunk_total)``.
+    Tokens below ``known`` (already delivered, e.g. the prefill worker's first token echoed
+    by the decode worker) are dropped; a positive gap means the worker skipped tokens.
+    """
+    start = chunk_total - len(chunk_ids)
+    skip = max(0, known - start)
+    return list(chunk_ids[skip:]), max(0, start - known)
+
+
+def is_client_error(code: grpc.StatusCode) -> bool:
+    """True when a worker refused the request itself (retrying elsewhere cannot help)."""
+    return code in _CLIENT_CODES
+
+
+class Dispatcher:
+    """Runs requests over a prefill pool and a decode pool."""
+
+    def __init__(
+        self, prefill: WorkerPool, decode: WorkerPool, cfg: DispatchConfig, metrics: RouterMetrics
+    ) -> None:
+        self.prefill = prefill
+        self.decode = decode
+        self.cfg = cfg
+        self.metrics = metrics
+        self._background: set[asyncio.Task] = set()
+
+    async def generate(self, job: Job) -> AsyncIterator[Progress]:
+        """Yield the request's output tokens; raises ApiError when it cannot be served.
+
+        Closing the generator early (client gone, stop string reached) cancels the work on
+        every worker involved.
+        """
+        known: list[int] = []
+        failures = 0
+        excluded: dict[str, set[str]] = {"prefill": set(), "decode": set()}
+        last_error = "no attempt made"
+        while True:
+            if failures >= self.cfg.max_attempts:
+                raise internal(f"request {job.request_id} failed {failures} times; last error: {last_error}")
+            sub_id = f"{job.request_id}-{failures}"
+            dw = await self._pick_decode(excluded["decode"])
+            decision = decide_prefill(
+                len(job.prompt_token_ids) + len(known),
+                self.prefill.loads(),
+                self.cfg.disagg,
+                excluded["prefill"],
+            )
+            self.metrics.placements.labels("remote" if decision.remote else "local", decision.reason).inc()
+            handle = None
+            first = 0
+            resume = list(known)
+            pw: Worker | None = None
+            if decision.remote:
+                pw = self.prefill.workers[decision.worker]  # type: ignore[index]
+                try:
+                    resp = await self._prefill(pw, job, sub_id, resume)
+                except grpc.aio.AioRpcError as e:
+                    last_error = f"prefill {pw.address}: {e.code().name} {e.details()}"
+                    self._failed(self.prefill, pw.address, excluded, e, last_error)
+                    failures += 1
+                    continue
+                handle, first = resp.handle, resp.first_token
+                known.append(first)
+                yield Progress((first,))
+            stream = self._stream(dw, job, sub_id, resume, handle, first, known)
+            try:
+                # aclosing: when our caller stops early, the decode stream is cancelled right away.
+                async with contextlib.aclosing(stream):
+                    async for ids, finish in stream:
+                        if ids:
+                            known.extend(ids)
+                        if ids or finish:
+                            yield Progress(tuple(ids), finish)
+                        if finish:
+                            self.decode.mark_ok(dw.address)
+                            return
+                last_error = f"decode {dw.address}: stream ended without a finish reason"
+                self.decode.mark_failed(dw.address, last_error)
+                self.metrics.retries.labels("decode", "incomplete_stream").inc()
+            except grpc.aio.AioRpcError as e:
+                last_error = f"decode {dw.address}: {e.code().name} {e.details()}"
+                self._failed(self.decode, dw.address, excluded, e, last_error)
+            except _WorkerDown:
+                last_error = f"decode {dw.address}: stopped answering Health"
+                self.metrics.retries.labels("decode", "unreachable").inc()
+            finally:
+                if pw is not None and handle is not None and not known[len(resume) + 1 :]:
+                    # Decode never confirmed the handoff: free the prefill side's KV now, not at the TTL.
+                    self._spawn(self._release(pw, sub_id, handle.engine_id))
+            if len(known) > len(resume):
+                self.metrics.failovers.inc()
+            failures += 1
+
+    async def _pick_decode(self, excluded: set[str]) -> Worker:
+        best = choose_decode(self.decode.loads(), excluded)
+        if best is None and excluded:
+            excluded.clear()  # every worker failed once: let back-offs and health decide
+            best = choose_decode(self.decode.loads())
+        if best is None:
+            if not await self.decode.wait_usable(self.cfg.worker_wait_s):
+                raise unavailable(f"no ready decode worker (known: {sorted(self.decode.workers) or 'none'})")
+            best = choose_decode(self.decode.loads())
+            if best is None:
+                raise unavailable("no ready decode worker")
+        return self.decode.workers[best.address]
+
+    async def _prefill(self, pw: Worker, job: Job, sub_id: str, resume: list[int]) -> pb2.PrefillResponse:
+        tokens = len(job.prompt_token_ids) + len(resume)
+        pw.inflight += 1
+        pw.inflight_prompt_tokens += tokens
+        call = pw.stub.Prefill(
+            pb2.PrefillRequest(
+                request_id=sub_id,
+                prompt_token_ids=job.prompt_token_ids,
+                sampling=job.sampling,
+                resume_token_ids=resume,
+            ),
+            timeout=self.cfg.prefill_timeout_s,
+        )
+        done = False
+        try:
+            resp = await call
+            done = True
+            self.prefill.mark_ok(pw.address)
+            return resp
+        finally:
+            pw.inflight -= 1
+            pw.inflight_prompt_tokens -= tokens
+            if not done:
+                call.cancel()
+                self._spawn(self._cancel(pw, sub_id))
+
+    async def _stream(
+        self,
+        dw: Worker,
+        job: Job,
+        sub_id: str,
+        resume: list[int],
+        handle: pb2.KvHandle | None,
+        first: int,
+        known: list[int],
+    ) -> AsyncIterator[tuple[list[int], str | None]]:
+        req = pb2.GenerateRequest(
+            request_id=sub_id,
+            prompt_token_ids=job.prompt_token_ids,
+            sampling=job.sampling,
+            resume_token_ids=resume,
+        )
+        if handle is not None:
+            req.handle.CopyFrom(handle)
+            req.first_token = first
+        dw.inflight += 1
+        call = dw.stub.Generate(req, timeout=self.cfg.request_timeout_s)
+        finished = False
+        watcher = asyncio.get_running_loop().create_task(_cancel_when_down(dw, call))
+        try:
+            while True:
+                chunk = await _next_chunk(call, watcher)
+                if chunk is None:
+                    return
+                if chunk.kv_transfer_bytes:
+                    self.metrics.kv_bytes.observe(chunk.kv_transfer_bytes)
+                    self.metrics.kv_seconds.observe(chunk.kv_transfer_seconds)
+                ids, gap = new_tokens(chunk.token_ids, chunk.completion_tokens, len(known))
+                if gap:
+                    raise grpc.aio.AioRpcError(
+                        grpc.StatusCode.DATA_LOSS, None, None, f"worker skipped {gap} output tokens"
+                    )
+                finish = chunk.finish_reason or None
+                if finish == "abort":
+                    # The worker gave the request up (drain, cancel): resume it elsewhere.
+                    raise grpc.aio.AioRpcError(
+                        grpc.StatusCode.ABORTED, None, None, "worker aborted the request"
+                    )
+                finished = finish is not None
+                yield ids, finish
+                if finished:
+                    return
+        finally:
+            watcher.cancel()
+            dw.inflight -= 1
+            if not finished:
+                call.cancel()
+                self._spawn(self._cancel(dw, sub_id))
+
+    def _failed(
+        self, pool: WorkerPool, address: str, excluded: dict[str, set[str]], e: grpc.aio.AioRpcError, why: str
+    ) -> None:
+        if is_client_error(e.code()):
+            raise bad_param("prompt", e.details() or why)
+        pool.mark_failed(address, why)
+        excluded[pool.role].add(address)
+        self.metrics.retries.labels(pool.role, e.code().name.lower()).inc()
+
+    async def _cancel(self, w: Worker, sub_id: str) -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
+            await w.stub.Cancel(pb2.CancelRequest(request_id=sub_id), timeout=2.0)
+
+    async def _release(self, w: Worker, sub_id: str, engine_id: str) -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
+            await w.stub.Release(pb2.ReleaseRequest(request_id=sub_id, engine_id=engine_id), timeout=2.0)
+
+    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+        # Cleanup must outlive the (possibly cancelled) request task; keep a reference until done.
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+class _WorkerDown(Exception):
+    """The decode worker stopped answering Health while streaming to us."""
+
+
+async def _cancel_when_down(w: Worker, call: grpc.aio.UnaryStreamCall) -> None:
+    # Health polling sets `down` when the worker stops answering; a hung stream is then cut.
+    await w.down.wait()
+    call.cancel()
+
+
+async def _next_chunk(call: grpc.aio.UnaryStreamCall, watcher: asyncio.Task) -> pb2.TokenChunk | None:
+    """The next chunk, None at the end of the stream; _WorkerDown when the watcher cut it."""
+    try:
+        chunk = await call.read()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        # grpc.aio reports a locally cancelled call as CancelledError; tell that apart from
+        # the cancellation of our own task (client gone), which must propagate.
+        if watcher.done() and task is not None and not task.cancelling():
+            raise _WorkerDown() from None
+        raise
+    return None if chunk is grpc.aio.EOF else chunk

@@ -1,0 +1,110 @@
+"""Where a request runs (pure): which prefill worker, which decode worker, and whether to
+disaggregate at all.
+
+Inputs are snapshots (:class:`WorkerLoad`) merging what a worker last reported on Health with
+what this router has in flight there right now (reports are up to one poll interval old; the
+router's own counts are exact for its own traffic, so the larger of the two is used).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+# Reasons of a prefill-placement decision (the `reason` label of baton_prefill_placement_total).
+DISAGGREGATED = "disaggregated"
+SHORT_PROMPT = "short_prompt"
+PREFILL_SATURATED = "prefill_saturated"
+NO_PREFILL_WORKER = "no_prefill_worker"
+
+
+@dataclass(frozen=True)
+class WorkerLoad:
+    """What placement knows about one worker."""
+
+    address: str
+    healthy: bool = True
+    queue_depth: int = 0  # reported: requests waiting, not yet running
+    queued_prompt_tokens: int = 0  # reported
+    running: int = 0  # reported
+    free_blocks: int = 0  # reported
+    total_blocks: int = 0  # reported
+    max_batch_size: int = 1  # reported
+    inflight: int = 0  # this router's requests there now
+    inflight_prompt_tokens: int = 0  # this router's prompt tokens waiting there (prefill)
+
+    @property
+    def pending_tokens(self) -> int:
+        return max(self.queued_prompt_tokens, self.inflight_prompt_tokens)
+
+    @property
+    def load(self) -> float:
+        """Requests there per batch slot (1.0 = batch full; above = requests wait)."""
+        return max(self.running + self.queue_depth, self.inflight) / max(1, self.max_batch_size)
+
+    @property
+    def free_fraction(self) -> float:
+        return self.free_blocks / self.total_blocks if self.total_blocks else 0.0
+
+
+@dataclass(frozen=True)
+class DisaggConfig:
+    """Thresholds of conditional disaggregation."""
+
+    # Prompts (including resumed tokens) of at most this many tokens prefill on the decode worker:
+    # the KV handoff would cost more than the prefill itself.
+    local_prefill_max_tokens: int = 8
+    # A prefill worker with at least this many prompt tokens pending is saturated; when all are,
+    # the decode worker prefills locally rather than queue behind them.
+    prefill_saturation_tokens: int = 16384
+
+
+@dataclass(frozen=True)
+class PrefillDecision:
+    remote: bool
+    reason: str
+    worker: str | None = None  # the prefill worker when remote
+
+
+def _candidates(workers: Sequence[WorkerLoad], exclude: Collection[str]) -> list[WorkerLoad]:
+    return [w for w in workers if w.healthy and w.address not in exclude]
+
+
+def choose_prefill(workers: Sequence[WorkerLoad], exclude: Collection[str] = ()) -> WorkerLoad | None:
+    """The healthy prefill worker with the fewest pending prompt tokens (None when there is none).
+
+    Ties go to fewer in-flight requests, then to the address, so the choice is deterministic.
+    """
+    pool = _candidates(workers, exclude)
+    if not pool:
+        return None
+    return min(pool, key=lambda w: (w.pending_tokens, w.inflight, w.address))
+
+
+def choose_decode(workers: Sequence[WorkerLoad], exclude: Collection[str] = ()) -> WorkerLoad | None:
+    """The healthy decode worker with the most free KV memory relative to its load.
+
+    Score: free fraction of KV blocks minus load (requests per batch slot); a worker whose
+    batch is full ranks below any that still has a free slot.
+    """
+    pool = _candidates(workers, exclude)
+    if not pool:
+        return None
+    return min(pool, key=lambda w: (w.load >= 1.0, w.load - w.free_fraction, w.inflight, w.address))
+
+
+def decide_prefill(
+    prompt_tokens: int,
+    prefill_workers: Sequence[WorkerLoad],
+    cfg: DisaggConfig,
+    exclude: Collection[str] = (),
+) -> PrefillDecision:
+    """Prefill remotely (on the chosen prefill worker) or locally on the decode worker, and why."""
+    if prompt_tokens <= cfg.local_prefill_max_tokens:
+        return PrefillDecision(False, SHORT_PROMPT)
+    best = choose_prefill(prefill_workers, exclude)
+    if best is None:
+        return PrefillDecision(False, NO_PREFILL_WORKER)
+    if best.pending_tokens >= cfg.prefill_saturation_tokens:
+        return PrefillDecision(False, PREFILL_SATURATED)
+    return PrefillDecision(True, DISAGGREGATED, best.address)

@@ -1,0 +1,196 @@
+"""The workers of one role: gRPC channels, health polling, ejection and in-flight accounting.
+
+A worker is used only while its last Health answer said ready (and not draining) and it is not
+ejected. A failed request ejects it at once for a back-off that doubles with consecutive
+failures; polling keeps asking, and a ready answer after the back-off brings it back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from baton_worker.rpc import pb2, pb2_grpc
+
+from .placement import WorkerLoad
+
+log = logging.getLogger("baton.router.pool")
+
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.max_send_message_length", 64 << 20),
+    ("grpc.enable_retries", 0),  # the router decides about retries itself
+]
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    poll_interval_s: float = 0.5
+    health_timeout_s: float = 1.0
+    eject_base_s: float = 1.0
+    eject_max_s: float = 30.0
+
+
+@dataclass
+class Worker:
+    """One worker as the router sees it."""
+
+    address: str
+    role: str
+    channel: grpc.aio.Channel
+    stub: Any  # PrefillWorkerStub | DecodeWorkerStub
+    health: Any = None  # last pb2.HealthResponse
+    reachable: bool = False
+    ejected_until: float = 0.0
+    failures: int = 0  # consecutive request failures
+    inflight: int = 0
+    inflight_prompt_tokens: int = 0
+    down: asyncio.Event = field(default_factory=asyncio.Event)  # set while unreachable
+
+    def usable(self, now: float) -> bool:
+        h = self.health
+        return self.reachable and h is not None and h.ready and not h.draining and now >= self.ejected_until
+
+    def load(self, now: float) -> WorkerLoad:
+        h = self.health
+        return WorkerLoad(
+            address=self.address,
+            healthy=self.usable(now),
+            queue_depth=h.queue_depth if h else 0,
+            queued_prompt_tokens=h.queued_prompt_tokens if h else 0,
+            running=h.running if h else 0,
+            free_blocks=h.free_blocks if h else 0,
+            total_blocks=h.total_blocks if h else 0,
+            max_batch_size=(h.max_batch_size if h else 0) or 1,
+            inflight=self.inflight,
+            inflight_prompt_tokens=self.inflight_prompt_tokens,
+        )
+
+
+class WorkerPool:
+    """The workers of one role (``"prefill"`` or ``"decode"``)."""
+
+    def __init__(self, role: str, cfg: PoolConfig | None = None) -> None:
+        if role not in ("prefill", "decode"):
+            raise ValueError(f"role: expected prefill or decode, got {role!r}")
+        self.role = role
+        self.cfg = cfg or PoolConfig()
+        self.workers: dict[str, Worker] = {}
+        self.waiting = 0  # requests held in the router until a worker of this role is usable
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def set_addresses(self, addresses: Iterable[str]) -> None:
+        """Adopt the discovered set of workers: open channels to new ones, close removed ones."""
+        wanted = list(dict.fromkeys(addresses))
+        for addr in list(self.workers):
+            if addr not in wanted:
+                w = self.workers.pop(addr)
+                # Streams still open there get a grace period to end on their own.
+                asyncio.get_running_loop().create_task(w.channel.close(grace=30.0))
+        for addr in wanted:
+            if addr not in self.workers:
+                ch = grpc.aio.insecure_channel(addr, options=_CHANNEL_OPTIONS)
+                stub = (pb2_grpc.PrefillWorkerStub if self.role == "prefill" else pb2_grpc.DecodeWorkerStub)(
+                    ch
+                )
+                w = Worker(address=addr, role=self.role, channel=ch, stub=stub)
+                w.down.set()
+                self.workers[addr] = w
+        self._changed.set()
+
+    def loads(self) -> list[WorkerLoad]:
+        now = time.monotonic()
+        return [w.load(now) for w in self.workers.values()]
+
+    def usable_count(self) -> int:
+        now = time.monotonic()
+        return sum(w.usable(now) for w in self.workers.values())
+
+    def queue_depth(self) -> int:
+        """Requests waiting for this role: in the workers' queues plus held in the router."""
+        reported = sum(w.health.queue_depth for w in self.workers.values() if w.reachable and w.health)
+        return reported + self.waiting
+
+    def max_model_len(self) -> int:
+        """The smallest context length any reachable worker reports (0 when none reported)."""
+        lens = [w.health.max_model_len for w in self.workers.values() if w.health and w.health.max_model_len]
+        return min(lens, default=0)
+
+    def mark_failed(self, address: str, reason: str) -> None:
+        """Eject a worker after a failed request; back-off doubles with consecutive failures."""
+        w = self.workers.get(address)
+        if w is None:
+            return
+        w.failures += 1
+        backoff = min(self.cfg.eject_max_s, self.cfg.eject_base_s * 2 ** (w.failures - 1))
+        w.ejected_until = time.monotonic() + backoff
+        log.warning("%s worker %s ejected for %.1fs: %s", self.role, address, backoff, reason)
+
+    def mark_ok(self, address: str) -> None:
+        w = self.workers.get(address)
+        if w is not None:
+            w.failures = 0
+
+    async def wait_usable(self, timeout_s: float) -> bool:
+        """Wait until some worker is usable; False after ``timeout_s``. Counts as waiting meanwhile."""
+        deadline = time.monotonic() + timeout_s
+        self.waiting += 1
+        try:
+            while self.usable_count() == 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), timeout=min(left, self.cfg.poll_interval_s))
+            return True
+        finally:
+            self.waiting -= 1
+
+    async def poll_once(self) -> None:
+        await asyncio.gather(*(self._check(w) for w in list(self.workers.values())))
+        self._changed.set()
+
+    async def _check(self, w: Worker) -> None:
+        try:
+            h = await w.stub.Health(pb2.HealthRequest(), timeout=self.cfg.health_timeout_s)
+        except grpc.aio.AioRpcError as e:
+            if w.reachable:
+                log.warning("%s worker %s unreachable: %s", self.role, w.address, e.code().name)
+            w.reachable = False
+            w.down.set()
+            return
+        if not w.reachable:
+            log.info("%s worker %s reachable (ready=%s)", self.role, w.address, h.ready)
+        w.health = h
+        w.reachable = True
+        w.down.clear()
+
+    async def run(self) -> None:
+        """Poll every worker's Health forever (cancel the task to stop)."""
+        while True:
+            await self.poll_once()
+            await asyncio.sleep(self.cfg.poll_interval_s)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self.run(), name=f"poll-{self.role}")
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await asyncio.gather(*(w.channel.close() for w in self.workers.values()))
+
+    def snapshot(self) -> tuple[int, int, int]:
+        """(queue depth, usable workers, ejected or unreachable workers) for metrics."""
+        usable = self.usable_count()
+        return self.queue_depth(), usable, len(self.workers) - usable
