@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -103,6 +104,28 @@ class KvBlockPool:
         self._allocated = bytearray(num_blocks)
         self._waiters = 0
         self._waiting_tokens = 0
+
+    @classmethod
+    def for_model(
+        cls,
+        model: Any,
+        *,
+        num_blocks: int | None = None,
+        memory_bytes: int | None = None,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+    ) -> KvBlockPool:
+        """A pool shaped for ``model`` (a LoadedModel: its layers, KV heads, head dim, dtype, device)."""
+        shape = model.shape
+        return cls(
+            num_layers=shape.num_layers,
+            num_kv_heads=shape.num_kv_heads,
+            head_dim=shape.head_dim,
+            dtype=model.dtype,
+            device=model.device,
+            block_size=block_size,
+            num_blocks=num_blocks,
+            memory_bytes=memory_bytes,
+        )
 
     @property
     def device(self) -> torch.device:
