@@ -1,0 +1,83 @@
+"""A settable `baton_queue_depth` endpoint: what a router's /metrics shows, under the caller's control.
+
+`baton bench autoscale` and the sandbox tests point `spec.autoscaling.metricsUrl` at it to create
+a queue spike on demand (the sandbox has no pod network, so the real router is not reachable).
+It also records when each scrape arrived, so a bench can tell scrape latency from actuation.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class QueueEndpoint:
+    """HTTP server on 127.0.0.1 (port 0 = any free port) serving ``/metrics``.
+
+    ``set(prefill=..., decode=...)`` changes the exported queue depths; ``fail(status)`` makes it
+    answer an HTTP error; ``stop()`` closes the socket (the endpoint becomes unreachable).
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._lock = threading.Lock()
+        self._depths: dict[str, float] = {"prefill": 0.0, "decode": 0.0}
+        self._error: int | None = None
+        self.scrapes: list[float] = []
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                with endpoint._lock:
+                    endpoint.scrapes.append(time.time())
+                    error = endpoint._error
+                    body = endpoint._text().encode()
+                if self.path.split("?")[0] != "/metrics":
+                    self.send_error(404)
+                    return
+                if error is not None:
+                    self.send_error(error)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="queue-endpoint", daemon=True)
+        self._thread.start()
+
+    def _text(self) -> str:
+        lines = ["# HELP baton_queue_depth Requests waiting for a role.", "# TYPE baton_queue_depth gauge"]
+        lines += [f'baton_queue_depth{{role="{r}"}} {v}' for r, v in sorted(self._depths.items())]
+        return "\n".join(lines) + "\n"
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/metrics"
+
+    def set(self, **depths: float) -> None:
+        """Set the queue depth of the named roles; the next scrape sees them."""
+        with self._lock:
+            self._depths.update({k: float(v) for k, v in depths.items()})
+            self._error = None
+
+    def fail(self, status: int = 503) -> None:
+        with self._lock:
+            self._error = status
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> QueueEndpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
