@@ -1,0 +1,108 @@
+"""Pieces shared by `baton bench autoscale` and the sandbox tests: an autoscaled pool, its replicas.
+
+``autoscaled_pool`` is pure (a manifest); :class:`Replicas` reads a role's replicas quickly through
+the Kubernetes client (kubectl is too slow to time a reaction in tens of milliseconds).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from baton_operator.autoscaling.actuation import KINDS, workload_name
+
+
+@dataclass(frozen=True)
+class RoleKnobs:
+    min_replicas: int = 1
+    max_replicas: int = 4
+    target_queue_depth: float = 4
+    tensor_parallel_size: int = 1
+    gpu: str = "H100"
+    scale_down_s: float = 300
+    max_scale_step: int = 4
+
+
+def autoscaled_pool(
+    name: str,
+    namespace: str,
+    metrics_url: str,
+    interval_s: float,
+    prefill: RoleKnobs,
+    decode: RoleKnobs,
+) -> dict[str, Any]:
+    """An InferencePool (builtin://tiny) with both roles autoscaled on ``metrics_url``."""
+
+    def role(k: RoleKnobs) -> dict[str, Any]:
+        return {
+            "replicas": k.min_replicas,
+            "tensorParallelSize": k.tensor_parallel_size,
+            "gpu": {"type": k.gpu},
+            "autoscaling": {
+                "enabled": True,
+                "minReplicas": k.min_replicas,
+                "maxReplicas": k.max_replicas,
+                "targetQueueDepth": k.target_queue_depth,
+                "scaleUpStabilizationSeconds": 0,
+                "scaleDownStabilizationSeconds": int(k.scale_down_s),
+                "maxScaleStep": k.max_scale_step,
+            },
+        }
+
+    return {
+        "apiVersion": "baton.dev/v1alpha1",
+        "kind": "InferencePool",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "model": {"name": "tiny", "source": "builtin://tiny"},
+            "prefill": role(prefill),
+            "decode": role(decode),
+            "router": {"replicas": 1},
+            "autoscaling": {"metricsUrl": metrics_url, "intervalSeconds": int(interval_s)},
+        },
+    }
+
+
+class Replicas:
+    """spec.replicas of a pool's role workloads, read with the Kubernetes client."""
+
+    def __init__(self, kubeconfig: Path, namespace: str, pool: str) -> None:
+        from kubernetes import client, config
+
+        self._api = config.new_client_from_config(config_file=str(kubeconfig))
+        self._apps = client.AppsV1Api(self._api)
+        self.namespace, self.pool = namespace, pool
+
+    def get(self, role: str) -> int | None:
+        """The role's spec.replicas, or None while its workload does not exist."""
+        from kubernetes.client.exceptions import ApiException
+
+        name = workload_name(self.pool, role)
+        read = (
+            self._apps.read_namespaced_stateful_set
+            if KINDS[role] == "StatefulSet"
+            else self._apps.read_namespaced_deployment
+        )
+        try:
+            return int(read(name, self.namespace, _request_timeout=5).spec.replicas or 0)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def close(self) -> None:
+        self._api.close()
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.05) -> float:
+    """Poll ``check`` until true; return the time it became true, or raise TimeoutError naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if check():
+            return time.time()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:g}s waiting for {what}")
+        time.sleep(poll_s)
