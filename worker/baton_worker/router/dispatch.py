@@ -100,59 +100,75 @@ class Dispatcher:
         while True:
             if failures >= self.cfg.max_attempts:
                 raise internal(f"request {job.request_id} failed {failures} times; last error: {last_error}")
-            sub_id = f"{job.request_id}-{failures}"
             dw = await self._pick_decode(excluded["decode"])
-            decision = decide_prefill(
-                len(job.prompt_token_ids) + len(known),
-                self.prefill.loads(),
-                self.cfg.disagg,
-                excluded["prefill"],
-            )
-            self.metrics.placements.labels("remote" if decision.remote else "local", decision.reason).inc()
-            handle = None
-            first = 0
-            resume = list(known)
-            pw: Worker | None = None
-            if decision.remote:
-                pw = self.prefill.workers[decision.worker]  # type: ignore[index]
-                try:
-                    resp = await self._prefill(pw, job, sub_id, resume)
-                except grpc.aio.AioRpcError as e:
-                    last_error = f"prefill {pw.address}: {e.code().name} {e.details()}"
-                    self._failed(self.prefill, pw.address, excluded, e, last_error)
-                    failures += 1
-                    continue
-                handle, first = resp.handle, resp.first_token
-                known.append(first)
-                yield Progress((first,))
-            stream = self._stream(dw, job, sub_id, resume, handle, first, known)
+            # Count the request on its decode worker from the moment it is chosen, so that
+            # concurrent arrivals spread out while they are still prefilling.
+            dw.inflight += 1
+            attempt = self._attempt(job, f"{job.request_id}-{failures}", dw, known, excluded)
             try:
-                # aclosing: when our caller stops early, the decode stream is cancelled right away.
-                async with contextlib.aclosing(stream):
-                    async for ids, finish in stream:
-                        if ids:
-                            known.extend(ids)
-                        if ids or finish:
-                            yield Progress(tuple(ids), finish)
-                        if finish:
-                            self.decode.mark_ok(dw.address)
+                # aclosing: when our caller stops early, the attempt's RPCs are cancelled at once.
+                async with contextlib.aclosing(attempt):
+                    async for ev in attempt:
+                        yield ev
+                        if ev.finish_reason:
                             return
-                last_error = f"decode {dw.address}: stream ended without a finish reason"
-                self.decode.mark_failed(dw.address, last_error)
-                self.metrics.retries.labels("decode", "incomplete_stream").inc()
-            except grpc.aio.AioRpcError as e:
-                last_error = f"decode {dw.address}: {e.code().name} {e.details()}"
-                self._failed(self.decode, dw.address, excluded, e, last_error)
-            except _WorkerDown:
-                last_error = f"decode {dw.address}: stopped answering Health"
-                self.metrics.retries.labels("decode", "unreachable").inc()
+            except _Retry as r:
+                last_error = r.why
+                if known:
+                    self.metrics.failovers.inc()  # the next attempt resumes after tokens already sent
             finally:
-                if pw is not None and handle is not None and not known[len(resume) + 1 :]:
-                    # Decode never confirmed the handoff: free the prefill side's KV now, not at the TTL.
-                    self._spawn(self._release(pw, sub_id, handle.engine_id))
-            if len(known) > len(resume):
-                self.metrics.failovers.inc()
+                dw.inflight -= 1
             failures += 1
+
+    async def _attempt(
+        self, job: Job, sub_id: str, dw: Worker, known: list[int], excluded: dict[str, set[str]]
+    ) -> AsyncIterator[Progress]:
+        """One try on one decode worker (and maybe one prefill worker); _Retry when it failed.
+
+        Appends every token it yields to ``known``.
+        """
+        decision = decide_prefill(
+            len(job.prompt_token_ids) + len(known), self.prefill.loads(), self.cfg.disagg, excluded["prefill"]
+        )
+        self.metrics.placements.labels("remote" if decision.remote else "local", decision.reason).inc()
+        handle = None
+        first = 0
+        resume = list(known)
+        pw: Worker | None = None
+        if decision.remote:
+            pw = self.prefill.workers[decision.worker]  # type: ignore[index]
+            try:
+                resp = await self._prefill(pw, job, sub_id, resume)
+            except grpc.aio.AioRpcError as e:
+                raise self._failed(self.prefill, pw.address, excluded, e) from None
+            handle, first = resp.handle, resp.first_token
+            known.append(first)
+            yield Progress((first,))
+        stream = self._stream(dw, job, sub_id, resume, handle, first, known)
+        try:
+            async with contextlib.aclosing(stream):
+                async for ids, finish in stream:
+                    known.extend(ids)
+                    if ids or finish:
+                        yield Progress(tuple(ids), finish)
+                    if finish:
+                        self.decode.mark_ok(dw.address)
+                        return
+            why = f"decode {dw.address}: stream ended without a finish reason"
+            self.decode.mark_failed(dw.address, why)
+            self.metrics.retries.labels("decode", "incomplete_stream").inc()
+        except grpc.aio.AioRpcError as e:
+            raise self._failed(self.decode, dw.address, excluded, e) from None
+        except _WorkerDown:
+            why = f"decode {dw.address}: stopped answering Health"
+            self.metrics.retries.labels("decode", "unreachable").inc()
+        finally:
+            decoded_past_handoff = len(known) > len(resume) + 1
+            if pw is not None and handle is not None and not decoded_past_handoff:
+                # Decode never produced a token past the handoff: free the prefill side's KV
+                # now rather than at its TTL (a no-op when decode already pulled it).
+                self._spawn(self._release(pw, sub_id, handle.engine_id))
+        raise _Retry(why)
 
     async def _pick_decode(self, excluded: set[str]) -> Worker:
         best = choose_decode(self.decode.loads(), excluded)
@@ -212,7 +228,6 @@ class Dispatcher:
         if handle is not None:
             req.handle.CopyFrom(handle)
             req.first_token = first
-        dw.inflight += 1
         call = dw.stub.Generate(req, timeout=self.cfg.request_timeout_s)
         finished = False
         watcher = asyncio.get_running_loop().create_task(_cancel_when_down(dw, call))
@@ -241,19 +256,22 @@ class Dispatcher:
                     return
         finally:
             watcher.cancel()
-            dw.inflight -= 1
             if not finished:
                 call.cancel()
                 self._spawn(self._cancel(dw, sub_id))
 
     def _failed(
-        self, pool: WorkerPool, address: str, excluded: dict[str, set[str]], e: grpc.aio.AioRpcError, why: str
-    ) -> None:
+        self, pool: WorkerPool, address: str, excluded: dict[str, set[str]], e: grpc.aio.AioRpcError
+    ) -> _Retry:
+        """Classify a worker's RPC error: ApiError(400) when the request itself is bad, else eject
+        the worker and return the _Retry to raise."""
+        why = f"{pool.role} {address}: {e.code().name} {e.details()}"
         if is_client_error(e.code()):
             raise bad_param("prompt", e.details() or why)
         pool.mark_failed(address, why)
         excluded[pool.role].add(address)
         self.metrics.retries.labels(pool.role, e.code().name.lower()).inc()
+        return _Retry(why)
 
     async def _cancel(self, w: Worker, sub_id: str) -> None:
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
@@ -268,6 +286,14 @@ class Dispatcher:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+class _Retry(Exception):
+    """An attempt failed in a way another worker may not; ``why`` ends up in the final error."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
 
 
 class _WorkerDown(Exception):

@@ -129,9 +129,12 @@ class WorkerPool:
         w = self.workers.get(address)
         if w is None:
             return
+        now = time.monotonic()
+        if now < w.ejected_until:
+            return  # the same outage seen by another request: do not escalate the back-off
         w.failures += 1
         backoff = min(self.cfg.eject_max_s, self.cfg.eject_base_s * 2 ** (w.failures - 1))
-        w.ejected_until = time.monotonic() + backoff
+        w.ejected_until = now + backoff
         log.warning("%s worker %s ejected for %.1fs: %s", self.role, address, backoff, reason)
 
     def mark_ok(self, address: str) -> None:
