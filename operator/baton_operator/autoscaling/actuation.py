@@ -24,17 +24,20 @@ _api_client: Any = None
 
 
 def api_client() -> Any:
-    """A kubernetes ApiClient from KUBECONFIG / ~/.kube/config, else the in-cluster account."""
+    """A kubernetes ApiClient: the in-cluster account, else KUBECONFIG / ~/.kube/config."""
     global _api_client
     with _lock:
         if _api_client is None:
             from kubernetes import client, config
 
+            # The operator's precedence (api.KubeApi.from_environment): in-cluster first, then
+            # KUBECONFIG (which `baton operator --kubeconfig` sets) or ~/.kube/config.
+            conf = client.Configuration()
             try:
-                config.load_kube_config()
-            except (config.ConfigException, FileNotFoundError, TypeError):
-                config.load_incluster_config()
-            _api_client = client.ApiClient()
+                config.load_incluster_config(client_configuration=conf)
+            except config.ConfigException:
+                config.load_kube_config(client_configuration=conf)
+            _api_client = client.ApiClient(configuration=conf)
         return _api_client
 
 

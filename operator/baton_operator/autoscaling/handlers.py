@@ -5,6 +5,9 @@ fixed interval, so the timer ticks every second and runs a pass when the pool's
 ``spec.autoscaling.intervalSeconds`` has elapsed (per pool, remembered in kopf's per-object memo).
 The handler is synchronous: kopf runs it in its executor, so blocking HTTP and API calls (all with
 deadlines) never stall the event loop. It never raises: failures end up in status and Events.
+Only the operator replica holding the leader Lease scales; the others forget their samples, so a
+new leader starts every window from scratch instead of from stale data.
+Status and Events go through the operator's API client (runtime.api()) when the operator runs.
 """
 
 from __future__ import annotations
@@ -35,6 +38,36 @@ def _signal_timeout(cfg: config.AutoscalingConfig) -> float:
     return max(0.5, min(3.0, cfg.interval_s / 2))
 
 
+def _runtime_api() -> Any:
+    """The operator's KubeApi (status patches, Events), or None outside a started operator."""
+    try:
+        from baton_operator import runtime
+
+        return runtime.api()
+    except (ImportError, RuntimeError):
+        return None
+
+
+def _is_leader() -> bool:
+    try:
+        from baton_operator import runtime
+    except ImportError:
+        return True
+    try:
+        return bool(runtime.controller().is_leader())
+    except RuntimeError:
+        return False  # the operator has not started yet
+
+
+def _post(body: Any, event: controller.ScaleEvent) -> None:
+    api = _runtime_api()
+    kind = "Warning" if event.warning else "Normal"
+    if api is not None:
+        api.post_event(dict(body), kind, event.reason, event.message)
+    else:
+        (kopf.warn if event.warning else kopf.info)(dict(body), reason=event.reason, message=event.message)
+
+
 def _state(memo: Any) -> controller.PoolState:
     state = getattr(memo, _MEMO_KEY, None)
     if state is None:
@@ -50,6 +83,10 @@ def inferencepool_autoscale(
     """Run one autoscaling pass on this pool when its interval has elapsed."""
     state = _state(memo)
     now = time.time()
+    if not _is_leader():
+        state.roles.clear()
+        state.last_pass = float("-inf")
+        return
     try:
         cfg = config.parse(dict(spec))
     except config.ConfigError as e:
@@ -83,7 +120,7 @@ def inferencepool_autoscale(
         logger.warning(f"autoscaling pass failed: {e}")
         return
     for event in result.events:
-        (kopf.warn if event.warning else kopf.info)(dict(body), reason=event.reason, message=event.message)
+        _post(body, event)
     patch = controller.status_to_write(state, result, now)
     if patch is not None:
         _write_status(namespace, name, state, patch, now, logger)
@@ -93,7 +130,11 @@ def _write_status(
     namespace: str, name: str, state: controller.PoolState, patch: dict, now: float, logger: Any
 ) -> None:
     try:
-        _kube().patch_status(namespace, name, patch)
+        api = _runtime_api()
+        if api is not None:
+            api.patch_pool_status(namespace, name, patch)
+        else:
+            _kube().patch_status(namespace, name, patch)
     except Exception as e:  # noqa: BLE001 - status is retried on the next pass
         logger.warning(f"autoscaling status write failed: {e}")
         return
