@@ -108,7 +108,7 @@ def _condition(
     ok: bool,
     reason: str,
     message: str,
-    pool: Pool,
+    generation: int,
     previous: Mapping[str, Mapping[str, Any]],
     now: str,
 ) -> dict[str, Any]:
@@ -122,7 +122,7 @@ def _condition(
         "reason": reason,
         "message": message,
         "lastTransitionTime": since or now,
-        "observedGeneration": pool.generation,
+        "observedGeneration": generation,
     }
 
 
@@ -142,13 +142,15 @@ def _scaling_condition(
         )
     if autoscaling_status.get("metricsAvailable") is False:
         message = str(autoscaling_status.get("message") or "queue-depth metrics unavailable; replicas held")
-        return _condition("ScalingActive", False, "MetricsUnavailable", message, pool, previous, now)
+        return _condition(
+            "ScalingActive", False, "MetricsUnavailable", message, pool.generation, previous, now
+        )
     limited = str(autoscaling_status.get("limitedBy") or "")
     if limited:
         message = str(autoscaling_status.get("message") or f"scaling limited by {limited}")
-        return _condition("ScalingActive", True, "ScalingLimited", message, pool, previous, now)
+        return _condition("ScalingActive", True, "ScalingLimited", message, pool.generation, previous, now)
     message = str(autoscaling_status.get("message") or f"autoscaling {', '.join(roles)} on queue depth")
-    return _condition("ScalingActive", True, "MetricsAvailable", message, pool, previous, now)
+    return _condition("ScalingActive", True, "MetricsAvailable", message, pool.generation, previous, now)
 
 
 def compute_status(
@@ -226,9 +228,9 @@ def compute_status(
         degraded = (False, "AsExpected", "no problems observed")
 
     conditions = [
-        _condition("Ready", *ready, pool, previous, now),
-        _condition("Progressing", *progressing, pool, previous, now),
-        _condition("Degraded", *degraded, pool, previous, now),
+        _condition("Ready", *ready, pool.generation, previous, now),
+        _condition("Progressing", *progressing, pool.generation, previous, now),
+        _condition("Degraded", *degraded, pool.generation, previous, now),
     ]
     scaling = _scaling_condition(pool, previous_status.get("autoscaling") or {}, previous, now)
     if scaling:
@@ -256,3 +258,21 @@ def status_patch(desired: Mapping[str, Any], current: Mapping[str, Any] | None) 
         elif value != cur:
             patch[key] = value
     return patch
+
+
+def invalid_spec_status(
+    generation: int, error: str, previous_status: Mapping[str, Any] | None, now: str
+) -> dict[str, Any]:
+    """Status of a pool whose spec cannot be parsed: not Ready, Degraded, the field named in the message."""
+    previous_status = previous_status or {}
+    previous = {c.get("type"): c for c in previous_status.get("conditions") or [] if isinstance(c, Mapping)}
+    return {
+        "observedGeneration": generation,
+        "conditions": [
+            _condition("Ready", False, "InvalidSpec", error, generation, previous, now),
+            _condition(
+                "Progressing", False, "InvalidSpec", "waiting for a valid spec", generation, previous, now
+            ),
+            _condition("Degraded", True, "InvalidSpec", error, generation, previous, now),
+        ],
+    }

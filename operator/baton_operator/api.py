@@ -1,0 +1,265 @@
+"""All of the operator's Kubernetes API I/O: reads, server-side apply, status patches, Events.
+
+Children are applied with server-side apply (field manager ``baton-operator``, force) only when
+the live object differs from the desired one (desired ⊆ live), so a no-op resync writes nothing.
+Every write is counted (``writes``) and exported as ``baton_operator_api_writes_total``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import kubernetes
+from prometheus_client import Counter as PromCounter
+
+from baton_operator.spec import GROUP, KIND, PLURAL, VERSION
+
+log = logging.getLogger(__name__)
+
+FIELD_MANAGER = "baton-operator"
+REQUEST_TIMEOUT_S = 30.0
+WRITES = PromCounter("baton_operator_api_writes", "API writes made by the operator", ["verb", "kind"])
+
+
+@dataclass(frozen=True)
+class Kind:
+    api_version: str
+    kind: str
+    plural: str
+
+    def path(self, namespace: str, name: str = "") -> str:
+        base = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
+        suffix = f"/{name}" if name else ""
+        return f"{base}/namespaces/{namespace}/{self.plural}{suffix}"
+
+
+KINDS: dict[tuple[str, str], Kind] = {
+    (k.api_version, k.kind): k
+    for k in (
+        Kind("v1", "ConfigMap", "configmaps"),
+        Kind("v1", "Service", "services"),
+        Kind("v1", "ServiceAccount", "serviceaccounts"),
+        Kind("v1", "Pod", "pods"),
+        Kind("v1", "Event", "events"),
+        Kind("apps/v1", "StatefulSet", "statefulsets"),
+        Kind("apps/v1", "Deployment", "deployments"),
+        Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
+        Kind("rbac.authorization.k8s.io/v1", "Role", "roles"),
+        Kind("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings"),
+        Kind("keda.sh/v1alpha1", "ScaledObject", "scaledobjects"),
+        Kind("coordination.k8s.io/v1", "Lease", "leases"),
+        Kind(f"{GROUP}/{VERSION}", KIND, PLURAL),
+    )
+}
+POOL = KINDS[(f"{GROUP}/{VERSION}", KIND)]
+
+
+class ApiError(RuntimeError):
+    """A non-2xx answer; ``status`` is the HTTP code, ``message`` the server's explanation."""
+
+    def __init__(self, status: int, method: str, path: str, message: str) -> None:
+        super().__init__(f"{method} {path}: HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+    @property
+    def transient(self) -> bool:
+        """Worth retrying: conflicts, throttling, server and gateway errors, timeouts."""
+        return self.status in (0, 409, 429) or self.status >= 500
+
+
+def is_subset(desired: Any, live: Any) -> bool:
+    """True when every field of ``desired`` has the same value in ``live`` (lists compared item by item).
+
+    The API server adds defaults (protocol, dnsPolicy, ...) to live objects; those extra fields
+    are not drift. Everything the operator sets must be there unchanged.
+    """
+    if isinstance(desired, Mapping):
+        return isinstance(live, Mapping) and all(
+            k in live and is_subset(v, live[k]) for k, v in desired.items()
+        )
+    if isinstance(desired, list):
+        if not isinstance(live, list):
+            return False
+        if desired and all(isinstance(d, Mapping) and "name" in d for d in desired):
+            # Lists keyed by name (containers, env, ports, volumes): entries other managers added are
+            # theirs; the operator's entries must all be present and unchanged, in its order.
+            named = [item for item in live if isinstance(item, Mapping) and "name" in item]
+            by_name = {item["name"]: item for item in named}
+            ours = [item["name"] for item in named if item["name"] in {d["name"] for d in desired}]
+            return ours == [d["name"] for d in desired] and all(
+                is_subset(d, by_name[d["name"]]) for d in desired
+            )
+        return len(desired) == len(live) and all(is_subset(d, v) for d, v in zip(desired, live, strict=True))
+    if isinstance(desired, bool) or isinstance(live, bool):
+        return desired is live
+    if isinstance(desired, int | float) and isinstance(live, int | float):
+        return desired == live
+    return desired == live or str(desired) == str(live)
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class KubeApi:
+    """Thin synchronous client over the kubernetes package's transport (auth, TLS, kubeconfig)."""
+
+    def __init__(self, client: kubernetes.client.ApiClient | None = None) -> None:
+        self._client = client or kubernetes.client.ApiClient()
+        self._lock = threading.Lock()
+        self.writes: Counter[str] = Counter()
+
+    @classmethod
+    def from_environment(cls, kubeconfig: str | None = None) -> KubeApi:
+        """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+        config = kubernetes.client.Configuration()
+        try:
+            kubernetes.config.load_incluster_config(client_configuration=config)
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=config)
+        return cls(kubernetes.client.ApiClient(configuration=config))
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any] | None:
+        """One API call. Returns the decoded body, None on 404 for GET; raises ApiError otherwise."""
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        try:
+            params = self._client.param_serialize(
+                method=method,
+                resource_path=path,
+                query_params=list(query or []),
+                header_params=headers,
+                body=body,
+                auth_settings=["BearerToken"],
+            )
+            response = self._client.call_api(*params, _request_timeout=REQUEST_TIMEOUT_S)
+            response.read()
+        except Exception as e:  # urllib3 and TLS errors: the API server is unreachable right now
+            raise ApiError(0, method, path, f"{type(e).__name__}: {e}") from e
+        if method != "GET":
+            kind = _resource_of(path)
+            with self._lock:
+                self.writes[f"{method} {kind}"] += 1
+            WRITES.labels(method, kind).inc()
+        if response.status == 404 and method == "GET":
+            return None
+        text = response.data.decode() if isinstance(response.data, bytes) else str(response.data or "")
+        if response.status >= 300:
+            try:
+                message = json.loads(text).get("message", text)
+            except ValueError:
+                message = text
+            raise ApiError(response.status, method, path, message)
+        return json.loads(text) if text else {}
+
+    @property
+    def write_count(self) -> int:
+        with self._lock:
+            return sum(self.writes.values())
+
+    # --- children -------------------------------------------------------------------------
+
+    def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.request("GET", kind.path(namespace, name))
+
+    def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply of ``manifest`` with the operator's field manager, taking over conflicts."""
+        kind = KINDS[(manifest["apiVersion"], manifest["kind"])]
+        meta = manifest["metadata"]
+        query = [("fieldManager", FIELD_MANAGER), ("force", "true")]
+        result = self.request(
+            "PATCH",
+            kind.path(meta["namespace"], meta["name"]),
+            manifest,
+            query,
+            "application/apply-patch+yaml",
+        )
+        return result or {}
+
+    def ensure(self, manifest: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        """Make the live object match ``manifest``.
+
+        Returns ("unchanged" | "created" | "updated", the live object afterwards); "unchanged"
+        made no write.
+        """
+        kind = KINDS[(manifest["apiVersion"], manifest["kind"])]
+        meta = manifest["metadata"]
+        live = self.get(kind, meta["namespace"], meta["name"])
+        if live is not None and is_subset(_comparable(manifest), live):
+            return "unchanged", live
+        applied = self.apply(manifest)
+        return ("created" if live is None else "updated"), applied
+
+    def list(self, kind: Kind, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        result = self.request("GET", kind.path(namespace), query=[("labelSelector", label_selector)])
+        return list((result or {}).get("items") or [])
+
+    # --- the pool -------------------------------------------------------------------------
+
+    def get_pool(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.get(POOL, namespace, name)
+
+    def patch_pool_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        """Merge-patch the status subresource (other writers' fields stay untouched)."""
+        path = POOL.path(namespace, name) + "/status"
+        self.request("PATCH", path, {"status": patch}, content_type="application/merge-patch+json")
+
+    def post_event(self, pool: Mapping[str, Any], event_type: str, reason: str, message: str) -> None:
+        """A core/v1 Event about ``pool``; failures are logged, never raised (events are best effort)."""
+        meta = pool.get("metadata") or {}
+        namespace = meta.get("namespace", "default")
+        stamp = now_rfc3339()
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{meta.get('name')}.{uuid.uuid4().hex[:12]}", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "name": meta.get("name"),
+                "namespace": namespace,
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": event_type,
+            "reason": reason,
+            "message": message[:1024],
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+            "source": {"component": FIELD_MANAGER},
+            "reportingComponent": FIELD_MANAGER,
+        }
+        try:
+            self.request("POST", KINDS[("v1", "Event")].path(namespace), event)
+        except ApiError as e:
+            log.warning("could not post event %s for %s/%s: %s", reason, namespace, meta.get("name"), e)
+
+
+def _resource_of(path: str) -> str:
+    """The resource a request path writes, e.g. "statefulsets" or "inferencepools/status"."""
+    parts = path.strip("/").split("/")
+    if "namespaces" in parts and len(parts) > parts.index("namespaces") + 2:
+        i = parts.index("namespaces") + 2
+        return parts[i] + ("/" + parts[-1] if len(parts) > i + 2 else "")
+    return parts[-1]
+
+
+def _comparable(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a manifest the API server echoes back unchanged (apiVersion/kind aside)."""
+    return {k: v for k, v in manifest.items() if k not in ("apiVersion", "kind")}

@@ -1,0 +1,67 @@
+"""Thin kopf handlers: every event about a pool or one of its children triggers that pool's worker.
+
+No change-detecting handlers (on.create/update/delete), so kopf keeps no state in the objects:
+no annotations, no finalizers; children are deleted by garbage collection through their owner
+references. All decisions live in the pure modules; all I/O in api.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from baton_operator import runtime
+from baton_operator.builders import MANAGED_BY
+from baton_operator.spec import GROUP, PLURAL, VERSION
+
+log = logging.getLogger(__name__)
+
+CHILD_LABELS = {"app.kubernetes.io/managed-by": MANAGED_BY, "baton.dev/pool": kopf.PRESENT}
+# Children whose drift (edits, deletion) the operator corrects, and whose status feeds the pool's.
+CHILD_RESOURCES = (
+    ("apps", "v1", "statefulsets"),
+    ("apps", "v1", "deployments"),
+    ("", "v1", "services"),
+    ("", "v1", "configmaps"),
+    ("policy", "v1", "poddisruptionbudgets"),
+)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, id="inferencepool_event")
+async def inferencepool_event(event: Mapping[str, Any], name: str, namespace: str, **_: Any) -> None:
+    controller = runtime.controller()
+    if event.get("type") == "DELETED":
+        controller.forget(namespace, name)
+    else:
+        controller.trigger(namespace, name)
+
+
+async def _child_event(labels: Mapping[str, str], namespace: str, **_: Any) -> None:
+    pool = labels.get("baton.dev/pool")
+    if pool:
+        runtime.controller().trigger(namespace, pool)
+
+
+for _group, _version, _plural in CHILD_RESOURCES:
+    kopf.on.event(_group, _version, _plural, labels=CHILD_LABELS, id=f"{_plural}_event")(_child_event)
+
+
+def _pod_needs_attention(status: Mapping[str, Any], **_: Any) -> bool:
+    """Pods matter to the pool's status only when they cannot be scheduled or keep failing."""
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            return True
+    return any((cs.get("state") or {}).get("waiting") for cs in status.get("containerStatuses") or [])
+
+
+@kopf.on.event("", "v1", "pods", labels=CHILD_LABELS, when=_pod_needs_attention, id="pods_event")
+async def pods_event(labels: Mapping[str, str], namespace: str, **kwargs: Any) -> None:
+    await _child_event(labels, namespace, **kwargs)
+
+
+@kopf.on.cleanup(id="controller_stop")
+async def controller_stop(**_: Any) -> None:
+    await runtime.shutdown()

@@ -1,0 +1,151 @@
+"""One level-based reconcile of one InferencePool: read, build, converge children, write status.
+
+Synchronous (run in a worker thread). Decisions come from the pure modules (spec, builders,
+status); this module only sequences API calls through :class:`KubeApi`. Transient API errors
+propagate as :class:`ApiError` (the caller retries with backoff); permanent ones (bad spec, a
+child the API server refuses) land in the pool's status and a Warning Event.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from baton_operator import builders
+from baton_operator.api import KINDS, ApiError, KubeApi, now_rfc3339
+from baton_operator.spec import Pool, SpecError, parse_pool
+from baton_operator.status import Observed, compute_status, invalid_spec_status, status_patch
+
+log = logging.getLogger(__name__)
+
+WORKLOAD_KINDS = {
+    "prefill": ("apps/v1", "StatefulSet"),
+    "decode": ("apps/v1", "Deployment"),
+    "router": ("apps/v1", "Deployment"),
+}
+
+
+@dataclass
+class Outcome:
+    """What one reconcile did: children it created/updated, whether it wrote status, whether the pool is gone."""
+
+    gone: bool = False
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    status_written: bool = False
+    error: str = ""
+
+
+def _keda_builder() -> Callable[[Mapping[str, Any]], list[dict[str, Any]]] | None:
+    """The autoscaling engineer's KEDA builder, when that module exists."""
+    try:
+        from baton_operator.autoscaling.keda import build_scaled_objects  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return build_scaled_objects
+
+
+def desired_children(pool: Pool, body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every child to apply, including KEDA ScaledObjects when autoscaling.mode is keda."""
+    children = builders.build_children(pool)
+    autoscaled = pool.spec.prefill.autoscaling.enabled or pool.spec.decode.autoscaling.enabled
+    if pool.spec.autoscaling.mode == "keda" and autoscaled:
+        build = _keda_builder()
+        if build is not None:
+            children += build(body)
+    return children
+
+
+def _condition(status: Mapping[str, Any] | None, ctype: str) -> tuple[str, str]:
+    for cond in (status or {}).get("conditions") or []:
+        if cond.get("type") == ctype:
+            return str(cond.get("status")), str(cond.get("reason"))
+    return "", ""
+
+
+def _events_for_flip(
+    api: KubeApi, body: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]
+) -> None:
+    before, after = _condition(old, "Ready"), _condition(new, "Ready")
+    if before == after:
+        return
+    message = next((c["message"] for c in new["conditions"] if c["type"] == "Ready"), "")
+    if after[0] == "True":
+        api.post_event(body, "Normal", "Ready", message)
+    elif after[1] in ("Unschedulable", "InvalidSpec", "ApplyFailed"):
+        api.post_event(body, "Warning", after[1], message)
+
+
+def _write_status(
+    api: KubeApi, body: Mapping[str, Any], desired: Mapping[str, Any], outcome: Outcome
+) -> None:
+    meta = body["metadata"]
+    current = body.get("status") or {}
+    patch = status_patch(desired, current)
+    if patch:
+        api.patch_pool_status(meta["namespace"], meta["name"], patch)
+        outcome.status_written = True
+        _events_for_flip(api, body, current, desired)
+
+
+def reconcile_pool(api: KubeApi, namespace: str, name: str, default_image: str) -> Outcome:
+    """Converge one pool. Raises ApiError only for transient failures worth a retry."""
+    outcome = Outcome()
+    body = api.get_pool(namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        # Children go with their owner through garbage collection (ownerReferences).
+        outcome.gone = True
+        return outcome
+    try:
+        pool = parse_pool(body, default_image)
+    except SpecError as e:
+        outcome.error = str(e)
+        generation = int(body["metadata"].get("generation") or 0)
+        _write_status(
+            api, body, invalid_spec_status(generation, str(e), body.get("status"), now_rfc3339()), outcome
+        )
+        return outcome
+
+    live: dict[tuple[str, str, str], dict[str, Any]] = {}
+    error, error_reason = "", ""
+    for manifest in desired_children(pool, body):
+        key = (manifest["apiVersion"], manifest["kind"], manifest["metadata"]["name"])
+        label = f"{manifest['kind']}/{manifest['metadata']['name']}"
+        try:
+            action, obj = api.ensure(manifest)
+        except ApiError as e:
+            if e.transient:
+                raise
+            # The API server refused what the builders made from this spec: say so, keep going.
+            error, error_reason = f"applying {label}: {e.message}", "ApplyFailed"
+            log.warning("%s/%s: %s", namespace, name, error)
+            continue
+        live[key] = obj
+        if action == "created":
+            outcome.created.append(label)
+        elif action == "updated":
+            outcome.updated.append(label)
+    if outcome.created:
+        api.post_event(body, "Normal", "Created", "created " + ", ".join(outcome.created))
+    if outcome.updated:
+        api.post_event(body, "Normal", "Updated", "applied " + ", ".join(outcome.updated))
+
+    def workload(role: str) -> dict[str, Any] | None:
+        api_version, kind = WORKLOAD_KINDS[role]
+        return live.get((api_version, kind, builders.child_name(pool, role)))
+
+    pods = api.list(KINDS[("v1", "Pod")], namespace, f"baton.dev/pool={name}")
+    observed = Observed(
+        prefill=workload("prefill"),
+        decode=workload("decode"),
+        router=workload("router"),
+        router_service=live.get(("v1", "Service", builders.child_name(pool, "router"))),
+        pods=pods,
+        error=error,
+        error_reason=error_reason,
+    )
+    outcome.error = error
+    _write_status(api, body, compute_status(pool, observed, body.get("status"), now_rfc3339()), outcome)
+    return outcome
