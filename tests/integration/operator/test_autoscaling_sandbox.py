@@ -1,0 +1,279 @@
+"""The built-in autoscaler end to end on the sandbox: a real operator process, real API server,
+scheduler and kwok GPU nodes, and a queue-depth endpoint the test controls (the pool's metricsUrl).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from baton_operator.autoscaling.queue_endpoint import QueueEndpoint
+from baton_operator.autoscaling.scenario import Replicas, RoleKnobs, autoscaled_pool, wait_until
+from baton_operator.sandbox.handle import Sandbox
+from baton_operator.sandbox.operator_proc import OperatorProcess, start_operator, stop_operator
+
+pytestmark = pytest.mark.sandbox
+
+INTERVAL_S = 2
+WINDOW_S = 6
+H100 = "NVIDIA-H100-80GB-HBM3"
+A100 = "NVIDIA-A100-SXM4-80GB"
+GPU = "nvidia.com/gpu"
+PREFILL = RoleKnobs(min_replicas=1, max_replicas=4, target_queue_depth=4, gpu="H100", scale_down_s=WINDOW_S)
+DECODE = RoleKnobs(min_replicas=1, max_replicas=4, target_queue_depth=8, gpu="A100", scale_down_s=WINDOW_S)
+
+
+@pytest.fixture(scope="module")
+def namespace(sandbox: Sandbox) -> Iterator[str]:
+    name = f"autoscale-{uuid.uuid4().hex[:6]}"
+    sandbox.kubectl("create", "namespace", name)
+    wait_until(
+        lambda: sandbox.kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0,
+        30,
+        f"default ServiceAccount in {name}",
+        poll_s=0.2,
+    )
+    yield name
+    sandbox.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def operator(sandbox: Sandbox, namespace: str) -> Iterator[OperatorProcess]:
+    """`baton operator` watching only this test's namespace, under the chart's RBAC."""
+    op = start_operator(
+        sandbox, args=["-n", namespace, "--standalone", "--resync-seconds", "2"], name="operator-autoscaling"
+    )
+    try:
+        yield op
+    finally:
+        assert stop_operator(sandbox, op), f"operator {op.pid} would not stop; log {op.log}"
+
+
+def _log_tail(op: OperatorProcess) -> str:
+    return "\n".join(op.log.read_text(errors="replace").splitlines()[-30:])
+
+
+def _status(sandbox: Sandbox, ns: str, name: str) -> dict[str, Any]:
+    return sandbox.kubectl_json("get", "inferencepool", name, "-n", ns).get("status") or {}
+
+
+def _nodes_of(sandbox: Sandbox, ns: str, pool: str, role: str) -> list[str]:
+    pods = sandbox.kubectl_json("get", "pods", "-n", ns, "-l", f"baton.dev/pool={pool},baton.dev/role={role}")
+    return [
+        p["spec"].get("nodeName") or "" for p in pods["items"] if not p["metadata"].get("deletionTimestamp")
+    ]
+
+
+def _gpu_product(sandbox: Sandbox, node: str) -> str:
+    return sandbox.kubectl_json("get", "node", node)["metadata"]["labels"].get("nvidia.com/gpu.product", "")
+
+
+def _events(sandbox: Sandbox, ns: str, pool: str) -> list[dict[str, Any]]:
+    items = sandbox.kubectl_json("get", "events", "-n", ns, "--field-selector", f"involvedObject.name={pool}")
+    return items["items"]
+
+
+@pytest.fixture(scope="module")
+def spiked_pool(
+    sandbox: Sandbox, namespace: str, operator: OperatorProcess
+) -> Iterator[tuple[str, QueueEndpoint]]:
+    """A pool at minReplicas with the queue at zero, its endpoint and a replicas reader."""
+    endpoint = QueueEndpoint()
+    pool = "spiky"
+    sandbox.apply([autoscaled_pool(pool, namespace, endpoint.url, INTERVAL_S, PREFILL, DECODE)])
+    yield pool, endpoint
+    endpoint.stop()
+
+
+def test_autoscaling_spike_scales_both_roles_within_two_intervals(
+    sandbox: Sandbox, namespace: str, operator: OperatorProcess, spiked_pool: tuple[str, QueueEndpoint]
+) -> None:
+    pool, endpoint = spiked_pool
+    replicas = Replicas(sandbox.kubeconfig, namespace, pool)
+    try:
+        wait_until(
+            lambda: replicas.get("prefill") == 1 and replicas.get("decode") == 1,
+            60,
+            f"both roles at minReplicas (operator log:\n{_log_tail(operator)})",
+            poll_s=0.2,
+        )
+        # Wait one scrape so the spike lands at a random point of the cycle, not on a fresh operator.
+        seen = len(endpoint.scrapes)
+        wait_until(lambda: len(endpoint.scrapes) > seen, 3 * INTERVAL_S, "a scrape of the endpoint")
+        t0 = time.time()
+        endpoint.set(prefill=16, decode=32)
+        t_prefill = wait_until(lambda: replicas.get("prefill") == 4, 4 * INTERVAL_S, "prefill 1 -> 4")
+        t_decode = wait_until(lambda: replicas.get("decode") == 4, 4 * INTERVAL_S, "decode 1 -> 4")
+        reaction = max(t_prefill, t_decode) - t0
+        print(f"reaction {reaction:.2f} s (interval {INTERVAL_S} s)")
+        assert reaction <= 2 * INTERVAL_S, f"took {reaction:.2f} s, more than two intervals"
+    finally:
+        replicas.close()
+
+    def status_reports() -> bool:
+        st = _status(sandbox, namespace, pool)
+        p, d = st.get("prefill") or {}, st.get("decode") or {}
+        return (
+            p.get("desiredReplicas") == 4
+            and p.get("queueDepth") == 16
+            and d.get("desiredReplicas") == 4
+            and str(p.get("lastScaleReason", "")).startswith("ScaleUp")
+            and bool(p.get("lastScaleTime"))
+            and (st.get("autoscaling") or {}).get("metricsAvailable") is True
+        )
+
+    wait_until(status_reports, 10, "status with desiredReplicas, queueDepth, lastScale*", poll_s=0.3)
+    reasons = [e["reason"] for e in _events(sandbox, namespace, pool)]
+    assert reasons.count("ScaleUp") >= 2, reasons
+
+
+def test_autoscaling_scaled_pods_land_on_their_gpu_pools(
+    sandbox: Sandbox, namespace: str, spiked_pool: tuple[str, QueueEndpoint]
+) -> None:
+    pool, _ = spiked_pool
+
+    def placed(role: str) -> bool:
+        nodes = _nodes_of(sandbox, namespace, pool, role)
+        return len(nodes) == 4 and all(nodes)
+
+    wait_until(
+        lambda: placed("prefill") and placed("decode"), 90, "4 prefill and 4 decode pods scheduled", 0.5
+    )
+    assert {_gpu_product(sandbox, n) for n in _nodes_of(sandbox, namespace, pool, "prefill")} == {H100}
+    assert {_gpu_product(sandbox, n) for n in _nodes_of(sandbox, namespace, pool, "decode")} == {A100}
+
+
+def test_autoscaling_drop_waits_for_window_then_returns_to_min(
+    sandbox: Sandbox, namespace: str, spiked_pool: tuple[str, QueueEndpoint]
+) -> None:
+    pool, endpoint = spiked_pool
+    replicas = Replicas(sandbox.kubeconfig, namespace, pool)
+    try:
+        assert (replicas.get("prefill"), replicas.get("decode")) == (4, 4)
+        t1 = time.time()
+        endpoint.set(prefill=0, decode=0)
+        # A scale-down needs a full window of low samples, and the first one comes after t1.
+        while time.time() < t1 + WINDOW_S - 0.2:
+            assert (replicas.get("prefill"), replicas.get("decode")) == (4, 4), (
+                f"scaled down {time.time() - t1:.1f} s after the drop, window is {WINDOW_S} s"
+            )
+            time.sleep(0.1)
+        t_down = wait_until(
+            lambda: replicas.get("prefill") == 1 and replicas.get("decode") == 1,
+            2 * INTERVAL_S + 3,
+            "both roles back at minReplicas",
+        )
+        print(f"scale-down {t_down - t1:.2f} s after the drop (window {WINDOW_S} s)")
+    finally:
+        replicas.close()
+    reasons = [e["reason"] for e in _events(sandbox, namespace, pool)]
+    assert reasons.count("ScaleDown") >= 2, reasons
+
+
+def test_autoscaling_unreachable_metrics_hold_replicas_and_show_condition(
+    sandbox: Sandbox, namespace: str, spiked_pool: tuple[str, QueueEndpoint]
+) -> None:
+    pool, endpoint = spiked_pool
+    replicas = Replicas(sandbox.kubeconfig, namespace, pool)
+    try:
+        endpoint.set(prefill=8, decode=16)
+        wait_until(
+            lambda: replicas.get("prefill") == 2 and replicas.get("decode") == 2, 4 * INTERVAL_S, "2 and 2"
+        )
+        endpoint.stop()  # the port closes: connection refused from now on
+
+        def condition() -> dict[str, Any]:
+            st = _status(sandbox, namespace, pool)
+            conds = {c["type"]: c for c in st.get("conditions") or []}
+            return {"autoscaling": st.get("autoscaling") or {}, "scaling": conds.get("ScalingActive") or {}}
+
+        wait_until(
+            lambda: condition()["autoscaling"].get("metricsAvailable") is False,
+            3 * INTERVAL_S,
+            "status.autoscaling.metricsAvailable false",
+            poll_s=0.3,
+        )
+        got = condition()
+        assert "connection refused" in got["autoscaling"]["message"].lower(), got
+        assert endpoint.url in got["autoscaling"]["message"], got
+        # Held through longer than the scale-down window: no sample, no decision to shrink.
+        t = time.time()
+        while time.time() < t + WINDOW_S + 2 * INTERVAL_S:
+            assert (replicas.get("prefill"), replicas.get("decode")) == (2, 2)
+            time.sleep(0.2)
+        wait_until(
+            lambda: condition()["scaling"].get("status") == "False",
+            20,
+            "condition ScalingActive False (written by the operator's status)",
+            poll_s=0.5,
+        )
+        assert condition()["scaling"]["reason"] == "MetricsUnavailable"
+    finally:
+        replicas.close()
+    assert "MetricsUnavailable" in [e["reason"] for e in _events(sandbox, namespace, pool)]
+
+
+def _free_tp8_h100_slots(sandbox: Sandbox) -> int:
+    """Whole free H100 nodes' worth of GPUs, counted by the test from nodes and pods."""
+    slots = 0
+    for node in sandbox.kubectl_json("get", "nodes", "-l", f"nvidia.com/gpu.product={H100}")["items"]:
+        name = node["metadata"]["name"]
+        pods = sandbox.kubectl_json("get", "pods", "-A", "--field-selector", f"spec.nodeName={name}")["items"]
+        used = sum(
+            int(
+                (c.get("resources", {}).get("requests") or c.get("resources", {}).get("limits") or {}).get(
+                    GPU, 0
+                )
+            )
+            for p in pods
+            if p["status"].get("phase") not in ("Succeeded", "Failed")
+            for c in p["spec"]["containers"]
+        )
+        slots += (int(node["status"]["allocatable"].get(GPU, 0)) - used) // 8
+    return slots
+
+
+def test_autoscaling_stops_at_what_the_gpus_can_run(
+    sandbox: Sandbox, namespace: str, operator: OperatorProcess, spiked_pool: tuple[str, QueueEndpoint]
+) -> None:
+    """TP=8 prefill pods on the H100 pool (2 nodes x 8 GPUs): a queue asking for 4 gets only as
+    many replicas as can be placed, and the status says what limits it."""
+    sandbox.kubectl("delete", "inferencepool", spiked_pool[0], "-n", namespace, "--wait=false")
+    wait_until(
+        lambda: not _nodes_of(sandbox, namespace, spiked_pool[0], "prefill"),
+        60,
+        "the first pool's pods gone",
+        0.5,
+    )
+    slots = _free_tp8_h100_slots(sandbox)
+    want = max(1, min(4, slots))
+    big = RoleKnobs(min_replicas=1, max_replicas=4, target_queue_depth=4, tensor_parallel_size=8, gpu="H100")
+    pool = "wide"
+    with QueueEndpoint() as endpoint:
+        endpoint.set(prefill=16, decode=0)
+        sandbox.apply([autoscaled_pool(pool, namespace, endpoint.url, INTERVAL_S, big, DECODE)])
+
+        def limited() -> bool:
+            st = _status(sandbox, namespace, pool)
+            return "prefill:" in str((st.get("autoscaling") or {}).get("limitedBy") or "")
+
+        wait_until(limited, 60, f"limitedBy naming prefill (log:\n{_log_tail(operator)})", poll_s=0.5)
+        replicas = Replicas(sandbox.kubeconfig, namespace, pool)
+        try:
+            assert replicas.get("prefill") == want, (
+                f"{slots} free TP=8 slots; status {_status(sandbox, namespace, pool)}"
+            )
+            # It stays there while the queue still asks for 4 (no creeping up, no flapping).
+            t = time.time()
+            while time.time() < t + 3 * INTERVAL_S:
+                assert replicas.get("prefill") == want
+                time.sleep(0.2)
+        finally:
+            replicas.close()
+        print(
+            f"free TP=8 H100 slots {slots}: prefill held at {want}; status {_status(sandbox, namespace, pool)['autoscaling']}"
+        )
+    sandbox.kubectl("delete", "inferencepool", pool, "-n", namespace, "--wait=false", check=False)
