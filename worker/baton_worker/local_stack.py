@@ -255,14 +255,14 @@ def main(argv: list[str]) -> int:
     deadline = t0 + a.ready_timeout
     workers, router = children[:-1], children[-1]
     try:
+        # Everything starts at once: the router loads its tokenizer while the workers load
+        # the model, and finds the workers through health polling as they come up.
         for c in workers:
             c.start(stack.out)
             print(f"baton up: {c.name} pid={c.proc.pid} grpc={c.address}", flush=True)
-        why = stack.wait_ready(workers, deadline)
-        if why is None:
-            router.start(stack.out)
-            print(f"baton up: router pid={router.proc.pid} http={router.address}", flush=True)
-            why = stack.wait_ready([router], deadline)
+        router.start(stack.out)
+        print(f"baton up: router pid={router.proc.pid} http={router.address}", flush=True)
+        why = stack.wait_ready(children, deadline)
         while why is None and not _router_healthy(router.address):
             stack.drain_output(0.2)
             if stack.stopping.is_set() or not router.alive():

@@ -139,7 +139,7 @@ class Router:
         names = self.model_names
         if parsed.model not in names and parsed.model != self.cfg.model_source:
             raise model_not_found(parsed.model, names)
-        if self.inflight >= self.cfg.max_inflight:
+        if self.inflight > self.cfg.max_inflight:  # self.inflight counts this request too
             raise overloaded(f"the router is serving {self.inflight} requests, its limit; retry later")
         tok = await self.ensure_tokenizer()
         if kind == "chat":

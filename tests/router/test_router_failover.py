@@ -1,0 +1,105 @@
+"""No lost requests: a prefill worker and a decode worker are killed (SIGKILL) in the middle of
+a burst of 48 requests on a real `baton up` stack (2 prefill + 2 decode workers); every request
+completes, and every output equals the one the same request gets without failures."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import httpx
+import openai
+import pytest
+from conftest import MODEL, wait_until
+
+pytestmark = pytest.mark.timeout(600)
+
+N = 48
+MAX_TOKENS = 48
+
+
+@pytest.fixture(scope="module")
+def stack(stack_factory):  # type: ignore[no-untyped-def]
+    # Every prompt is prefilled remotely, so the prefill worker's death matters; no restarts:
+    # the survivors must carry everything.
+    return stack_factory("--prefill", "2", "--decode", "2", "--local-prefill-max-tokens", "0", "--no-restart")
+
+
+def _metrics(stack) -> str:  # type: ignore[no-untyped-def]
+    return httpx.get(stack.url.removesuffix("/v1") + "/metrics", timeout=10).text
+
+
+def _counter(text: str, pattern: str) -> float:
+    return sum(float(m.group(1)) for m in re.finditer(rf"^{pattern}\S* (\S+)$", text, re.M))
+
+
+async def _burst(url: str, prompts: list[str], on_progress=None) -> list[tuple[str, int]]:  # type: ignore[no-untyped-def]
+    c = openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=0, timeout=300)
+    received = [0]
+
+    async def one(i: int, p: str) -> tuple[str, int]:
+        # Half greedy, half seeded sampling; half streamed, half not.
+        kw = {"temperature": 0} if i % 2 else {"temperature": 0.7, "seed": 1000 + i}
+        if i % 4 < 2:
+            r = await c.completions.create(
+                model=MODEL, prompt=p, max_tokens=MAX_TOKENS, extra_body={"ignore_eos": True}, **kw
+            )
+            return r.choices[0].text, r.usage.completion_tokens
+        text, n = "", 0
+        stream = await c.completions.create(
+            model=MODEL,
+            prompt=p,
+            max_tokens=MAX_TOKENS,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
+            **kw,
+        )
+        async for chunk in stream:
+            if chunk.choices:
+                text += chunk.choices[0].text
+                received[0] += 1
+                if on_progress is not None:
+                    await on_progress(received[0])
+            if chunk.usage:
+                n = chunk.usage.completion_tokens
+        return text, n
+
+    try:
+        return await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
+    finally:
+        await c.close()
+
+
+def test_router_failover_kill_prefill_and_decode_during_burst_loses_nothing(stack) -> None:  # type: ignore[no-untyped-def]
+    prompts = [
+        f"request {i}: the prefill pool hands the cache to the decode pool, and then" for i in range(N)
+    ]
+    baseline = asyncio.run(_burst(stack.url, prompts))
+    assert all(n == MAX_TOKENS for _, n in baseline)
+    before = _metrics(stack)
+    killed: list[str] = []
+
+    async def kill_when_streaming(received: int) -> None:
+        # Kill once streams are well under way: both kinds of failure then hit requests that
+        # already sent tokens (decode resume) and requests still waiting for prefill.
+        if received >= 60 and not killed:
+            killed.extend(["prefill-0", "decode-0"])
+            stack.kill("prefill-0")
+            stack.kill("decode-0")
+
+    during = asyncio.run(_burst(stack.url, prompts, kill_when_streaming))
+    assert killed, "the burst finished before the kill point"
+    assert len(during) == N
+    for i, (got, want) in enumerate(zip(during, baseline, strict=True)):
+        assert got == want, f"request {i} differs after failover"
+    after = _metrics(stack)
+    assert _counter(after, "baton_retries_total") > _counter(before, "baton_retries_total")
+    assert _counter(after, "baton_decode_resumes_total") > _counter(before, "baton_decode_resumes_total")
+    # The dead workers are ejected: the router reports them as such.
+    wait_until(
+        lambda: 'baton_workers{role="decode",state="ejected"} 1.0' in _metrics(stack), 10, "decode ejection"
+    )
+    assert 'baton_workers{role="prefill",state="ejected"} 1.0' in _metrics(stack)
+    # And serving goes on with the survivors.
+    assert asyncio.run(_burst(stack.url, prompts[:4])) == baseline[:4]
