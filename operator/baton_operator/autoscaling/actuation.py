@@ -9,6 +9,7 @@ Every call carries a request timeout, so a slow API server delays a pass but nev
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +19,7 @@ from baton_operator.autoscaling.controller import FIELD_MANAGER, Workload
 GROUP, VERSION, PLURAL = "baton.dev", "v1alpha1", "inferencepools"
 KINDS = {"prefill": "StatefulSet", "decode": "Deployment"}
 REQUEST_TIMEOUT_S = 5.0
+CAPACITY_RETRY_S = 300.0
 
 _lock = threading.Lock()
 _api_client: Any = None
@@ -56,7 +58,7 @@ class KubeCluster:
         self._apps = k8s.AppsV1Api(self._api)
         self._core = k8s.CoreV1Api(self._api)
         self._custom = k8s.CustomObjectsApi(self._api)
-        self._capacity_denied = False
+        self._capacity_denied_until = 0.0
 
     def _get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         from kubernetes.client.exceptions import ApiException
@@ -97,7 +99,7 @@ class KubeCluster:
         """GPU capacity for this role, or None when the operator may not list nodes."""
         from kubernetes.client.exceptions import ApiException
 
-        if self._capacity_denied:
+        if time.monotonic() < self._capacity_denied_until:
             return None
         try:
             nodes = self._core.list_node(_request_timeout=REQUEST_TIMEOUT_S)
@@ -107,8 +109,9 @@ class KubeCluster:
             )
         except ApiException as e:
             if e.status == 403:
-                # RBAC without cluster-wide node/pod reads: fall back to the Unschedulable signal only.
-                self._capacity_denied = True
+                # RBAC without cluster-wide node/pod reads: fall back to the Unschedulable signal
+                # alone, and ask again later (a grant may come).
+                self._capacity_denied_until = time.monotonic() + CAPACITY_RETRY_S
                 return None
             raise
         ser = self._api.sanitize_for_serialization
