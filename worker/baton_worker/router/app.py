@@ -88,7 +88,10 @@ class Router:
                 source = self.cfg.model_source or self._source_from_workers()
                 if not source:
                     raise unavailable("the model is not known yet: no worker has answered Health")
-                self.tokenizer = await asyncio.to_thread(load_tokenizer, source)
+                try:
+                    self.tokenizer = await asyncio.to_thread(load_tokenizer, source)
+                except (OSError, ValueError) as e:
+                    raise unavailable(f"cannot load the tokenizer of model {source!r}: {e}", 10.0) from None
                 log.info("tokenizer of %s loaded", source)
         return self.tokenizer
 

@@ -14,6 +14,7 @@ from aiohttp import web
 from .app import Router, RouterConfig
 from .discovery import EndpointSliceWatcher, parse_static
 from .dispatch import DispatchConfig
+from .errors import ApiError
 from .placement import DisaggConfig
 from .pool import PoolConfig, WorkerPool
 
@@ -97,7 +98,11 @@ async def serve(a: argparse.Namespace) -> int:
     prefill.start()
     decode.start()
     if cfg.model_source:
-        await router.ensure_tokenizer()
+        try:
+            await router.ensure_tokenizer()
+        except ApiError as e:
+            print(f"baton router: {e.message}", file=sys.stderr)
+            return 1
     # handler_cancellation: a client that disconnects cancels its handler, which cancels the
     # work on the workers.
     runner = web.AppRunner(router.app, handler_cancellation=True, access_log=None)

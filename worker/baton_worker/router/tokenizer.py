@@ -51,9 +51,16 @@ def load_tokenizer(source: str) -> RouterTokenizer:
     """Load the tokenizer of ``source`` (any source the workers accept)."""
     from transformers import AutoTokenizer
 
-    from baton_worker.engine.loader import resolve_source
+    if source.startswith("file://"):
+        path = Path(source[len("file://") :])
+    elif "://" not in source:
+        path = Path(source)
+    else:
+        # builtin://, hf://, pvc://: the engine's loader knows how to materialize them (and
+        # imports torch to do so, which a plain directory does not need).
+        from baton_worker.engine.loader import resolve_source
 
-    path = Path(resolve_source(source))
+        path = Path(resolve_source(source))
     hf = AutoTokenizer.from_pretrained(str(path))
     max_len = 0
     eos: set[int] = set()
