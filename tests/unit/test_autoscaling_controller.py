@@ -177,3 +177,17 @@ def test_autoscaling_due_and_seed() -> None:
         state, {"prefill": {"lastScaleTime": "2026-01-01T00:00:00Z", "lastScaleReason": "x"}}
     )
     assert state.roles["prefill"].last_scale_time == "2026-01-01T00:00:00Z"
+
+
+def test_autoscaling_outage_restarts_the_scale_down_window() -> None:
+    state, cluster = PoolState(), FakeCluster()
+    run_pass(state, CFG, "p", "ns", 100.0, signal_of(prefill=20, decode=64), cluster)
+    assert cluster.replicas == {"prefill": 5, "decode": 6}
+    for t in range(101, 130):  # metrics down for half a minute: hold
+        run_pass(state, CFG, "p", "ns", float(t), failing, cluster)
+    assert cluster.replicas == {"prefill": 5, "decode": 6}
+    for t in range(130, 140):  # back, and low: still a full 10 s window before shrinking
+        run_pass(state, CFG, "p", "ns", float(t), signal_of(prefill=0, decode=0), cluster)
+        assert cluster.replicas == {"prefill": 5, "decode": 6}, t
+    run_pass(state, CFG, "p", "ns", 140.0, signal_of(prefill=0, decode=0), cluster)
+    assert cluster.replicas == {"prefill": 1, "decode": 2}

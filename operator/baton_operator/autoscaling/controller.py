@@ -184,9 +184,13 @@ def run_pass(
         role_error = error
         if error is None and role not in depths:
             role_error = f"no baton_queue_depth{{role={role!r}}} at {source or 'the metrics source'}"
-        elif error is None:
+        if role_error is None:
             rs.samples.append(Sample(now, float(depths[role])))
-        rs.samples = prune(rs.samples, now, keep)
+            rs.samples = prune(rs.samples, now, keep)
+        else:
+            # A gap in the samples is not a low queue: after an outage the scale-down window
+            # must be observed in full again.
+            rs.samples.clear()
         workload = cluster.workload(namespace, pool, role)
         if workload is None:
             messages.append(f"{role}: waiting for its workload")

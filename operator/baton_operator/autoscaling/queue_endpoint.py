@@ -49,7 +49,9 @@ class QueueEndpoint:
 
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="queue-endpoint", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), name="queue-endpoint", daemon=True
+        )
         self._thread.start()
 
     def _text(self) -> str:
