@@ -71,14 +71,17 @@ def run(runs: int, interval_s: int, timeout_s: float, log: Any = print) -> dict[
     from baton_operator.sandbox.operator_proc import running_operators, start_operator, stop_operator
 
     sandbox = cluster.current()
-    own_operator = None
-    if not running_operators(sandbox):
-        own_operator = start_operator(sandbox, name="operator-bench-autoscale")
-        log(f"started `baton operator` pid {own_operator.pid}, log {own_operator.log}")
     ns = f"bench-autoscale-{uuid.uuid4().hex[:6]}"
     pool = "bench"
-    endpoint = QueueEndpoint()
     sandbox.kubectl("create", "namespace", ns)
+    own_operator = None
+    if not running_operators(sandbox):
+        # Scoped to the bench's namespace, so it never competes with another operator elsewhere.
+        own_operator = start_operator(
+            sandbox, args=["-n", ns, "--standalone"], name="operator-bench-autoscale"
+        )
+        log(f"started `baton operator` pid {own_operator.pid}, log {own_operator.log}")
+    endpoint = QueueEndpoint()
     replicas = Replicas(sandbox.kubeconfig, ns, pool)
     results: list[dict[str, float]] = []
     try:

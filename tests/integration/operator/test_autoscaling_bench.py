@@ -1,0 +1,31 @@
+"""`baton bench autoscale --json` end to end on the sandbox (the CLI users run)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from baton_operator.sandbox.handle import Sandbox
+
+pytestmark = pytest.mark.sandbox
+
+
+def test_autoscaling_bench_cli_reports_reaction(sandbox: Sandbox) -> None:
+    baton = Path(sys.executable).with_name("baton")
+    proc = subprocess.run(
+        [str(baton), "bench", "autoscale", "--json", "--runs", "3", "--interval", "1", "--timeout", "30"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=sandbox.env(),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert doc["runs"] == 3 and len(doc["samples"]) == 3
+    # A spike lands at a random point of a 1 s cycle: two intervals cover detection and the writes.
+    assert 0 < doc["reaction_s"]["p50"] <= 2.0, doc["reaction_s"]
+    assert doc["reaction_s"]["p50"] < doc["reference_models"]["hpa_metrics_server"]["p50_s"]
+    assert set(doc["reference_models"]) == {"hpa_metrics_server", "hpa_prometheus_adapter", "keda"}
