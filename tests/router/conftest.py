@@ -166,3 +166,31 @@ def tokenizer():  # type: ignore[no-untyped-def]
     from baton_worker.router.tokenizer import load_tokenizer
 
     return load_tokenizer(MODEL)
+
+
+def start_router(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """A `baton router --port 0 --model MODEL *args` process and its base URL (http://h:p).
+
+    Its output is drained in a thread (a full pipe would block it) and kept on ``proc.lines``.
+    """
+    cmd = [sys.executable, "-m", "baton_worker.cli", "router", "--port", "0", "--model", MODEL, *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines: list[str] = []
+    ready: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip())
+            if line.startswith("baton router ready"):
+                ready.append(line.split()[3])
+
+    threading.Thread(target=read, daemon=True).start()
+    proc.lines = lines  # type: ignore[attr-defined]
+
+    def is_ready() -> str | None:
+        if proc.poll() is not None:
+            raise AssertionError(f"router exited with {proc.returncode}:\n" + "\n".join(lines[-30:]))
+        return ready[0] if ready else None
+
+    return proc, wait_until(is_ready, 120, "the router's ready line", 0.1)

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 
 import grpc
 import httpx
 import openai
 import pytest
 from baton_worker.rpc import pb2, pb2_grpc
-from conftest import MODEL, reference_generate, tokenizer, wait_until
+from conftest import MODEL, reference_generate, start_router, tokenizer, wait_until
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -237,19 +235,10 @@ def test_router_client_disconnect_cancels_work_on_both_workers(stack) -> None:  
     )
 
 
-def _router(stack, *args: str) -> tuple[subprocess.Popen, str]:  # type: ignore[no-untyped-def]
-    cmd = [sys.executable, "-m", "baton_worker.cli", "router", "--port", "0", "--model", MODEL, *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("baton router ready"):
-            return proc, line.split()[3] + "/v1"
-    raise AssertionError(f"router exited with {proc.wait()}")
-
-
 def test_router_overload_answers_429_and_503_with_retry_after(stack) -> None:  # type: ignore[no-untyped-def]
     # A router allowed one request at a time, in front of the stack's workers.
-    proc, url = _router(stack, "--decode", stack.grpc["decode-0"], "--max-inflight", "1")
+    proc, base = start_router("--decode", stack.grpc["decode-0"], "--max-inflight", "1")
+    url = base + "/v1"
     try:
         wait_until(
             lambda: httpx.get(url.removesuffix("/v1") + "/health").status_code == 200, 30, "router health"
@@ -271,7 +260,8 @@ def test_router_overload_answers_429_and_503_with_retry_after(stack) -> None:  #
         proc.terminate()
         proc.wait(timeout=30)
     # A router whose only decode worker does not exist: 503 once its wait runs out.
-    proc, url = _router(stack, "--decode", "127.0.0.1:9", "--worker-wait", "0.5")
+    proc, base = start_router("--decode", "127.0.0.1:9", "--worker-wait", "0.5")
+    url = base + "/v1"
     try:
         r = httpx.post(
             url + "/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 1}, timeout=30
