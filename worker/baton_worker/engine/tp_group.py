@@ -1,0 +1,381 @@
+"""A tensor-parallel worker group: N rank processes, rank 0 driving the others step by step.
+
+Rank 0 lives in the serving process. :meth:`TpGroup.launch` starts ranks ``1..N-1`` as child
+processes (``python -m baton_worker.engine.tp_group --role ROLE --rank R``), joins them in a
+``torch.distributed`` group (NCCL on CUDA, gloo on CPU) and returns once every rank has loaded
+its shard of the model and registered its own KV pool shard for transfer.
+
+Rank 0 tells the others what to run over a private pipe per rank (not a collective: an idle
+worker must be able to wait for its next request for hours, and a pipe closes when rank 0 dies,
+so followers never outlive it). Each forward is then run by all ranks together: the sharded
+layers' all-reduces keep them in lock step. Block ids are chosen by rank 0's pool alone; every
+rank uses the same ids in its own pool shard. A pull runs on every rank at once, each reading its
+own KV heads directly from the prefill ranks that hold them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import torch
+
+from baton_worker.engine.kv_pool import KvBlockPool
+from baton_worker.engine.loader import LoadedModel, load_model, model_shape, resolve_source
+from baton_worker.engine.model import PagedModel
+from baton_worker.engine.tp import TpRank, init_rank, shard_model
+from baton_worker.kv.tp_plan import check_tp_size
+
+
+class TpGroupError(RuntimeError):
+    """A rank failed to start, died, or did not answer in time (names the rank)."""
+
+
+@dataclass(frozen=True)
+class TpSpec:
+    """Everything a rank needs to build its share of a worker (JSON-serialisable)."""
+
+    source: str
+    tp_size: int
+    role: str  # "prefill" | "decode"
+    engine_id: str
+    dtype: str = "float32"
+    device: str = "cpu"  # "cpu", or "cuda": rank r uses cuda:r
+    num_blocks: int = 256
+    block_size: int = 16
+    max_model_len: int | None = None
+    nixl: bool = True  # register each rank's pool with NIXL (needed for pulls)
+    threads: int = 1  # torch intra-op threads per rank on CPU
+    timeout_s: float = 120.0  # start-up, collectives and replies
+
+    def rank_device(self, rank: int) -> torch.device:
+        return torch.device(f"cuda:{rank}") if self.device.startswith("cuda") else torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class PullCommand:
+    handle: bytes  # a serialised pb2.KvHandle
+    dst_blocks: list[int]
+    timeout_s: float
+
+
+class RankState:
+    """What one rank holds: its model shard, its KV pool shard and its transfer endpoint."""
+
+    def __init__(self, spec: TpSpec, rank: int, global_model: LoadedModel) -> None:
+        from baton_worker.kv.handle import CompatInfo
+
+        self.spec = spec
+        self.tp = TpRank(rank, spec.tp_size, global_model.shape)
+        self.compat = CompatInfo(
+            model=spec.source,
+            revision=global_model.fingerprint,
+            dtype=global_model.dtype_name,
+            num_layers=global_model.shape.num_layers,
+            num_kv_heads=global_model.shape.num_kv_heads,
+            head_dim=global_model.shape.head_dim,
+            block_size=spec.block_size,
+        )
+        local = shard_model(global_model, rank, spec.tp_size)
+        device = spec.rank_device(rank)
+        if device != local.device:
+            local.hf_model.to(device)
+            local = dataclasses.replace(local, device=device)
+        self.model = local
+        self.pool = KvBlockPool.for_model(local, num_blocks=spec.num_blocks, block_size=spec.block_size)
+        self.paged = PagedModel(local, self.pool)
+        self.kv: Any = None
+        if spec.nixl:
+            from baton_worker.kv.tp_pull import RankKv
+
+            self.kv = RankKv(
+                name=f"{spec.engine_id}-{spec.role}-r{rank}",
+                rank=rank,
+                storage=self.pool.storage,
+                engine_id=spec.engine_id,
+                compat_hash=self.compat.hash(),
+                serve_metadata=spec.role == "prefill",
+            )
+
+    def shard_info(self) -> Any:
+        """This rank's ShardInfo (None without NIXL)."""
+        return None if self.kv is None else self.kv.shard_info(self.tp.kv_heads, self.pool.num_blocks)
+
+    def pull(self, cmd: PullCommand) -> Any:
+        """Pull this rank's KV heads of ``cmd.handle`` into ``cmd.dst_blocks``; a PullResult."""
+        from baton_worker.kv.layout import PoolGeometry
+        from baton_worker.rpc import pb2
+
+        if self.kv is None:
+            raise TpGroupError(f"rank {self.tp.rank}: pulls need NIXL (TpSpec.nixl)")
+        pool = self.pool
+        geo = PoolGeometry(
+            pool.num_layers,
+            pool.num_blocks,
+            pool.num_kv_heads,
+            pool.block_size,
+            pool.head_dim,
+            self.model.dtype_name,
+        )
+        handle = pb2.KvHandle.FromString(cmd.handle)
+        return self.kv.pull(handle, self.tp.kv_heads, geo, cmd.dst_blocks, time.monotonic() + cmd.timeout_s)
+
+    def run(self, cmd: tuple) -> Any:
+        kind = cmd[0]
+        if kind == "prefill":
+            self.paged.prefill(*cmd[1:])
+            return None
+        if kind == "decode":
+            self.paged.decode(*cmd[1:])
+            return None
+        if kind == "pull":
+            return self.pull(cmd[1])
+        raise TpGroupError(f"rank {self.tp.rank}: unknown command {kind!r}")
+
+    def close(self) -> None:
+        if self.kv is not None:
+            self.kv.close()
+
+
+def check_spec(spec: TpSpec) -> None:
+    """Refuse, before any process starts, a group that cannot work: TpConfigError naming the TP
+    size and the model's head counts, or ValueError for missing GPUs / a bad role."""
+    from transformers import AutoConfig
+
+    if spec.role not in ("prefill", "decode"):
+        raise ValueError(f"role: {spec.role!r} is not prefill or decode")
+    config = AutoConfig.from_pretrained(resolve_source(spec.source))
+    shape = model_shape(config)
+    inter = getattr(config, "intermediate_size", None)
+    check_tp_size("tensorParallelSize", spec.tp_size, shape.num_kv_heads, shape.num_attention_heads, inter)
+    if spec.device.startswith("cuda") and torch.cuda.device_count() < spec.tp_size:
+        raise ValueError(
+            f"tensorParallelSize: {spec.tp_size} ranks need {spec.tp_size} GPUs, "
+            f"this machine has {torch.cuda.device_count()}"
+        )
+
+
+def build_rank(spec: TpSpec, rank: int, init_file: str) -> RankState:
+    """Join the group, load the model, keep this rank's shard (the same steps on every rank)."""
+    if spec.rank_device(rank).type == "cpu":
+        torch.set_num_threads(spec.threads)
+    init_rank(init_file, rank, spec.tp_size, spec.rank_device(rank), spec.timeout_s)
+    # Loaded on the CPU and sharded there, so a GPU only ever holds its own share.
+    model = load_model(spec.source, dtype=spec.dtype, device="cpu", max_model_len=spec.max_model_len)
+    return RankState(spec, rank, model)
+
+
+class _Follower:
+    def __init__(self, rank: int, proc: subprocess.Popen, cmd: Connection, reply: Connection) -> None:
+        self.rank, self.proc, self.cmd, self.reply = rank, proc, cmd, reply
+
+    def recv(self, timeout_s: float) -> Any:
+        deadline = time.monotonic() + timeout_s
+        while not self.reply.poll(0.05):
+            if self.proc.poll() is not None:
+                raise TpGroupError(f"TP rank {self.rank} exited with code {self.proc.returncode}")
+            if time.monotonic() > deadline:
+                raise TpGroupError(f"TP rank {self.rank} did not answer within {timeout_s:.0f}s")
+        try:
+            ok, value = self.reply.recv()
+        except EOFError:
+            raise TpGroupError(
+                f"TP rank {self.rank} closed its pipe (exit code {self.proc.wait(5)})"
+            ) from None
+        if not ok:
+            raise TpGroupError(f"TP rank {self.rank}: {value}")
+        return value
+
+
+class TpDrivenModel:
+    """Rank 0's stand-in for a PagedModel: each forward is announced to every rank, then run.
+
+    Give it to a PrefillRunner or DecodeEngine built on ``group.model`` / ``group.pool`` by
+    assigning their ``runner`` attribute (see :meth:`TpGroup.drive`)."""
+
+    def __init__(self, group: TpGroup) -> None:
+        self._group = group
+        self.model = group.rank0.model
+        self.pool = group.rank0.pool
+        self.device = group.rank0.paged.device
+
+    def prefill(self, token_ids: list[list[int]], block_tables: list[list[int]]) -> torch.Tensor:
+        self._group._announce(("prefill", token_ids, block_tables))
+        return self._group.rank0.paged.prefill(token_ids, block_tables)
+
+    def decode(
+        self, token_ids: torch.Tensor, positions: torch.Tensor, block_table: torch.Tensor
+    ) -> torch.Tensor:
+        self._group._announce(("decode", token_ids.cpu(), positions.cpu(), block_table.cpu()))
+        return self._group.rank0.paged.decode(token_ids, positions, block_table)
+
+
+class TpGroup:
+    """Rank 0 of a TP group (see the module docstring). ``model``/``pool`` are rank 0's shard."""
+
+    def __init__(self, spec: TpSpec, rank0: RankState, followers: list[_Follower], init_file: str) -> None:
+        self.spec = spec
+        self.rank0 = rank0
+        self.model = rank0.model
+        self.pool = rank0.pool
+        self.compat = rank0.compat
+        self._followers = followers
+        self._init_file = init_file
+        self._send_lock = threading.Lock()  # whole messages, in one order for every rank
+        self._pull_lock = threading.Lock()  # one pull at a time: replies come back in order
+        self.shards: list[Any] = []
+
+    @classmethod
+    def launch(cls, spec: TpSpec) -> TpGroup:
+        """Start ranks 1..N-1, build rank 0 here, wait until every rank is ready.
+
+        Raises TpConfigError for a TP size the model cannot use, TpGroupError naming the rank
+        that failed to start (the others are stopped)."""
+        check_spec(spec)
+        fd, init_file = tempfile.mkstemp(prefix="baton-tp-", suffix=".store")
+        os.close(fd)
+        os.unlink(init_file)  # the file store creates it; a stale one would confuse it
+        followers: list[_Follower] = []
+        try:
+            for rank in range(1, spec.tp_size):
+                followers.append(_spawn(spec, rank, init_file))
+            rank0 = build_rank(spec, 0, init_file)
+            group = cls(spec, rank0, followers, init_file)
+            infos = [rank0.shard_info()] + [f.recv(spec.timeout_s) for f in followers]
+            group.shards = infos if spec.nixl else []
+            return group
+        except BaseException:
+            for f in followers:
+                f.proc.kill()
+                f.proc.wait(10)
+            raise
+
+    def drive(self, runner: Any) -> Any:
+        """Make a PrefillRunner / DecodeEngine built on this group's model and pool run every
+        forward on all ranks; returns ``runner``."""
+        runner.runner = TpDrivenModel(self)
+        return runner
+
+    def _announce(self, cmd: tuple) -> None:
+        with self._send_lock:
+            for f in self._followers:
+                try:
+                    f.cmd.send(cmd)
+                except (BrokenPipeError, OSError) as exc:
+                    raise TpGroupError(f"TP rank {f.rank} is gone ({exc})") from exc
+
+    def pull(self, handle_bytes: bytes, dst_blocks: list[int], timeout_s: float = 30.0) -> list[Any]:
+        """Every rank pulls its own KV heads of a serialised KvHandle into ``dst_blocks`` at
+        once; returns one PullResult per rank (rank order). Raises the first rank's error."""
+        cmd = PullCommand(handle_bytes, list(dst_blocks), timeout_s)
+        with self._pull_lock:
+            self._announce(("pull", cmd))
+            results: list[Any] = []
+            error: BaseException | None = None
+            try:
+                results.append(self.rank0.pull(cmd))
+            except Exception as exc:  # still collect the others' replies, keeping the pipes in step
+                error = exc
+            for f in self._followers:
+                try:
+                    results.append(f.recv(timeout_s + 10))
+                except TpGroupError as exc:
+                    error = error or exc
+            if error is not None:
+                raise error
+            return results
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop every rank (the followers exit on their own when the pipes close)."""
+        for f in self._followers:
+            try:
+                f.cmd.send(("stop",))
+            except OSError:
+                pass
+        for f in self._followers:
+            try:
+                f.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                f.proc.kill()
+                f.proc.wait(timeout_s)
+            f.cmd.close()
+            f.reply.close()
+        self.rank0.close()
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        if os.path.exists(self._init_file):
+            os.unlink(self._init_file)
+
+
+def _spawn(spec: TpSpec, rank: int, init_file: str) -> _Follower:
+    cmd_r, cmd_w = os.pipe()
+    rep_r, rep_w = os.pipe()
+    argv = [
+        sys.executable, "-m", "baton_worker.engine.tp_group", "--role", spec.role, "--rank", str(rank),
+        "--spec", json.dumps(dataclasses.asdict(spec)), "--init-file", init_file,
+        "--cmd-fd", str(cmd_r), "--reply-fd", str(rep_w),
+    ]  # fmt: skip
+    proc = subprocess.Popen(argv, pass_fds=(cmd_r, rep_w), stdin=subprocess.DEVNULL)
+    os.close(cmd_r)
+    os.close(rep_w)
+    return _Follower(rank, proc, Connection(cmd_w, readable=False), Connection(rep_r, writable=False))
+
+
+def follower_main(argv: list[str]) -> int:
+    """Rank 1..N-1: build the shard, report its KV shard, then run what rank 0 announces."""
+    p = argparse.ArgumentParser(prog="baton-tp-rank")
+    p.add_argument("--role", required=True)
+    p.add_argument("--rank", type=int, required=True)
+    p.add_argument("--spec", required=True)
+    p.add_argument("--init-file", required=True)
+    p.add_argument("--cmd-fd", type=int, required=True)
+    p.add_argument("--reply-fd", type=int, required=True)
+    args = p.parse_args(argv)
+    cmds = Connection(args.cmd_fd, writable=False)
+    reply = Connection(args.reply_fd, readable=False)
+    spec = TpSpec(**json.loads(args.spec))
+    try:
+        state = build_rank(spec, args.rank, args.init_file)
+        reply.send((True, state.shard_info()))
+    except Exception as exc:
+        reply.send((False, f"start-up failed: {type(exc).__name__}: {exc}"))
+        return 1
+    try:
+        while True:
+            try:
+                cmd = cmds.recv()
+            except EOFError:  # rank 0 is gone
+                return 0
+            if cmd[0] == "stop":
+                return 0
+            try:
+                out = state.run(cmd)
+            except Exception as exc:
+                if cmd[0] != "pull":
+                    # A failed forward leaves the group out of step: leave, so rank 0's
+                    # collective fails at once instead of waiting for its timeout.
+                    reply.send((False, f"{cmd[0]} failed: {type(exc).__name__}: {exc}"))
+                    return 1
+                reply.send((False, f"pull failed: {type(exc).__name__}: {exc}"))
+                continue
+            if cmd[0] == "pull":
+                reply.send((True, out))
+    finally:
+        state.close()
+
+
+if __name__ == "__main__":
+    # Run the module's own copy, so pickled classes are named baton_worker.engine.tp_group.*, not __main__.*
+    from baton_worker.engine.tp_group import follower_main as _entry
+
+    sys.exit(_entry(sys.argv[1:]))
