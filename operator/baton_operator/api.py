@@ -126,6 +126,8 @@ class KubeApi:
             kubernetes.config.load_incluster_config(client_configuration=config)
         except kubernetes.config.ConfigException:
             kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=config)
+        # Reconciles run in several threads; urllib3's default pool of 4 would churn connections.
+        config.connection_pool_maxsize = 32
         return cls(kubernetes.client.ApiClient(configuration=config))
 
     def request(

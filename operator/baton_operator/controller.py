@@ -14,12 +14,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from prometheus_client import Counter as PromCounter
+
 from baton_operator.api import ApiError, KubeApi
 from baton_operator.reconcile import Outcome, reconcile_pool
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name)
+RECONCILES = PromCounter("baton_operator_reconciles", "Reconciles of InferencePools", ["result"])
 
 
 @dataclass(frozen=True)
@@ -97,16 +100,19 @@ class Controller:
                     self._executor, reconcile_pool, self.api, namespace, name, self.settings.default_image
                 )
             except ApiError as e:
+                RECONCILES.labels("retry").inc()
                 backoff = next_backoff(backoff, self.settings)
                 log.warning("%s/%s: transient error, retrying in %.0fs: %s", namespace, name, backoff, e)
                 delay = backoff
                 continue
             except Exception:  # never let one pool's surprise kill its worker
+                RECONCILES.labels("error").inc()
                 backoff = next_backoff(backoff, self.settings)
                 log.exception("%s/%s: reconcile failed, retrying in %.0fs", namespace, name, backoff)
                 delay = backoff
                 continue
             self.reconciles += 1
+            RECONCILES.labels("ok").inc()
             backoff = 0.0
             delay = self.settings.resync_seconds
             _log_outcome(namespace, name, outcome)

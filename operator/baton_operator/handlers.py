@@ -1,8 +1,8 @@
 """Thin kopf handlers: every event about a pool or one of its children triggers that pool's worker.
 
-No change-detecting handlers (on.create/update/delete), so kopf keeps no state in the objects:
-no annotations, no finalizers; children are deleted by garbage collection through their owner
-references. All decisions live in the pure modules; all I/O in api.py.
+No change-detecting handlers (on.create/update/delete), so these handlers keep no state in the
+objects (no annotations; the only finalizer is the one kopf adds for the autoscaler's timers);
+children are deleted by garbage collection through their owner references. All decisions live in the pure modules; all I/O in api.py.
 """
 
 from __future__ import annotations

@@ -79,8 +79,19 @@ class LeaderElector:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop renewing and hand the lease back, so a successor need not wait for it to expire."""
         self._stop.set()
         self._thread.join(timeout=self.renew_seconds + 5)
+        if not self._leader:
+            return
+        self._leader = False
+        try:
+            lease = self.api.get(LEASE, self.namespace, self.name)
+            if lease and (lease.get("spec") or {}).get("holderIdentity") == self.identity:
+                spec = {**lease["spec"], "holderIdentity": "", "leaseDurationSeconds": 1}
+                self.api.request("PUT", LEASE.path(self.namespace, self.name), {**lease, "spec": spec})
+        except ApiError as e:
+            log.warning("could not release lease %s/%s: %s", self.namespace, self.name, e)
 
     def _run(self) -> None:
         while not self._stop.is_set():

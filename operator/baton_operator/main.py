@@ -90,7 +90,9 @@ async def operator_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
-    settings.persistence.finalizer = "baton.dev/operator"  # unused: no handler needs a finalizer
+    if not opts.all_namespaces:
+        # Namespaced RBAC grants nothing cluster-wide: do not watch CRDs (kopf's resource scanning).
+        settings.scanning.disabled = True
     api = KubeApi.from_environment(opts.kubeconfig)
     ctl: Controller
     elector: LeaderElector | None = None

@@ -33,6 +33,11 @@ application) needs. Used by the ClusterRole (scope cluster) or each Role (scope 
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+# kopf adds and removes its finalizer on InferencePools (its timers, used by the autoscaler,
+# need one so they stop before the object goes).
+- apiGroups: [baton.dev]
+  resources: [inferencepools]
+  verbs: [patch]
 # --- application (baton) ----------------------------------------------------------------
 # Watch InferencePools and write their status.
 - apiGroups: [baton.dev]
