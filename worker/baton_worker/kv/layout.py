@@ -1,0 +1,138 @@
+"""KV pool geometry and the byte runs a transfer moves (pure functions, no I/O).
+
+A worker rank's KV pool is one contiguous tensor laid out "LNKHBD":
+``[num_layers, num_blocks, 2 (K, V), num_kv_heads_local, block_size, head_dim]``.
+The bytes of (layer l, block b, K|V s, local heads [h0, h1)) are one contiguous run, and a whole
+(layer, block) is one run when all heads are wanted. Transfers are lists of ``(src_offset,
+dst_offset, length)`` runs; adjacent runs are merged so NIXL/UCX sees few large descriptors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+LAYOUT_NAME = "LNKHBD"
+
+DTYPE_ITEMSIZE: dict[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+@dataclass(frozen=True)
+class PoolGeometry:
+    """Shape of one rank's KV pool tensor; heads are the rank's local heads."""
+
+    num_layers: int
+    num_blocks: int
+    num_kv_heads: int
+    block_size: int
+    head_dim: int
+    dtype: str
+
+    def __post_init__(self) -> None:
+        for name in ("num_layers", "num_blocks", "num_kv_heads", "block_size", "head_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"PoolGeometry.{name} must be a positive int, got {value!r}")
+        if self.dtype not in DTYPE_ITEMSIZE:
+            raise ValueError(
+                f"PoolGeometry.dtype must be one of {sorted(DTYPE_ITEMSIZE)}, got {self.dtype!r}"
+            )
+
+    @property
+    def itemsize(self) -> int:
+        return DTYPE_ITEMSIZE[self.dtype]
+
+    @property
+    def head_bytes(self) -> int:
+        """Bytes of one head of one K or V of one block."""
+        return self.block_size * self.head_dim * self.itemsize
+
+    @property
+    def block_bytes(self) -> int:
+        """Bytes of one (layer, block): K and V of all local heads."""
+        return 2 * self.num_kv_heads * self.head_bytes
+
+    @property
+    def total_bytes(self) -> int:
+        return self.num_layers * self.num_blocks * self.block_bytes
+
+    def offset(self, layer: int, block: int, kv: int, head: int) -> int:
+        """Byte offset of (layer, block, K|V, local head) from the start of the pool."""
+        return (((layer * self.num_blocks + block) * 2 + kv) * self.num_kv_heads + head) * self.head_bytes
+
+
+@dataclass(frozen=True)
+class Run:
+    """One contiguous copy: ``length`` bytes from ``src`` offset to ``dst`` offset."""
+
+    src: int
+    dst: int
+    length: int
+
+
+def merge_runs(runs: list[Run]) -> list[Run]:
+    """Merge runs that continue each other on both sides; keeps the order of ``runs``.
+
+    The result moves exactly the same bytes to the same places with as few runs as possible
+    for the given order (runs are produced in source order, so that is the useful order).
+    """
+    merged: list[Run] = []
+    for run in runs:
+        if run.length <= 0:
+            continue
+        if merged:
+            last = merged[-1]
+            if last.src + last.length == run.src and last.dst + last.length == run.dst:
+                merged[-1] = Run(last.src, last.dst, last.length + run.length)
+                continue
+        merged.append(run)
+    return merged
+
+
+def plan_runs(
+    src: PoolGeometry,
+    src_blocks: list[int],
+    src_head_start: int,
+    dst: PoolGeometry,
+    dst_blocks: list[int],
+    dst_head_start: int,
+    head_start: int,
+    head_end: int,
+) -> list[Run]:
+    """Byte runs that copy global KV heads ``[head_start, head_end)`` of the given blocks.
+
+    ``src_head_start``/``dst_head_start`` are the first global head held by each side's rank;
+    ``src_blocks[i]`` is copied into ``dst_blocks[i]`` for every layer. Raises ValueError,
+    naming the field, when the two pools disagree on a dimension or a block id is out of range.
+    """
+    for name in ("num_layers", "block_size", "head_dim", "dtype"):
+        if getattr(src, name) != getattr(dst, name):
+            raise ValueError(
+                f"KV layout mismatch in {name}: source {getattr(src, name)!r}, "
+                f"destination {getattr(dst, name)!r}"
+            )
+    if len(src_blocks) != len(dst_blocks):
+        raise ValueError(f"block_ids: source has {len(src_blocks)} blocks, destination {len(dst_blocks)}")
+    for side, geo, blocks in (("source", src, src_blocks), ("destination", dst, dst_blocks)):
+        for b in blocks:
+            if not 0 <= b < geo.num_blocks:
+                raise ValueError(f"block_ids: {side} block {b} outside [0, {geo.num_blocks})")
+    src_h0, dst_h0 = head_start - src_head_start, head_start - dst_head_start
+    n_heads = head_end - head_start
+    if n_heads <= 0 or src_h0 < 0 or dst_h0 < 0:
+        raise ValueError(f"head range [{head_start}, {head_end}) not held by both sides")
+    if src_h0 + n_heads > src.num_kv_heads or dst_h0 + n_heads > dst.num_kv_heads:
+        raise ValueError(f"head range [{head_start}, {head_end}) exceeds a side's local heads")
+    length = n_heads * src.head_bytes
+    runs: list[Run] = []
+    for layer in range(src.num_layers):
+        for sb, db in zip(src_blocks, dst_blocks, strict=True):
+            for kv in (0, 1):
+                runs.append(Run(src.offset(layer, sb, kv, src_h0), dst.offset(layer, db, kv, dst_h0), length))
+    return merge_runs(runs)
+
+
+def blocks_needed(num_tokens: int, block_size: int) -> int:
+    """Blocks holding ``num_tokens`` tokens (ceil division); 0 tokens need 0 blocks."""
+    if num_tokens < 0 or block_size <= 0:
+        raise ValueError(f"num_tokens={num_tokens}, block_size={block_size}: invalid")
+    return -(-num_tokens // block_size)
