@@ -80,21 +80,23 @@ def test_router_failover_kill_prefill_and_decode_during_burst_loses_nothing(stac
     before = _metrics(stack)
     killed: list[str] = []
 
-    async def kill_when_streaming(received: int) -> None:
-        # Kill once streams are well under way: both kinds of failure then hit requests that
-        # already sent tokens (decode resume) and requests still waiting for prefill.
-        if received >= 60 and not killed:
-            killed.extend(["prefill-0", "decode-0"])
-            stack.kill("prefill-0")
-            stack.kill("decode-0")
+    async def kill_during_burst(received: int) -> None:
+        # The prefill worker dies early, while most requests still wait for their prefill;
+        # the decode worker dies later, in the middle of streams that already sent tokens.
+        for name, at in (("prefill-0", 8), ("decode-0", 150)):
+            if received >= at and name not in killed:
+                killed.append(name)
+                stack.kill(name)
 
-    during = asyncio.run(_burst(stack.url, prompts, kill_when_streaming))
-    assert killed, "the burst finished before the kill point"
+    during = asyncio.run(_burst(stack.url, prompts, kill_during_burst))
+    assert killed == ["prefill-0", "decode-0"], f"the burst ended before both kill points: {killed}"
     assert len(during) == N
     for i, (got, want) in enumerate(zip(during, baseline, strict=True)):
         assert got == want, f"request {i} differs after failover"
     after = _metrics(stack)
-    assert _counter(after, "baton_retries_total") > _counter(before, "baton_retries_total")
+    assert _counter(after, 'baton_retries_total{reason="[a-z_]+",role="prefill"}') > _counter(
+        before, 'baton_retries_total{reason="[a-z_]+",role="prefill"}'
+    )
     assert _counter(after, "baton_decode_resumes_total") > _counter(before, "baton_decode_resumes_total")
     # The dead workers are ejected: the router reports them as such.
     wait_until(
