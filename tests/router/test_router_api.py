@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 from baton_worker.rpc import pb2, pb2_grpc
-from conftest import MODEL, reference_generate, start_router, tokenizer, wait_until
+from router_stack import MODEL, reference_generate, start_router, tokenizer, wait_until
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from conftest import start_router, wait_until
+from router_stack import start_router, wait_until
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(900)]
 

@@ -10,7 +10,7 @@ import re
 import httpx
 import openai
 import pytest
-from conftest import MODEL, wait_until
+from router_stack import MODEL, wait_until
 
 pytestmark = pytest.mark.timeout(600)
 
