@@ -1,0 +1,70 @@
+"""`baton up` planning: which processes with which command lines (no process is started)."""
+
+from __future__ import annotations
+
+import pytest
+from baton_worker.local_stack import build_parser, plan
+
+
+def _plan(*argv: str):  # type: ignore[no-untyped-def]
+    return plan(build_parser().parse_args(list(argv)))
+
+
+def _flag(cmd: list[str], name: str) -> str:
+    return cmd[cmd.index(name) + 1]
+
+
+def test_default_is_one_prefill_one_decode_and_the_router() -> None:
+    children = _plan()
+    assert [c.name for c in children] == ["prefill-0", "decode-0", "router"]
+    prefill, decode, router = children
+    assert _flag(prefill.cmd, "--role") == "prefill" and _flag(decode.cmd, "--role") == "decode"
+    assert _flag(prefill.cmd, "--model") == "builtin://tiny" and _flag(prefill.cmd, "--device") == "cpu"
+    assert (
+        _flag(router.cmd, "--prefill") == prefill.address and _flag(router.cmd, "--decode") == decode.address
+    )
+    assert _flag(router.cmd, "--port") == "8000" and router.address == "127.0.0.1:8000"
+    ports = {c.address for c in children[:2]} | {_flag(c.cmd, "--metrics-port") for c in children[:2]}
+    assert len(ports) == 4  # every worker gets its own gRPC and metrics port
+
+
+def test_counts_device_and_options_reach_the_processes() -> None:
+    children = _plan(
+        "--model",
+        "/m",
+        "--prefill",
+        "2",
+        "--decode",
+        "3",
+        "--port",
+        "0",
+        "--device",
+        "cuda",
+        "--max-batch-size",
+        "8",
+        "--local-prefill-max-tokens",
+        "0",
+        "--worker-arg=--kv-blocks=64",
+    )
+    names = [c.name for c in children]
+    assert names == ["prefill-0", "prefill-1", "decode-0", "decode-1", "decode-2", "router"]
+    router = children[-1]
+    assert (
+        len(_flag(router.cmd, "--decode").split(",")) == 3
+        and len(_flag(router.cmd, "--prefill").split(",")) == 2
+    )
+    assert _flag(router.cmd, "--port") != "0" and _flag(router.cmd, "--local-prefill-max-tokens") == "0"
+    assert all(_flag(c.cmd, "--device") == "cuda" and "--kv-blocks=64" in c.cmd for c in children[:-1])
+    assert all(("--max-batch-size" in c.cmd) == c.name.startswith("decode") for c in children[:-1])
+
+
+def test_colocated_baseline_has_no_prefill_pool() -> None:
+    children = _plan("--colocated", "2")
+    assert [c.name for c in children] == ["decode-0", "decode-1", "router"]
+    assert "--prefill" not in children[-1].cmd
+
+
+@pytest.mark.parametrize("argv", [("--decode", "0"), ("--prefill", "-1")])
+def test_bad_counts_are_refused(argv: tuple[str, ...]) -> None:
+    with pytest.raises(ValueError, match="--decode|--prefill"):
+        _plan(*argv)
