@@ -27,13 +27,21 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 << 20),
     ("grpc.max_send_message_length", 64 << 20),
     ("grpc.enable_retries", 0),  # the router decides about retries itself
+    # Workers start after (or restart under) the router: reconnect quickly instead of gRPC's
+    # default back-off of up to two minutes.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
 ]
 
 
 @dataclass(frozen=True)
 class PoolConfig:
     poll_interval_s: float = 0.5
-    health_timeout_s: float = 1.0
+    health_timeout_s: float = 2.0
+    # A busy worker may answer Health late; only this many slow answers in a row mark it down.
+    # A refused connection (UNAVAILABLE) marks it down at once.
+    slow_health_limit: int = 3
     eject_base_s: float = 1.0
     eject_max_s: float = 30.0
 
@@ -50,6 +58,7 @@ class Worker:
     reachable: bool = False
     ejected_until: float = 0.0
     failures: int = 0  # consecutive request failures
+    slow_health: int = 0  # consecutive Health calls that failed other than UNAVAILABLE
     inflight: int = 0
     inflight_prompt_tokens: int = 0
     down: asyncio.Event = field(default_factory=asyncio.Event)  # set while unreachable
@@ -166,11 +175,16 @@ class WorkerPool:
         try:
             h = await w.stub.Health(pb2.HealthRequest(), timeout=self.cfg.health_timeout_s)
         except grpc.aio.AioRpcError as e:
+            if e.code() != grpc.StatusCode.UNAVAILABLE:
+                w.slow_health += 1
+                if w.slow_health < self.cfg.slow_health_limit:
+                    return
             if w.reachable:
                 log.warning("%s worker %s unreachable: %s", self.role, w.address, e.code().name)
             w.reachable = False
             w.down.set()
             return
+        w.slow_health = 0
         if not w.reachable:
             log.info("%s worker %s reachable (ready=%s)", self.role, w.address, h.ready)
         w.health = h
