@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from baton_operator.sandbox.build import parse_replaces, wrapper_gomod
+from baton_operator.sandbox.build import go_output_name, parse_replaces, wrapper_gomod
 from baton_operator.sandbox.versions import KUBERNETES_VERSION, components, staging_version
 
 K8S_GOMOD = """module k8s.io/kubernetes
@@ -72,3 +72,9 @@ def test_every_binary_is_pinned_and_kubernetes_is_at_least_1_34() -> None:
     assert minor >= 34
     k8s = next(c for c in components() if c.name == "kubernetes")
     assert f"-X k8s.io/component-base/version.gitVersion={KUBERNETES_VERSION}" in k8s.ldflags
+
+
+def test_go_output_name_skips_major_version_suffix() -> None:
+    assert go_output_name("go.etcd.io/etcd/server/v3") == "server"
+    assert go_output_name("k8s.io/kubernetes/cmd/kubectl") == "kubectl"
+    assert go_output_name("helm.sh/helm/v3/cmd/helm") == "helm"

@@ -100,6 +100,15 @@ def wrapper_gomod(component: GoComponent, upstream_gomod: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def go_output_name(package: str) -> str:
+    """File name `go build -o DIR/` gives a main package: its last path element, skipping a
+    major-version suffix (``go.etcd.io/etcd/server/v3`` -> ``server``)."""
+    parts = package.rstrip("/").split("/")
+    if len(parts) > 1 and re.fullmatch(r"v[0-9]+", parts[-1]):
+        return parts[-2]
+    return parts[-1]
+
+
 def reports_version(path: Path, binary: Binary) -> bool:
     """Whether the executable at ``path`` reports the pinned version of ``binary``."""
     try:
@@ -218,9 +227,12 @@ def build_component(component: GoComponent, binaries: tuple[Binary, ...], log: C
     except (ValueError, KeyError):
         raise BuildError(f"cannot download {what}: {_last_error_line(dl.stdout + dl.stderr)}") from None
     text = wrapper_gomod(component, Path(gomod_path).read_text())
-    gomod = src / "go.mod"
-    if not gomod.exists() or gomod.read_text() != text:
+    # `go build -mod=mod` may rewrite go.mod (e.g. its go line), so compare what we generated
+    # last time, kept aside, and only start over (dropping go.sum) when that changed.
+    generated, gomod = src / "go.mod.generated", src / "go.mod"
+    if not gomod.exists() or not generated.exists() or generated.read_text() != text:
         gomod.write_text(text)
+        generated.write_text(text)
         (src / "go.sum").unlink(missing_ok=True)
     tmp_out = bin_dir / f".tmp-{component.name}"
     shutil.rmtree(tmp_out, ignore_errors=True)
@@ -253,7 +265,7 @@ def build_component(component: GoComponent, binaries: tuple[Binary, ...], log: C
         )
     stamps = _read_stamps(bin_dir)
     for b in binaries:
-        built = tmp_out / Path(b.package).name
+        built = tmp_out / go_output_name(b.package)
         if not built.exists():
             raise BuildError(f"module {what}: go build produced no {built.name} (log: {log_path})")
         os.replace(built, bin_dir / b.name)

@@ -221,7 +221,10 @@ def _default_sa_exists(sandbox: Sandbox) -> bool:
 
 def _add_nodes(layout: Layout, state: State, sandbox: Sandbox, nodepools: Path) -> int:
     manifests = node_manifests(load_pools(nodepools))
-    sandbox.apply(manifests)
+    # Plain create: Node status (capacity, allocatable) is kept only on create, and apply
+    # would strip it as a reset field. `up` only adds nodes to a fresh cluster.
+    doc = json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests})
+    sandbox.kubectl("create", "-f", "-", input=doc)
     names = {m["metadata"]["name"] for m in manifests}
     kwok = next(p for p in state.procs if p.name == "kwok")
     wait_for(
