@@ -21,9 +21,10 @@ class Held:
 
 
 class HeldBlocks:
-    """Thread-safe map request id -> held blocks; ``free`` is called outside the lock."""
+    """Thread-safe map request id -> held blocks; ``free(request_id, block_ids)`` is called
+    outside the lock, exactly once per held request."""
 
-    def __init__(self, free: Callable[[list[int]], None]) -> None:
+    def __init__(self, free: Callable[[str, list[int]], None]) -> None:
         self._free = free
         self._held: dict[str, Held] = {}
         self._lock = threading.Lock()
@@ -45,7 +46,7 @@ class HeldBlocks:
             held = self._held.pop(request_id, None)
         if held is None:
             return False
-        self._free(list(held.block_ids))
+        self._free(request_id, list(held.block_ids))
         return True
 
     def expire(self, now_unix_ms: int) -> list[str]:

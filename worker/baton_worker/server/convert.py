@@ -1,0 +1,86 @@
+"""Pure translations between the wire (protobuf) and the engine, and errors to gRPC statuses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from baton_worker.engine import (
+    DuplicateRequestError,
+    EngineFailedError,
+    InvalidRequestError,
+    PoolExhaustedError,
+    RequestOutput,
+    RequestTooLongError,
+    SamplingParams,
+)
+from baton_worker.kv.errors import KvCompatError, KvError, KvHandleError
+from baton_worker.rpc import pb2
+
+
+def sampling_from_pb(msg: pb2.SamplingParams) -> SamplingParams:
+    """Engine SamplingParams from the wire message; InvalidRequestError names a bad field.
+
+    ``max_tokens == 0`` on the wire means "unset" (proto3 default) and maps to the engine default.
+    """
+    kwargs: dict[str, object] = {
+        "temperature": float(msg.temperature),
+        "top_p": float(msg.top_p) if msg.top_p > 0 else 1.0,
+        "top_k": int(msg.top_k),
+        "stop_token_ids": tuple(msg.stop_token_ids),
+        "stop": tuple(msg.stop),
+        "ignore_eos": bool(msg.ignore_eos),
+    }
+    if msg.max_tokens:
+        kwargs["max_tokens"] = int(msg.max_tokens)
+    if msg.HasField("seed"):
+        kwargs["seed"] = int(msg.seed)
+    return SamplingParams(**kwargs)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Status:
+    """A gRPC status to abort a call with."""
+
+    code: grpc.StatusCode
+    message: str
+
+
+def status_for(exc: BaseException) -> Status:
+    """The gRPC status for an error raised while serving a request.
+
+    Bad requests are INVALID_ARGUMENT / OUT_OF_RANGE (the router answers 400 and does not
+    retry); an incompatible or malformed KV handle is FAILED_PRECONDITION; retryable KV
+    failures (peer gone, timed out, blocks expired) and a failed engine are UNAVAILABLE;
+    no KV memory is RESOURCE_EXHAUSTED. Messages start with a stable code word.
+    """
+    if isinstance(exc, RequestTooLongError):
+        return Status(grpc.StatusCode.OUT_OF_RANGE, f"context_length_exceeded: {exc}")
+    if isinstance(exc, DuplicateRequestError):
+        return Status(grpc.StatusCode.ALREADY_EXISTS, f"duplicate_request: {exc}")
+    if isinstance(exc, InvalidRequestError):
+        return Status(grpc.StatusCode.INVALID_ARGUMENT, f"invalid_request: {exc}")
+    if isinstance(exc, PoolExhaustedError):
+        return Status(grpc.StatusCode.RESOURCE_EXHAUSTED, f"kv_pool_exhausted: {exc}")
+    if isinstance(exc, KvCompatError | KvHandleError):
+        return Status(grpc.StatusCode.FAILED_PRECONDITION, f"{exc.code}: {exc}")
+    if isinstance(exc, KvError):
+        code = grpc.StatusCode.UNAVAILABLE if exc.retryable else grpc.StatusCode.FAILED_PRECONDITION
+        return Status(code, f"{exc.code}: {exc}")
+    if isinstance(exc, EngineFailedError):
+        return Status(grpc.StatusCode.UNAVAILABLE, f"engine_failed: {exc}")
+    return Status(grpc.StatusCode.INTERNAL, f"internal: {type(exc).__name__}: {exc}")
+
+
+def token_chunk(out: RequestOutput, kv_seconds: float = 0.0, kv_bytes: int = 0) -> pb2.TokenChunk:
+    """A TokenChunk from an engine RequestOutput."""
+    return pb2.TokenChunk(
+        token_ids=list(out.new_token_ids),
+        text=out.text_delta,
+        finish_reason=(out.finish_reason or "") if out.finished else "",
+        prompt_tokens=out.num_prompt_tokens,
+        completion_tokens=out.num_output_tokens,
+        kv_transfer_seconds=kv_seconds,
+        kv_transfer_bytes=kv_bytes,
+    )

@@ -1,0 +1,150 @@
+"""The prefill worker's gRPC service: Prefill, Release, GetAgentMetadata, PullKv, Cancel, Health.
+
+Thin glue: the engine's :class:`PrefillRunner` computes, :class:`KvSource` holds and serves the
+blocks; this module maps requests and errors between them and the wire.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+
+from baton_worker.engine import LoadedModel, PrefillRunner
+from baton_worker.kv.source import KvSource, PullRefused
+from baton_worker.rpc import pb2, pb2_grpc
+from baton_worker.server.convert import sampling_from_pb, status_for
+from baton_worker.server.lifecycle import Lifecycle, NotAccepting
+from baton_worker.server.metrics import LoadSnapshot, WorkerMetrics
+
+# A prefill waits this long at most for KV blocks to free up (within the call's deadline).
+BLOCK_WAIT_S = 30.0
+
+
+class PrefillService(pb2_grpc.PrefillWorkerServicer):
+    def __init__(
+        self,
+        *,
+        model: LoadedModel,
+        runner: PrefillRunner,
+        source: KvSource,
+        lifecycle: Lifecycle,
+        served_name: str,
+    ) -> None:
+        self.model = model
+        self.runner = runner
+        self.source = source
+        self.lifecycle = lifecycle
+        self.served_name = served_name
+        self.metrics = WorkerMetrics("prefill", self.snapshot)
+        self._running = 0
+        self._lock = threading.Lock()
+
+    def snapshot(self) -> LoadSnapshot:
+        stats = self.runner.stats()
+        ready, _ = self.lifecycle.readiness()
+        c = self.source.counters
+        return LoadSnapshot(
+            queue_depth=stats.waiting,
+            running=self._running,
+            free_blocks=stats.free_blocks,
+            total_blocks=stats.total_blocks,
+            ready=ready,
+            draining=self.lifecycle.draining,
+            freed={
+                "notification": c.freed_by_notification,
+                "release": c.freed_by_release,
+                "ttl": c.freed_by_ttl,
+            },
+        )
+
+    def Prefill(self, request: pb2.PrefillRequest, context: grpc.ServicerContext) -> pb2.PrefillResponse:  # noqa: N802
+        try:
+            with self.lifecycle.request():
+                with self._lock:
+                    self._running += 1
+                try:
+                    return self._prefill(request, context)
+                finally:
+                    with self._lock:
+                        self._running -= 1
+        except NotAccepting as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"not_ready: prefill worker is {exc}")
+            raise  # unreachable: abort raises
+
+    def _prefill(self, request: pb2.PrefillRequest, context: grpc.ServicerContext) -> pb2.PrefillResponse:
+        left = context.time_remaining()
+        wait = BLOCK_WAIT_S if left is None else max(0.0, min(BLOCK_WAIT_S, left - 0.05))
+        try:
+            sampling = sampling_from_pb(request.sampling)
+            result = self.runner.prefill(
+                request.request_id,
+                list(request.prompt_token_ids),
+                sampling,
+                resume_token_ids=list(request.resume_token_ids),
+                block_wait_s=wait,
+            )
+        except Exception as exc:
+            self.metrics.request("error")
+            status = status_for(exc)
+            context.abort(status.code, status.message)
+        try:
+            handle = self.source.issue(request.request_id, list(result.block_ids), result.num_tokens)
+        except Exception as exc:
+            self.runner.release(request.request_id)
+            self.metrics.request("error")
+            status = status_for(exc)
+            context.abort(status.code, status.message)
+        if not context.is_active():
+            # The caller gave up (deadline, disconnect): nobody will pull these blocks.
+            self.source.release(request.request_id)
+        self.metrics.request("ok")
+        return pb2.PrefillResponse(
+            first_token=result.first_token, handle=handle, prefill_seconds=result.prefill_seconds
+        )
+
+    def Release(self, request: pb2.ReleaseRequest, context: grpc.ServicerContext) -> pb2.ReleaseResponse:  # noqa: N802
+        if request.engine_id and request.engine_id != self.source.engine_id:
+            return pb2.ReleaseResponse(released=False)
+        return pb2.ReleaseResponse(released=self.source.release(request.request_id))
+
+    def GetAgentMetadata(
+        self, request: pb2.AgentMetadataRequest, context: grpc.ServicerContext
+    ) -> pb2.AgentMetadata:  # noqa: N802
+        try:
+            return self.source.agent_metadata(request.rank)
+        except PullRefused as exc:
+            context.abort(getattr(grpc.StatusCode, exc.status), str(exc))
+            raise
+
+    def PullKv(self, request: pb2.PullKvRequest, context: grpc.ServicerContext):  # noqa: N802
+        try:
+            chunks = self.source.pull(request)
+        except PullRefused as exc:
+            context.abort(getattr(grpc.StatusCode, exc.status), str(exc))
+            raise
+        for chunk in chunks:
+            if not context.is_active():
+                return
+            yield chunk
+
+    def Cancel(self, request: pb2.CancelRequest, context: grpc.ServicerContext) -> pb2.CancelResponse:  # noqa: N802
+        return pb2.CancelResponse(cancelled=self.source.release(request.request_id))
+
+    def Health(self, request: pb2.HealthRequest, context: grpc.ServicerContext) -> pb2.HealthResponse:  # noqa: N802
+        stats = self.runner.stats()
+        ready, _ = self.lifecycle.readiness()
+        return pb2.HealthResponse(
+            role="prefill",
+            ready=ready,
+            queue_depth=stats.waiting,
+            queued_prompt_tokens=stats.queued_prompt_tokens,
+            running=self._running,
+            free_blocks=stats.free_blocks,
+            total_blocks=stats.total_blocks,
+            engine_id=self.source.engine_id,
+            model=self.served_name,
+            max_model_len=self.model.max_model_len,
+            max_batch_size=self.runner.max_batch_size,
+            draining=self.lifecycle.draining,
+        )

@@ -1,0 +1,144 @@
+"""Wiring of a worker process: model, pool, KV backend, gRPC server, side server, drain."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from concurrent import futures
+
+import grpc
+import torch
+
+from baton_worker.engine import DecodeEngine, EngineLoop, KvBlockPool, LoadedModel, PrefillRunner, load_model
+from baton_worker.kv.backend import choose_backend
+from baton_worker.kv.grpc_stream import GRPC_OPTIONS
+from baton_worker.kv.handle import CompatInfo
+from baton_worker.kv.nixl_agent import apply_ucx_defaults, load_nixl, nixl_available
+from baton_worker.rpc import pb2_grpc
+from baton_worker.server.http_side import SideServer
+from baton_worker.server.lifecycle import Lifecycle
+from baton_worker.server.main import WorkerOptions, _hostport
+
+
+def compat_info(model: LoadedModel, opts: WorkerOptions) -> CompatInfo:
+    """What prefill and decode must agree on; the weights' fingerprint is the revision."""
+    shape = model.shape
+    return CompatInfo(
+        model=opts.served_model_name,
+        revision=model.fingerprint,
+        dtype=model.dtype_name,
+        num_layers=shape.num_layers,
+        num_kv_heads=shape.num_kv_heads,
+        head_dim=shape.head_dim,
+        block_size=opts.block_size,
+    )
+
+
+def _why_nixl_not() -> str:
+    try:
+        load_nixl()
+        return ""
+    except Exception as exc:
+        return str(exc)
+
+
+def run_worker(opts: WorkerOptions, lifecycle: Lifecycle, stop: threading.Event) -> int:
+    """Serve until ``stop`` is set, then drain; returns the process exit code."""
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    holder: dict[str, object] = {}
+    side = SideServer(opts.host, opts.metrics_port, lifecycle.readiness, _LazyRegistry(holder)).start()
+    t0 = time.monotonic()
+    backend = choose_backend(opts.kv_backend, nixl_available, _why_nixl_not)
+    if backend == "nixl":
+        apply_ucx_defaults(cuda=opts.device.startswith("cuda"))
+    model = load_model(opts.model, dtype=opts.dtype, device=opts.device, max_model_len=opts.max_model_len)
+    pool = KvBlockPool.for_model(model, num_blocks=opts.kv_blocks, block_size=opts.block_size)
+    compat = compat_info(model, opts)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max(16, opts.max_batch_size + 16)), options=GRPC_OPTIONS
+    )
+    port = server.add_insecure_port(_hostport(opts.host, opts.port))
+    if port == 0:
+        raise OSError(f"--port: cannot bind {_hostport(opts.host, opts.port)}")
+    address = _hostport(opts.advertise_host, port)
+    closers: list = []
+    if opts.role == "prefill":
+        from baton_worker.kv.source import KvSource
+        from baton_worker.server.prefill import PrefillService
+
+        runner = PrefillRunner(model, pool, max_batch_size=opts.max_batch_size)
+        source = KvSource(
+            storage=pool.storage,
+            compat=compat,
+            free=lambda request_id, _blocks: runner.release(request_id),
+            backend=backend,
+            address=address,
+            ttl_s=opts.kv_ttl_s,
+            pull_delay_s=opts.kv_pull_delay_ms / 1000.0,
+        )
+        service = PrefillService(
+            model=model, runner=runner, source=source, lifecycle=lifecycle, served_name=opts.served_model_name
+        )
+        pb2_grpc.add_PrefillWorkerServicer_to_server(service, server)
+        closers.append(source.close)
+    else:
+        from baton_worker.kv.sink import KvSink
+        from baton_worker.server.decode import DecodeService
+
+        engine = DecodeEngine(model, pool, max_batch_size=opts.max_batch_size)
+        loop = EngineLoop(engine).start()
+        sink = KvSink(
+            storage=pool.storage,
+            dtype=model.dtype_name,
+            backend=backend,
+            name=f"baton-decode-{port}-{time.time_ns():x}",
+        )
+        service = DecodeService(
+            model=model,
+            pool=pool,
+            loop=loop,
+            sink=sink,
+            compat=compat,
+            lifecycle=lifecycle,
+            served_name=opts.served_model_name,
+            kv_timeout_s=opts.kv_timeout_s,
+        )
+        pb2_grpc.add_DecodeWorkerServicer_to_server(service, server)
+        closers += [loop.stop, sink.close]
+    holder["registry"] = service.metrics.registry
+    server.start()
+    lifecycle.set_loaded()
+    print(
+        f"baton worker ready role={opts.role} grpc={address} metrics={_hostport(opts.host, side.port)} "
+        f"kv_backend={backend} model={opts.served_model_name} blocks={pool.num_blocks} "
+        f"load_s={time.monotonic() - t0:.1f}",
+        flush=True,
+    )
+    stop.wait()
+    # Drain: readiness is already down; let running requests finish within the grace period.
+    idle = lifecycle.wait_idle(opts.drain_grace_s)
+    if not idle and opts.role == "decode":
+        aborted = service.abort_all()
+        print(
+            f"baton worker: drain grace over, aborted {aborted} running requests", file=sys.stderr, flush=True
+        )
+        lifecycle.wait_idle(5.0)
+    server.stop(grace=2.0).wait(5.0)
+    for close in closers:
+        close()
+    side.stop()
+    print(f"baton worker stopped role={opts.role}", file=sys.stderr, flush=True)
+    return 0
+
+
+class _LazyRegistry:
+    """The metrics registry once the service exists (the side server starts before the model)."""
+
+    def __init__(self, holder: dict[str, object]) -> None:
+        self._holder = holder
+
+    def collect(self):  # prometheus_client's generate_latest only calls collect()
+        registry = self._holder.get("registry")
+        return registry.collect() if registry is not None else iter(())
