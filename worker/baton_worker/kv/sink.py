@@ -33,6 +33,10 @@ from baton_worker.kv.source import storage_region
 from baton_worker.rpc import pb2, pb2_grpc
 
 
+# A handle this close to its expiry is treated as expired (the prefill side may free it mid-READ).
+EXPIRY_MARGIN_MS = 250
+
+
 @dataclass(frozen=True)
 class PullResult:
     """What one pull moved, how long it took and which path it used."""
@@ -89,6 +93,12 @@ class KvSink:
         t0 = time.monotonic()
         if len(dst_blocks) != len(handle.block_ids):
             raise KvHandleError("block_ids", f"{len(handle.block_ids)} blocks, {len(dst_blocks)} allocated")
+        now_ms = int(time.time() * 1000)
+        if handle.expires_unix_ms - EXPIRY_MARGIN_MS <= now_ms:
+            # A one-sided READ of freed blocks would return someone else's KV: refuse instead.
+            raise KvExpiredError(
+                f"handle of {handle.request_id!r} expired at {handle.expires_unix_ms} (now {now_ms})"
+            )
         use_nixl = self.endpoint is not None and handle.backend == "nixl"
         moved = (
             self._pull_nixl(handle, dst_blocks, deadline)
