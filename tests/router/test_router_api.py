@@ -5,6 +5,7 @@ single-process generation, malformed requests, client disconnects, overload answ
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 
 import grpc
@@ -235,39 +236,31 @@ def test_router_client_disconnect_cancels_work_on_both_workers(stack) -> None:  
     )
 
 
-def test_router_overload_answers_429_and_503_with_retry_after(stack) -> None:  # type: ignore[no-untyped-def]
-    # A router allowed one request at a time, in front of the stack's workers.
-    proc, base = start_router("--decode", stack.grpc["decode-0"], "--max-inflight", "1")
-    url = base + "/v1"
+def test_router_overload_answers_429_and_503_with_retry_after() -> None:
+    # A router allowed one request at a time whose only decode worker does not exist: the first
+    # request waits for a decode worker (then gets 503); meanwhile a second one gets 429.
+    proc, base = start_router("--decode", "127.0.0.1:9", "--worker-wait", "4", "--max-inflight", "1")
+    body = {"model": MODEL, "prompt": "x", "max_tokens": 1}
     try:
-        wait_until(
-            lambda: httpx.get(url.removesuffix("/v1") + "/health").status_code == 200, 30, "router health"
-        )
-        body = {
-            "model": MODEL,
-            "prompt": "hold the slot",
-            "max_tokens": 400,
-            "ignore_eos": True,
-            "stream": True,
-        }
-        with httpx.Client(timeout=60) as http, http.stream("POST", url + "/completions", json=body) as held:
-            assert held.status_code == 200
-            next(held.iter_lines())
-            r = http.post(url + "/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 1})
-            assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            first = pool.submit(httpx.post, base + "/v1/completions", json=body, timeout=60)
+            # While it waits it is the decode role's queue: the signal that scales decode from zero.
+            wait_until(
+                lambda: (
+                    'baton_queue_depth{role="decode"} 1.0' in httpx.get(base + "/metrics", timeout=5).text
+                ),
+                30,
+                "the first request to wait for a decode worker",
+            )
+            r = httpx.post(base + "/v1/completions", json=body, timeout=30)
+            assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1, r.text
             assert r.json()["error"]["type"] == "rate_limit_error"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-    # A router whose only decode worker does not exist: 503 once its wait runs out.
-    proc, base = start_router("--decode", "127.0.0.1:9", "--worker-wait", "0.5")
-    url = base + "/v1"
-    try:
-        r = httpx.post(
-            url + "/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 1}, timeout=30
-        )
-        assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1
-        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+            r = first.result(timeout=60)
+            assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1, r.text
+            assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+            assert "decode" in r.json()["error"]["message"]
+        # Waiting requests count in the autoscaling signal while they wait; none is left now.
+        assert 'baton_queue_depth{role="decode"} 0.0' in httpx.get(base + "/metrics", timeout=5).text
     finally:
         proc.terminate()
         proc.wait(timeout=30)
