@@ -1,0 +1,286 @@
+"""`baton bench kv [--json]`: KV transfer bandwidth between two processes (nixl, grpc, memcpy).
+
+A child process plays the prefill side without a model: it holds a Llama-3-8B-shaped KV pool
+(32 layers, 8 KV heads of dim 128, bfloat16: 128 KiB per token) filled with a known pattern,
+and serves the real control plane (``Prefill`` returns a real KvHandle, ``GetAgentMetadata``,
+``PullKv``, ``Release``) through :class:`KvSource`. This process is the decode side: it pulls
+each size with :class:`KvSink` (NIXL READ, then the gRPC PullKv stream) into its own pool and
+checks every byte. ``memcpy`` is a plain single-threaded in-process copy of the same number of
+bytes: the reference. It also reports the handle round trip (what each request pays on the
+control plane) against the transfer time of 512 MiB (an 8B model's 4k-token prompt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent import futures
+
+import numpy as np
+
+MIB = 1 << 20
+LAYERS, HEADS, HEAD_DIM, BLOCK = 32, 8, 128, 8
+BLOCK_BYTES = LAYERS * 2 * HEADS * BLOCK * HEAD_DIM * 2  # all layers of one block: 1 MiB
+DEFAULT_SIZES = [1, 4, 16, 64, 256, 512, 1024]
+
+
+def _geometry_blocks(nbytes: int) -> int:
+    return max(1, nbytes // BLOCK_BYTES)
+
+
+def _fill_pattern(storage) -> None:  # noqa: ANN001 - a torch tensor
+    import torch
+
+    flat = storage.view(-1).view(torch.int64)
+    torch.arange(flat.numel(), dtype=torch.int64, out=flat)
+
+
+def _expected_ok(dst, src_blocks: int, dst_start: int, num_blocks: int) -> bool:  # noqa: ANN001
+    """Blocks [dst_start, dst_start + n) of every layer hold the pattern of source blocks [0, n)."""
+    import torch
+
+    per_block = dst[0, 0].numel() * dst.element_size() // 8
+    for layer in range(dst.shape[0]):
+        got = dst[layer, dst_start : dst_start + src_blocks].reshape(-1).view(torch.int64)
+        start = layer * num_blocks * per_block
+        want = torch.arange(start, start + got.numel(), dtype=torch.int64)
+        if not torch.equal(got, want):
+            return False
+    return True
+
+
+def serve_source(num_blocks: int) -> int:
+    """The child: hold a patterned pool and serve the prefill side's control plane."""
+    import grpc
+    import torch
+
+    from baton_worker.kv.grpc_stream import GRPC_OPTIONS
+    from baton_worker.kv.nixl_agent import apply_ucx_defaults, nixl_available
+    from baton_worker.kv.source import KvSource, PullRefused
+    from baton_worker.rpc import pb2, pb2_grpc
+
+    torch.set_num_threads(1)
+    backend = "nixl" if nixl_available() else "grpc"
+    if backend == "nixl":
+        apply_ucx_defaults(cuda=False)
+    storage = torch.empty(LAYERS, num_blocks, 2, HEADS, BLOCK, HEAD_DIM, dtype=torch.bfloat16)
+    _fill_pattern(storage)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=GRPC_OPTIONS)
+    port = server.add_insecure_port("127.0.0.1:0")
+    source = KvSource(
+        storage=storage,
+        compat=_compat(),
+        free=lambda _rid, _blocks: None,
+        backend=backend,
+        address=f"127.0.0.1:{port}",
+        ttl_s=600,
+    )
+
+    class Servicer(pb2_grpc.PrefillWorkerServicer):
+        def Prefill(self, request, context):  # noqa: N802, ANN001, ANN201
+            n = len(request.prompt_token_ids) // BLOCK
+            return pb2.PrefillResponse(handle=source.issue(request.request_id, list(range(n)), n * BLOCK))
+
+        def Release(self, request, context):  # noqa: N802, ANN001, ANN201
+            return pb2.ReleaseResponse(released=source.release(request.request_id))
+
+        def GetAgentMetadata(self, request, context):  # noqa: N802, ANN001, ANN201
+            try:
+                return source.agent_metadata(request.rank)
+            except PullRefused as exc:
+                context.abort(getattr(grpc.StatusCode, exc.status), str(exc))
+
+        def PullKv(self, request, context):  # noqa: N802, ANN001, ANN201
+            try:
+                yield from source.pull(request)
+            except PullRefused as exc:
+                context.abort(getattr(grpc.StatusCode, exc.status), str(exc))
+
+    pb2_grpc.add_PrefillWorkerServicer_to_server(Servicer(), server)
+    server.start()
+    print(f"kv-bench-source ready {port} {backend}", flush=True)
+    sys.stdin.read()  # until the parent closes our stdin (or dies)
+    server.stop(0)
+    source.close()
+    return 0
+
+
+def _compat():  # noqa: ANN202
+    from baton_worker.kv.handle import CompatInfo
+
+    return CompatInfo(
+        model="bench/llama-3-8b-shape",
+        revision="pattern",
+        dtype="bfloat16",
+        num_layers=LAYERS,
+        num_kv_heads=HEADS,
+        head_dim=HEAD_DIM,
+        block_size=BLOCK,
+    )
+
+
+def _memcpy_gbps(nbytes: int, repeats: int) -> float:
+    src = np.arange(nbytes // 8, dtype=np.int64)
+    dst = np.zeros_like(src)
+    best = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)  # one thread, like memcpy
+        best.append(nbytes / (time.perf_counter() - t0) / 1e9)
+    if not np.array_equal(dst, src):
+        raise AssertionError("memcpy reference copied wrong bytes")
+    return statistics.median(best)
+
+
+def run(sizes_mib: list[int], backends: list[str], repeats: int) -> dict:
+    import grpc
+    import torch
+
+    from baton_worker.kv.handle import check_handle
+    from baton_worker.kv.nixl_agent import UCX_DEFAULTS_CPU, apply_ucx_defaults, nixl_available
+    from baton_worker.kv.sink import KvSink
+    from baton_worker.rpc import pb2, pb2_grpc
+
+    torch.set_num_threads(1)
+    max_blocks = _geometry_blocks(max(sizes_mib) * MIB)
+    if "nixl" in backends and not nixl_available():
+        backends = [b for b in backends if b != "nixl"]
+    applied = apply_ucx_defaults(cuda=False) if "nixl" in backends else {}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "baton_worker.bench.kv", "--serve-source", str(max_blocks)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line, seen = "", []
+        while child.stdout and not line.startswith("kv-bench-source ready"):
+            line = child.stdout.readline()
+            if not line:
+                raise RuntimeError("bench source did not start: " + "".join(seen[-10:]))
+            seen.append(line)
+        address = f"127.0.0.1:{line.split()[2]}"
+        stub = pb2_grpc.PrefillWorkerStub(
+            grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 * MIB)])
+        )
+        dst = torch.zeros(LAYERS, max_blocks, 2, HEADS, BLOCK, HEAD_DIM, dtype=torch.bfloat16)
+        sinks = {
+            b: KvSink(storage=dst, dtype="bfloat16", backend=b, name=f"bench-sink-{b}-{os.getpid()}")
+            for b in backends
+            if b != "memcpy"
+        }
+        results: list[dict] = []
+        meta: dict[str, float] = {}
+        seq = 0
+        for size in sizes_mib:
+            n = _geometry_blocks(size * MIB)
+            nbytes = n * BLOCK_BYTES
+            reps = repeats if size < 256 else max(2, repeats // 2)
+            for backend in backends:
+                if backend == "memcpy":
+                    results.append(
+                        {
+                            "backend": "memcpy",
+                            "bytes": nbytes,
+                            "gbps": round(_memcpy_gbps(nbytes, reps), 3),
+                            "verified": True,
+                        }
+                    )
+                    continue
+                rates, secs, ok = [], [], True
+                for _ in range(reps):
+                    seq += 1
+                    t0 = time.perf_counter()
+                    pre = stub.Prefill(
+                        pb2.PrefillRequest(request_id=f"b{seq}", prompt_token_ids=[0] * (n * BLOCK)),
+                        timeout=30,
+                    )
+                    rtt = time.perf_counter() - t0
+                    check_handle(pre.handle, _compat())
+                    dst[:, dst.shape[1] - n :].zero_()
+                    if backend == "nixl" and "agent_first_contact_ms" not in meta:
+                        t1 = time.perf_counter()
+                        sinks[backend]._remote_agent(pre.handle, pre.handle.shards[0], time.monotonic() + 30)
+                        meta["agent_first_contact_ms"] = round((time.perf_counter() - t1) * 1000, 3)
+                    dst_blocks = list(range(dst.shape[1] - n, dst.shape[1]))
+                    res = sinks[backend].pull(pre.handle, dst_blocks, time.monotonic() + 120)
+                    if res.bytes != nbytes:
+                        raise AssertionError(f"{backend}: moved {res.bytes} of {nbytes} bytes")
+                    ok = ok and _expected_ok(dst, n, dst.shape[1] - n, max_blocks)
+                    rates.append(nbytes / res.seconds / 1e9)
+                    secs.append(res.seconds)
+                    if size == 512:
+                        meta.setdefault(f"handle_rtt_ms_{backend}", round(rtt * 1000, 3))
+                        meta[f"transfer_512mib_ms_{backend}"] = round(min(secs) * 1000, 3)
+                results.append({
+                    "backend": backend,
+                    "bytes": nbytes,
+                    "gbps": round(statistics.median(rates), 3),
+                    "gbps_best": round(max(rates), 3),
+                    "seconds": round(statistics.median(secs), 6),
+                    "verified": ok,
+                })  # fmt: skip
+                if not ok:
+                    raise AssertionError(f"{backend}: bytes did not arrive intact at {nbytes} bytes")
+        for b in sinks:
+            rtt, xfer = meta.get(f"handle_rtt_ms_{b}"), meta.get(f"transfer_512mib_ms_{b}")
+            if rtt is not None and xfer:
+                meta[f"handle_rtt_fraction_of_512mib_{b}"] = round(rtt / xfer, 5)
+        for sink in sinks.values():
+            sink.close()
+    finally:
+        if child.stdin:
+            child.stdin.close()
+        child.wait(timeout=30)
+    ucx = {k: v for k, v in os.environ.items() if k.startswith("UCX_")}
+    return {
+        "results": results,
+        "metadata": meta,
+        "ucx_env": ucx,
+        "ucx_defaults_applied": applied,
+        "ucx_defaults": UCX_DEFAULTS_CPU,
+        "cpus": os.cpu_count(),
+        "load_avg": list(os.getloadavg()),
+    }
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="baton bench kv", description=__doc__.splitlines()[0])
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)), help="MiB, comma-separated")
+    p.add_argument("--no-1g", action="store_true", help="skip the 1 GiB case (memory: 3 GiB)")
+    p.add_argument("--backends", default="nixl,grpc,memcpy")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--serve-source", type=int, default=0, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.serve_source:
+        return serve_source(a.serve_source)
+    try:
+        sizes = sorted({int(s) for s in a.sizes.split(",") if s})
+    except ValueError:
+        print(f"baton bench kv: --sizes: expected MiB integers, got {a.sizes!r}", file=sys.stderr)
+        return 2
+    if a.no_1g:
+        sizes = [s for s in sizes if s < 1024]
+    backends = [b for b in a.backends.split(",") if b]
+    bad = [b for b in backends if b not in ("nixl", "grpc", "memcpy")]
+    if bad or not sizes or any(s < 1 for s in sizes):
+        print(f"baton bench kv: bad --backends {bad} or --sizes {sizes}", file=sys.stderr)
+        return 2
+    out = run(sizes, backends, max(1, a.repeats))
+    if a.json:
+        print(json.dumps(out))
+    else:
+        for r in out["results"]:
+            print(f"{r['backend']:>7} {r['bytes'] / MIB:>7.0f} MiB {r['gbps']:>8.2f} GB/s")
+        print(json.dumps(out["metadata"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
