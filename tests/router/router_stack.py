@@ -5,6 +5,7 @@ conftest.py: test directories share one `conftest` module name.)
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
@@ -142,6 +143,7 @@ def _reference_model():  # type: ignore[no-untyped-def]
     return _MODEL_CACHE[0]
 
 
+@functools.cache
 def tokenizer():  # type: ignore[no-untyped-def]
     """The router's own tokenizer of MODEL (what the router uses to encode and decode)."""
     from baton_worker.router.tokenizer import load_tokenizer
