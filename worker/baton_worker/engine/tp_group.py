@@ -136,7 +136,7 @@ class RankState:
             self.paged.prefill(*cmd[1:])
             return None
         if kind == "decode":
-            self.paged.decode(*cmd[1:])
+            self.paged.decode(*(torch.tensor(v, dtype=torch.long) for v in cmd[1:]))
             return None
         if kind == "pull":
             return self.pull(cmd[1])
@@ -216,7 +216,8 @@ class TpDrivenModel:
     def decode(
         self, token_ids: torch.Tensor, positions: torch.Tensor, block_table: torch.Tensor
     ) -> torch.Tensor:
-        self._group._announce(("decode", token_ids.cpu(), positions.cpu(), block_table.cpu()))
+        # Plain lists: pickled tensors would travel as shared-memory handles, not bytes.
+        self._group._announce(("decode", token_ids.tolist(), positions.tolist(), block_table.tolist()))
         return self._group.rank0.paged.decode(token_ids, positions, block_table)
 
 

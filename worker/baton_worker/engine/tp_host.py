@@ -101,11 +101,16 @@ class TpHost:
     def free_blocks(self) -> int:
         return self.call("free_blocks")
 
-    def close(self, timeout_s: float = 20.0) -> None:
+    def stop(self) -> None:
+        """Ask the group to stop, without waiting (several groups stop side by side)."""
         try:
             self._rank0.cmd.send(("stop",))
         except OSError:
             pass
+
+    def close(self, timeout_s: float = 20.0) -> None:
+        """Stop the group and wait for rank 0 (which waits for the others); kill it if late."""
+        self.stop()
         try:
             self._rank0.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:

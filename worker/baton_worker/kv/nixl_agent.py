@@ -89,10 +89,12 @@ class Region:
 class NixlEndpoint:
     """One NIXL agent with one registered region; thread-safe (calls are serialised)."""
 
-    def __init__(self, name: str, region: Region) -> None:
+    def __init__(self, name: str, region: Region, progress_thread: bool = True) -> None:
+        # progress_thread=False: no NIXL progress thread (it polls, ~0.4 CPU core per idle agent
+        # on a CPU host); transfers then progress inside read()'s status checks.
         nixl = load_nixl()
         config = nixl.nixl_agent_config(
-            enable_prog_thread=True,
+            enable_prog_thread=progress_thread,
             backends=["UCX"],
             sync_mode=nixl.nixl_thread_sync_t.NIXL_THREAD_SYNC_STRICT,
         )

@@ -10,6 +10,8 @@ to NIXL READs and to the per-rank ``GetAgentMetadata`` gRPC endpoint named in ea
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass
@@ -17,23 +19,16 @@ from dataclasses import dataclass
 import grpc
 import torch
 
-from baton_worker.kv.errors import KvCompatError, KvHandleError, KvTransferError
+from baton_worker.kv.errors import KvHandleError, KvTransferError
 from baton_worker.kv.handle import ShardInfo, shard_geometry
 from baton_worker.kv.layout import PoolGeometry, plan_runs
 from baton_worker.kv.nixl_agent import NixlEndpoint, Region
+from baton_worker.kv.sink import check_agent_metadata
+from baton_worker.kv.source import storage_region
 from baton_worker.kv.tp_plan import HeadRange, plan_rank_pulls
 from baton_worker.rpc import pb2, pb2_grpc
 
-
-def storage_region(storage: torch.Tensor) -> Region:
-    """The registered region of a rank's pool tensor (host memory or one GPU's memory)."""
-    cuda = storage.device.type == "cuda"
-    return Region(
-        address=storage.data_ptr(),
-        length=storage.numel() * storage.element_size(),
-        device_id=(storage.device.index or 0) if cuda else 0,
-        memory_type="VRAM" if cuda else "DRAM",
-    )
+PROGRESS_POLL_S = 0.002
 
 
 class _MetadataServicer(pb2_grpc.PrefillWorkerServicer):
@@ -42,7 +37,11 @@ class _MetadataServicer(pb2_grpc.PrefillWorkerServicer):
     def __init__(self, rank: int, agent_name: str, metadata: bytes, compat_hash: str, engine_id: str) -> None:
         self._rank = rank
         self._reply = pb2.AgentMetadata(
-            agent_name=agent_name, metadata=metadata, compat_hash=compat_hash, engine_id=engine_id
+            agent_name=agent_name,
+            metadata=metadata,
+            compat_hash=compat_hash,
+            engine_id=engine_id,
+            metadata_sha256=hashlib.sha256(metadata).hexdigest(),
         )
 
     def GetAgentMetadata(self, request: pb2.AgentMetadataRequest, context: grpc.ServicerContext):  # noqa: N802
@@ -78,12 +77,24 @@ class RankKv:
         compat_hash: str,
         serve_metadata: bool,
         bind_host: str = "127.0.0.1",
+        progress_thread: bool | None = None,
     ) -> None:
         self.rank = rank
         self.region = storage_region(storage)
-        self.endpoint = NixlEndpoint(name, self.region)
+        # NIXL's progress thread polls (~0.4 core per idle agent): a CPU host running N ranks
+        # cannot afford it, and READs progress in read()'s status checks without it.
+        if progress_thread is None:
+            progress_thread = storage.device.type == "cuda"
+        self.endpoint = NixlEndpoint(name, self.region, progress_thread=progress_thread)
         self.metadata_address = ""
         self._server: grpc.Server | None = None
+        self._stop = threading.Event()
+        self._progress: threading.Thread | None = None
+        if serve_metadata and not progress_thread:
+            # A READ target must make progress to serve it; polling for notifications does that
+            # at a fraction of the progress thread's cost.
+            self._progress = threading.Thread(target=self._poll, name=f"kv-progress-r{rank}", daemon=True)
+            self._progress.start()
         if serve_metadata:
             server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
             pb2_grpc.add_PrefillWorkerServicer_to_server(
@@ -96,6 +107,10 @@ class RankKv:
             self._server = server
             host = f"[{bind_host}]" if ":" in bind_host else bind_host
             self.metadata_address = f"{host}:{port}"
+
+    def _poll(self) -> None:
+        while not self._stop.wait(PROGRESS_POLL_S):
+            self.endpoint.take_notifications()
 
     def shard_info(self, heads: HeadRange, num_blocks: int) -> ShardInfo:
         """This rank's entry in a KvHandle's ``shards``."""
@@ -130,18 +145,7 @@ class RankKv:
                 f"GetAgentMetadata(rank {shard.rank}) at {shard.metadata_address}: {exc.code().name}: "
                 f"{exc.details()}"
             ) from exc
-        if meta.engine_id != handle.engine_id:
-            # The prefill worker restarted since it issued the handle: its blocks are gone.
-            raise KvTransferError(
-                f"prefill rank {shard.rank} is engine {meta.engine_id!r}, the handle names {handle.engine_id!r}"
-            )
-        if meta.compat_hash != handle.compat_hash:
-            raise KvCompatError({"compat_hash": (meta.compat_hash, handle.compat_hash)})
-        if meta.agent_name != shard.agent_name:
-            raise KvHandleError(
-                f"shards[rank {shard.rank}].agent_name",
-                f"{shard.agent_name!r} but the rank serves {meta.agent_name!r}",
-            )
+        check_agent_metadata(meta, handle, shard)
         return self.endpoint.add_peer(key, meta.metadata)
 
     def pull(
@@ -185,6 +189,9 @@ class RankKv:
 
     def close(self) -> None:
         """Stop the metadata server and deregister the pool."""
+        self._stop.set()
+        if self._progress is not None:
+            self._progress.join(1.0)
         if self._server is not None:
             self._server.stop(grace=None)
             self._server = None
