@@ -127,3 +127,28 @@ def test_kv_write_chunk_refuses_corrupt_chunks(
     dst = torch.zeros(2, 6, 2, 4, 4, 2)
     with pytest.raises(KvTransferError, match=field):
         write_chunk(dst, [0, 1, 2, 3], 0, 4, layer, index, count, bytes(nbytes))
+
+
+@pytest.mark.parametrize("heads", [(0, 4), (1, 3)])
+@pytest.mark.parametrize("blocks", [([0, 1, 2, 5, 6], [3, 4, 5, 0, 1]), ([7, 6, 5], [0, 1, 2]), ([2], [2])])
+def test_kv_fast_and_general_plans_move_the_same_bytes(
+    heads: tuple[int, int], blocks: tuple[list[int], list[int]]
+) -> None:
+    g = geo()
+    src = torch.randn(2, 8, 2, 4, 4, 2)
+    dst = torch.zeros(2, 8, 2, 4, 4, 2)
+    s8, d8 = src.view(-1).view(torch.uint8), dst.view(-1).view(torch.uint8)
+    h0, h1 = heads
+    for r in plan_runs(g, blocks[0], 0, g, blocks[1], 0, h0, h1):
+        d8[r.dst : r.dst + r.length] = s8[r.src : r.src + r.length]
+    assert torch.equal(dst[:, blocks[1], :, h0:h1], src[:, blocks[0], :, h0:h1])
+    mask = torch.ones_like(dst, dtype=torch.bool)
+    mask[:, blocks[1], :, h0:h1] = False
+    assert not dst[mask].any()
+
+
+def test_kv_block_pair_runs() -> None:
+    from baton_worker.kv.layout import block_pair_runs
+
+    assert block_pair_runs([0, 1, 2, 5, 6], [3, 4, 5, 0, 1]) == [(0, 3, 3), (5, 0, 2)]
+    assert block_pair_runs([3, 2], [0, 1]) == [(3, 0, 1), (2, 1, 1)]

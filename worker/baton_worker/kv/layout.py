@@ -122,13 +122,44 @@ def plan_runs(
         raise ValueError(f"head range [{head_start}, {head_end}) not held by both sides")
     if src_h0 + n_heads > src.num_kv_heads or dst_h0 + n_heads > dst.num_kv_heads:
         raise ValueError(f"head range [{head_start}, {head_end}) exceeds a side's local heads")
+    pairs = block_pair_runs(src_blocks, dst_blocks)
+    if n_heads == src.num_kv_heads == dst.num_kv_heads:
+        # Whole (layer, block)s: one run per layer and stretch of consecutive blocks, computed
+        # directly (a 4k-token prompt of an 8B model would otherwise be 32k tiny runs in Python).
+        return merge_runs(
+            [
+                Run(src.offset(layer, sb, 0, 0), dst.offset(layer, db, 0, 0), count * src.block_bytes)
+                for layer in range(src.num_layers)
+                for sb, db, count in pairs
+            ]
+        )
     length = n_heads * src.head_bytes
     runs: list[Run] = []
     for layer in range(src.num_layers):
-        for sb, db in zip(src_blocks, dst_blocks, strict=True):
-            for kv in (0, 1):
-                runs.append(Run(src.offset(layer, sb, kv, src_h0), dst.offset(layer, db, kv, dst_h0), length))
+        for sb0, db0, count in pairs:
+            for i in range(count):
+                for kv in (0, 1):
+                    runs.append(
+                        Run(
+                            src.offset(layer, sb0 + i, kv, src_h0),
+                            dst.offset(layer, db0 + i, kv, dst_h0),
+                            length,
+                        )
+                    )
     return merge_runs(runs)
+
+
+def block_pair_runs(src_blocks: list[int], dst_blocks: list[int]) -> list[tuple[int, int, int]]:
+    """``(src_start, dst_start, count)`` stretches where both block lists advance by one."""
+    out: list[tuple[int, int, int]] = []
+    for sb, db in zip(src_blocks, dst_blocks, strict=True):
+        if out:
+            s0, d0, n = out[-1]
+            if sb == s0 + n and db == d0 + n:
+                out[-1] = (s0, d0, n + 1)
+                continue
+        out.append((sb, db, 1))
+    return out
 
 
 def blocks_needed(num_tokens: int, block_size: int) -> int:

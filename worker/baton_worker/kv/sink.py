@@ -32,7 +32,6 @@ from baton_worker.kv.nixl_agent import NixlEndpoint, Region
 from baton_worker.kv.source import storage_region
 from baton_worker.rpc import pb2, pb2_grpc
 
-
 # A handle this close to its expiry is treated as expired (the prefill side may free it mid-READ).
 EXPIRY_MARGIN_MS = 250
 
