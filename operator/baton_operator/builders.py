@@ -19,6 +19,8 @@ WORKER_METRICS_PORT = 8081
 CONFIG_MOUNT = "/etc/baton"
 CONFIG_FILE = "config.json"
 SHM_SIZE = "16Gi"
+# preStop pause so EndpointSlices drop the pod (the router stops sending) before SIGTERM drains it.
+PRE_STOP_SECONDS = 5
 # Long enough for a decode pod to finish its running sequences after readiness drops.
 GRACE_SECONDS = {"prefill": 120, "decode": 600, "router": 60}
 ROUTER_RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
@@ -162,6 +164,9 @@ def worker_command(pool: Pool, role: RoleSpec) -> list[str]:
         str(WORKER_GRPC_PORT),
         "--metrics-port",
         str(WORKER_METRICS_PORT),
+        # SIGTERM drains (readiness drops, running sequences finish); leave the kubelet some slack.
+        "--drain-grace-s",
+        str(GRACE_SECONDS[role.role] - PRE_STOP_SECONDS - 10),
     ]
 
 
@@ -250,12 +255,17 @@ def worker_pod_template(pool: Pool, role: RoleSpec) -> dict[str, Any]:
         "env": _env(pool, role.role),
         "resources": _worker_resources(pool, role),
         "volumeMounts": mounts,
-        # Model loading can take many minutes; liveness only starts once the worker is up.
+        # /health is 200 only when the model is loaded and the worker is not draining: readiness.
+        # Liveness asks only that the process answers, so a long load or a drain is not a restart.
         "startupProbe": _probe("/health", "metrics", 10, 180),
         "readinessProbe": _probe("/health", "metrics", 5, 3),
-        "livenessProbe": _probe("/health", "metrics", 10, 6),
-        # /drain turns readiness off and returns once running sequences finish (or the grace ends).
-        "lifecycle": {"preStop": {"httpGet": {"path": "/drain", "port": "metrics"}}},
+        "livenessProbe": {
+            "tcpSocket": {"port": "metrics"},
+            "periodSeconds": 10,
+            "timeoutSeconds": 3,
+            "failureThreshold": 6,
+        },
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRE_STOP_SECONDS)]}}},
         "securityContext": security,
     }
     # The user's selector wins on a key they set themselves (e.g. a more specific product string).
@@ -338,6 +348,8 @@ def router_command(pool: Pool) -> list[str]:
         pool.namespace,
         "--served-model-name",
         pool.spec.model.name,
+        "--max-model-len",
+        str(pool.spec.model.max_model_len),
     ]
 
 
@@ -352,7 +364,12 @@ def build_router_deployment(pool: Pool) -> dict[str, Any]:
         "env": _env(pool, "router"),
         "resources": ROUTER_RESOURCES,
         "readinessProbe": _probe("/health", "http", 5, 3),
-        "livenessProbe": _probe("/health", "http", 10, 6),
+        "livenessProbe": {
+            "tcpSocket": {"port": "http"},
+            "periodSeconds": 10,
+            "timeoutSeconds": 3,
+            "failureThreshold": 6,
+        },
         "securityContext": {"allowPrivilegeEscalation": False},
     }
     return {

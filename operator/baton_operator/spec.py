@@ -29,7 +29,7 @@ GPU_PRODUCTS: dict[str, str] = {
     "B200": "NVIDIA-B200",
 }
 TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
-DTYPES = ("bfloat16", "float16", "float32", "auto")
+DTYPES = ("bfloat16", "float16", "float32")
 KV_BACKENDS = ("auto", "nixl", "grpc")
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
 AUTOSCALING_MODES = ("builtin", "keda")

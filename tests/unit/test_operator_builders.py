@@ -77,8 +77,10 @@ def test_worker_pods_ask_for_gpus_of_the_right_type(role, build, gpus, product):
     assert container["command"][:4] == ["baton", "worker", "--role", role]
     assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}} in pod["volumes"]
     assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": "metrics"}
-    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
-    assert container["lifecycle"]["preStop"]["httpGet"]["path"] == "/drain"
+    assert container["livenessProbe"]["tcpSocket"] == {"port": "metrics"}
+    assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
+    grace = container["command"][container["command"].index("--drain-grace-s") + 1]
+    assert 0 < int(grace) < pod["terminationGracePeriodSeconds"]
     assert pod["terminationGracePeriodSeconds"] >= 120
     assert pod["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
     assert workload["spec"]["replicas"] == 2
