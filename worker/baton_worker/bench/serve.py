@@ -176,19 +176,13 @@ def make_prompts(n: int, words: int, seed: int) -> list[str]:
 class _Stack:
     """A `baton up` subprocess for one mode."""
 
-    def __init__(self, model: str, device: str, args: list[str], timeout_s: float, log: bool) -> None:
-        cmd = [
-            sys.executable,
-            "-m",
-            "baton_worker.cli",
-            "up",
-            "--model",
-            model,
-            "--device",
-            device,
-            "--port",
-            "0",
-        ]
+    def __init__(
+        self, model: str, device: str, args: list[str], kv_blocks: int, timeout_s: float, log: bool
+    ) -> None:
+        cmd = [sys.executable, "-m", "baton_worker.cli", "up", "--model", model, "--device", device]
+        # Enough KV blocks that the burst fits on either side: the comparison is about where
+        # prefill runs, not about which setup runs out of cache first.
+        cmd += ["--port", "0", f"--worker-arg=--kv-blocks={kv_blocks}"]
         self.proc = subprocess.Popen(
             cmd + args + ["--quiet"],
             stdout=subprocess.PIPE,
@@ -231,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--requests", type=int, default=64)
     p.add_argument("--rate", type=float, default=4.0, help="mean arrivals per second")
     p.add_argument("--burstiness", type=float, default=0.5, help="gamma shape (1 = Poisson, < 1 burstier)")
-    p.add_argument("--prompt-words", type=int, default=300, help="words per prompt (about 1-2 tokens each)")
+    p.add_argument("--prompt-words", type=int, default=200, help="words per prompt (about 1-2 tokens each)")
+    p.add_argument("--kv-blocks", type=int, default=4096, help="KV blocks of every worker (16 tokens each)")
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--ttft-slo", type=float, default=1.0, help="seconds")
     p.add_argument("--tpot-slo", type=float, default=0.1, help="seconds per output token")
@@ -262,7 +257,9 @@ def main(argv: list[str]) -> int:
     warm = make_prompts(4, a.prompt_words, a.seed + 1)
     results: list[Summary] = []
     for mode in [a.url] if a.url else modes:
-        stack = None if a.url else _Stack(a.model, a.device, MODES[mode], a.ready_timeout, a.verbose)
+        stack = (
+            None if a.url else _Stack(a.model, a.device, MODES[mode], a.kv_blocks, a.ready_timeout, a.verbose)
+        )
         url = a.url or stack.url  # type: ignore[union-attr]
         try:
             asyncio.run(drive(url, a.model, warm, [0.0] * len(warm), a.max_tokens))  # warm-up, not measured
