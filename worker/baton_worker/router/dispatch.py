@@ -158,6 +158,15 @@ class Dispatcher:
             self.decode.mark_failed(dw.address, why)
             self.metrics.retries.labels("decode", "incomplete_stream").inc()
         except grpc.aio.AioRpcError as e:
+            if pw is not None and e.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                # The decode worker refused this prefill worker's KV handle (incompatible or
+                # malformed): not the decode worker's fault. Avoid that prefill worker instead;
+                # once every one is avoided, the decode worker prefills locally.
+                excluded["prefill"].add(pw.address)
+                self.metrics.retries.labels("prefill", "kv_handle_refused").inc()
+                raise _Retry(
+                    f"decode {dw.address} refused the KV handle of {pw.address}: {e.details()}"
+                ) from None
             raise self._failed(self.decode, dw.address, excluded, e) from None
         except _WorkerDown:
             why = f"decode {dw.address}: stopped answering Health"
@@ -267,7 +276,13 @@ class Dispatcher:
         the worker and return the _Retry to raise."""
         why = f"{pool.role} {address}: {e.code().name} {e.details()}"
         if is_client_error(e.code()):
-            raise bad_param("prompt", e.details() or why)
+            details = e.details() or why
+            code = (
+                "context_length_exceeded"
+                if details.startswith("context_length_exceeded")
+                else "invalid_value"
+            )
+            raise bad_param("prompt", details, code=code)
         pool.mark_failed(address, why)
         excluded[pool.role].add(address)
         self.metrics.retries.labels(pool.role, e.code().name.lower()).inc()
