@@ -35,6 +35,7 @@ CLIENTS: tuple[ClientIdentity, ...] = (
     ClientIdentity("scheduler", "system:kube-scheduler"),
     ClientIdentity("kwok", "kwok-controller", ("system:masters",)),
     ClientIdentity("apiserver-etcd-client", "kube-apiserver-etcd-client"),
+    ClientIdentity("front-proxy-client", "front-proxy-client"),
 )
 
 

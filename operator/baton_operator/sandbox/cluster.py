@@ -203,16 +203,17 @@ def _start_control_plane(layout: Layout, state: State, bins: Resolved, log: Call
         )
 
 
+def node_schedulable(node: dict[str, Any]) -> bool:
+    """Ready, and without the not-ready/unreachable taints the node-lifecycle controller lifts."""
+    conditions = node.get("status", {}).get("conditions", [])
+    ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+    taints = {t["key"] for t in node.get("spec", {}).get("taints", [])}
+    return ready and not taints & {"node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"}
+
+
 def _nodes_ready(sandbox: Sandbox, expected: set[str]) -> bool:
     items = sandbox.kubectl_json("get", "nodes")["items"]
-    ready = {
-        n["metadata"]["name"]
-        for n in items
-        if any(
-            c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", [])
-        )
-    }
-    return expected <= ready
+    return expected <= {n["metadata"]["name"] for n in items if node_schedulable(n)}
 
 
 def _default_sa_exists(sandbox: Sandbox) -> bool:

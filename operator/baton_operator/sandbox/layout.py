@@ -20,9 +20,11 @@ POD_CIDR = "10.244.0.0/16"
 # Started in this order, stopped in the reverse one.
 COMPONENTS: tuple[str, ...] = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 # The controllers a real cluster needs for what baton creates (Deployments, StatefulSets,
-# Services, ServiceAccount tokens) and for garbage collection; node lifecycle and cloud
-# controllers are left out since kwok owns the nodes.
+# Services, ServiceAccount tokens) and for garbage collection. node-lifecycle lifts the
+# not-ready taint that admission puts on every new Node once kwok reports it Ready (and would
+# taint nodes whose kwok heartbeats stop, as in a real cluster).
 CONTROLLERS: tuple[str, ...] = (
+    "node-lifecycle-controller",
     "serviceaccount-token-controller",
     "serviceaccount-controller",
     "garbage-collector-controller",
@@ -144,6 +146,14 @@ def apiserver_args(layout: Layout, ports: Ports) -> list[str]:
         f"--tls-cert-file={pki.server_cert}",
         f"--tls-private-key-file={pki.server_key}",
         f"--client-ca-file={pki.ca_cert}",
+        # Front-proxy settings the controller-manager and scheduler read for delegated authn.
+        f"--requestheader-client-ca-file={pki.ca_cert}",
+        "--requestheader-allowed-names=front-proxy-client",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={pki.client_cert('front-proxy-client')}",
+        f"--proxy-client-key-file={pki.client_key('front-proxy-client')}",
         "--authorization-mode=RBAC",
         f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
         f"--service-account-key-file={pki.sa_pub}",
@@ -183,6 +193,9 @@ def controller_manager_args(layout: Layout, ports: Ports) -> list[str]:
         f"--root-ca-file={pki.ca_cert}",
         "--use-service-account-credentials=true",
         f"--cluster-cidr={POD_CIDR}",
+        # kwok renews node leases every ~10 s; a node is NotReady 40 s after they stop.
+        "--node-monitor-period=2s",
+        "--node-monitor-grace-period=40s",
         f"--service-cluster-ip-range={SERVICE_CIDR}",
     ]
 

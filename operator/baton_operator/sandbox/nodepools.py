@@ -152,14 +152,7 @@ def node_manifest(pool: NodePool, index: int) -> dict[str, Any]:
         "status": {
             "capacity": dict(resources),
             "allocatable": dict(resources),
-            "nodeInfo": {
-                "architecture": "amd64",
-                "operatingSystem": "linux",
-                "kubeletVersion": "fake",
-                "kernelVersion": "fake",
-                "osImage": "kwok",
-                "containerRuntimeVersion": "kwok",
-            },
+            # nodeInfo, conditions and addresses are filled in by kwok's node-initialize stage.
         },
     }
 
