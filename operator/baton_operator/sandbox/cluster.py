@@ -183,6 +183,7 @@ def _start_control_plane(layout: Layout, state: State, bins: Resolved, log: Call
         START_TIMEOUT_S,
         check_alive=_alive_check(etcd, ports),
     )
+    log(f"etcd ready on 127.0.0.1:{ports.etcd_client}")
     api = launch("kube-apiserver")
     admin_ctx = tls_context(pki.ca_cert, pki.client_cert("admin"), pki.client_key("admin"))
     wait_for(
@@ -191,7 +192,7 @@ def _start_control_plane(layout: Layout, state: State, bins: Resolved, log: Call
         START_TIMEOUT_S,
         check_alive=_alive_check(api, ports),
     )
-    log(f"  kube-apiserver ready at {server_url(ports)}")
+    log(f"kube-apiserver ready at {server_url(ports)}")
     rest = [launch(name) for name in ("kube-controller-manager", "kube-scheduler", "kwok")]
     anon = tls_context(None)
     for rec, port in ((rest[0], ports.controller_manager), (rest[1], ports.scheduler)):
@@ -201,6 +202,7 @@ def _start_control_plane(layout: Layout, state: State, bins: Resolved, log: Call
             START_TIMEOUT_S,
             check_alive=_alive_check(rec, ports),
         )
+    log("kube-controller-manager and kube-scheduler healthy")
 
 
 def node_schedulable(node: dict[str, Any]) -> bool:
@@ -220,7 +222,9 @@ def _default_sa_exists(sandbox: Sandbox) -> bool:
     return sandbox.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0
 
 
-def _add_nodes(layout: Layout, state: State, sandbox: Sandbox, nodepools: Path) -> int:
+def _add_nodes(
+    layout: Layout, state: State, sandbox: Sandbox, nodepools: Path, log: Callable[[str], None]
+) -> int:
     manifests = node_manifests(load_pools(nodepools))
     # Plain create: Node status (capacity, allocatable) is kept only on create, and apply
     # would strip it as a reset field. `up` only adds nodes to a fresh cluster.
@@ -235,6 +239,7 @@ def _add_nodes(layout: Layout, state: State, sandbox: Sandbox, nodepools: Path) 
         check_alive=_alive_check(kwok, state.ports),
         interval_s=0.3,
     )
+    log(f"{len(names)} kwok nodes Ready and untainted")
     cm = next(p for p in state.procs if p.name == "kube-controller-manager")
     # Pods cannot be created in a namespace before its `default` ServiceAccount exists.
     wait_for(
@@ -291,6 +296,10 @@ def up(
             log(f"sandbox state found but not healthy (stopped: {', '.join(dead) or 'none'}); restarting")
             stop_all(layout, state)
         t0 = time.monotonic()
+
+        def progress(msg: str) -> None:
+            log(f"  [{time.monotonic() - t0:5.1f} s] {msg}")
+
         bins = resolve(build_missing=True, log=log)
         _remove_state_dir(layout)
         layout.state_dir.mkdir(parents=True)
@@ -302,15 +311,15 @@ def up(
         )
         save_state(layout, state)
         try:
-            _start_control_plane(layout, state, bins, log)
+            _start_control_plane(layout, state, bins, progress)
             sandbox = handle(layout, state)
-            n = _add_nodes(layout, state, sandbox, nodepools)
+            n = _add_nodes(layout, state, sandbox, nodepools, progress)
         except (NotReady, SandboxError, RuntimeError) as exc:
             stop_all(layout, state)
             raise SandboxError(str(exc)) from None
         state.ready_after_s = time.monotonic() - t0
         save_state(layout, state)
-        log(f"  {n} nodes Ready; control plane up in {state.ready_after_s:.1f} s")
+        progress(f"sandbox ready: {n} nodes, default ServiceAccount present")
         return sandbox, True
 
 
