@@ -37,7 +37,7 @@ def test_server_advertise_host_for_wildcard_bind(monkeypatch: pytest.MonkeyPatch
         (["--block-size", "-1"], "--block-size"),
         (["--kv-ttl-s", "0"], "--kv-ttl-s"),
         (["--max-batch-size", "0"], "--max-batch-size"),
-        (["--tensor-parallel-size", "2"], "--tensor-parallel-size"),
+        (["--tensor-parallel-size", "3"], "--tensor-parallel-size"),
     ],
 )
 def test_server_bad_flags(args: list[str], flag: str) -> None:

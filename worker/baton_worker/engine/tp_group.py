@@ -57,6 +57,9 @@ class TpSpec:
     nixl: bool = True  # register each rank's pool with NIXL (needed for pulls)
     threads: int = 1  # torch intra-op threads per rank on CPU
     timeout_s: float = 120.0  # start-up, collectives and replies
+    bind_host: str = "127.0.0.1"  # where ranks serve their NIXL agent metadata
+    advertise_host: str = ""  # the host put in KvShard.metadata_address (default: bind_host)
+    rank0_kv: bool = True  # False: rank 0's KV shard is registered by the caller (KvSource)
 
     def rank_device(self, rank: int) -> torch.device:
         return torch.device(f"cuda:{rank}") if self.device.startswith("cuda") else torch.device("cpu")
@@ -95,7 +98,7 @@ class RankState:
         self.pool = KvBlockPool.for_model(local, num_blocks=spec.num_blocks, block_size=spec.block_size)
         self.paged = PagedModel(local, self.pool)
         self.kv: Any = None
-        if spec.nixl:
+        if spec.nixl and (rank > 0 or spec.rank0_kv):
             from baton_worker.kv.tp_pull import RankKv
 
             self.kv = RankKv(
@@ -105,10 +108,12 @@ class RankState:
                 engine_id=spec.engine_id,
                 compat_hash=self.compat.hash(),
                 serve_metadata=spec.role == "prefill",
+                bind_host=spec.bind_host,
+                advertise_host=spec.advertise_host,
             )
 
     def shard_info(self) -> Any:
-        """This rank's ShardInfo (None without NIXL)."""
+        """This rank's ShardInfo (None when this rank registers no KV shard itself)."""
         return None if self.kv is None else self.kv.shard_info(self.tp.kv_heads, self.pool.num_blocks)
 
     def pull(self, cmd: PullCommand) -> Any:

@@ -72,6 +72,7 @@ class KvSource:
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         pull_delay_s: float = 0.0,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        extra_shards: tuple[ShardInfo, ...] = (),
     ) -> None:
         if backend not in ("nixl", "grpc"):
             raise ValueError(f"backend must be 'nixl' or 'grpc', got {backend!r}")
@@ -86,6 +87,9 @@ class KvSource:
         # prefill process mid-transfer.
         self.pull_delay_s = pull_delay_s
         self.counters = SourceCounters()
+        # Tensor parallelism: the KV shards of ranks 1..N-1 (each registered and served by its
+        # own rank); this source's pool is rank 0's shard.
+        self.extra_shards = tuple(extra_shards)
         self._clock_ms = clock_ms
         self._free = free
         self.held = HeldBlocks(self._on_free)
@@ -132,7 +136,9 @@ class KvSource:
             engine_id=self.engine_id,
             compat=self.compat,
             num_tokens=num_tokens,
-            shards=[shard],
+            # Rank 0 last: a decode worker reading the shards in order posts its done
+            # notification (which frees the blocks) with its last READ.
+            shards=[*self.extra_shards, shard],
             block_ids=block_ids,
             prefill_address=self.address,
             expires_unix_ms=expires,

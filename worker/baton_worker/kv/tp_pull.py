@@ -77,6 +77,7 @@ class RankKv:
         compat_hash: str,
         serve_metadata: bool,
         bind_host: str = "127.0.0.1",
+        advertise_host: str = "",
         progress_thread: bool | None = None,
     ) -> None:
         self.rank = rank
@@ -105,7 +106,8 @@ class RankKv:
                 raise KvTransferError(f"rank {rank}: cannot bind a metadata port on {bind_host}")
             server.start()
             self._server = server
-            host = f"[{bind_host}]" if ":" in bind_host else bind_host
+            host = advertise_host or bind_host
+            host = f"[{host}]" if ":" in host else host
             self.metadata_address = f"{host}:{port}"
 
     def _poll(self) -> None:

@@ -90,10 +90,8 @@ def parse_options(argv: list[str]) -> WorkerOptions:
     ):
         if value < low:
             raise ValueError(f"{flag}: must be >= {low}, got {value}")
-    if a.tensor_parallel_size != 1:
-        raise ValueError(
-            f"--tensor-parallel-size: {a.tensor_parallel_size} is not served by this worker yet (only 1)"
-        )
+    if a.tensor_parallel_size not in (1, 2, 4, 8):
+        raise ValueError(f"--tensor-parallel-size: {a.tensor_parallel_size} is not one of 1, 2, 4, 8")
     for flag, value in (("--kv-ttl-s", a.kv_ttl_s), ("--kv-timeout-s", a.kv_timeout_s)):
         if value <= 0:
             raise ValueError(f"{flag}: must be > 0, got {value}")

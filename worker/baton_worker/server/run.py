@@ -53,9 +53,17 @@ def run_worker(opts: WorkerOptions, lifecycle: Lifecycle, stop: threading.Event)
     backend = choose_backend(opts.kv_backend, nixl_available, _why_nixl_not)
     if backend == "nixl":
         apply_ucx_defaults(cuda=opts.device.startswith("cuda"))
-    model = load_model(opts.model, dtype=opts.dtype, device=opts.device, max_model_len=opts.max_model_len)
-    pool = KvBlockPool.for_model(model, num_blocks=opts.kv_blocks, block_size=opts.block_size)
-    compat = compat_info(model, opts)
+    tp = None
+    if opts.tensor_parallel_size > 1:
+        from baton_worker.server.tp_worker import global_model, launch_worker_group
+
+        tp = launch_worker_group(opts, backend)  # this process is rank 0; see docs/tensor-parallel.md
+        model, pool = tp.model, tp.pool
+        compat = compat_info(global_model(tp), opts)
+    else:
+        model = load_model(opts.model, dtype=opts.dtype, device=opts.device, max_model_len=opts.max_model_len)
+        pool = KvBlockPool.for_model(model, num_blocks=opts.kv_blocks, block_size=opts.block_size)
+        compat = compat_info(model, opts)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max(16, opts.max_batch_size + 16)), options=GRPC_OPTIONS
     )
@@ -69,6 +77,8 @@ def run_worker(opts: WorkerOptions, lifecycle: Lifecycle, stop: threading.Event)
         from baton_worker.server.prefill import PrefillService
 
         runner = PrefillRunner(model, pool, max_batch_size=opts.max_batch_size)
+        if tp is not None:
+            tp.drive(runner)
         source = KvSource(
             storage=pool.storage,
             compat=compat,
@@ -77,6 +87,8 @@ def run_worker(opts: WorkerOptions, lifecycle: Lifecycle, stop: threading.Event)
             address=address,
             ttl_s=opts.kv_ttl_s,
             pull_delay_s=opts.kv_pull_delay_ms / 1000.0,
+            extra_shards=tuple(tp.shards[1:]) if tp is not None else (),
+            engine_id=tp.spec.engine_id if tp is not None else None,  # one id for all ranks
         )
         service = PrefillService(
             model=model, runner=runner, source=source, lifecycle=lifecycle, served_name=opts.served_model_name
@@ -88,13 +100,19 @@ def run_worker(opts: WorkerOptions, lifecycle: Lifecycle, stop: threading.Event)
         from baton_worker.server.decode import DecodeService
 
         engine = DecodeEngine(model, pool, max_batch_size=opts.max_batch_size)
+        if tp is not None:
+            tp.drive(engine)
         loop = EngineLoop(engine).start()
         sink = KvSink(
             storage=pool.storage,
             dtype=model.dtype_name,
-            backend=backend,
+            backend=backend if tp is None else "grpc",  # TP: every rank has its own NIXL agent
             name=f"baton-decode-{port}-{time.time_ns():x}",
         )
+        if tp is not None:
+            from baton_worker.server.tp_worker import TpSink
+
+            sink = TpSink(tp, sink)
         service = DecodeService(
             model=model,
             pool=pool,
@@ -128,6 +146,8 @@ def run_worker(opts: WorkerOptions, lifecycle: Lifecycle, stop: threading.Event)
     server.stop(grace=2.0).wait(5.0)
     for close in closers:
         close()
+    if tp is not None:
+        tp.close()
     side.stop()
     print(f"baton worker stopped role={opts.role}", file=sys.stderr, flush=True)
     return 0
