@@ -48,7 +48,9 @@ def keda_crd() -> Path:
 
 
 @pytest.fixture(scope="module")
-def keda_ns(sandbox: Sandbox) -> Iterator[str]:
+def keda_ns(sandbox_cluster: Sandbox) -> Iterator[str]:
+    """A namespace on the sandbox with KEDA's CRD installed (baton's chart is not needed)."""
+    sandbox = sandbox_cluster
     sandbox.kubectl("apply", "--server-side", "--field-manager=baton-test", "-f", str(keda_crd()))
     sandbox.kubectl("wait", "--for=condition=Established", "crd/scaledobjects.keda.sh", "--timeout=60s")
     name = f"keda-{uuid.uuid4().hex[:6]}"
@@ -88,21 +90,23 @@ def _server_dry_run(sandbox: Sandbox, obj: dict) -> dict:
     ],
     ids=["router-service", "metrics-url", "prometheus"],
 )
-def test_autoscaling_scaled_objects_pass_keda_crd(sandbox: Sandbox, keda_ns: str, autoscaling: dict) -> None:
+def test_autoscaling_scaled_objects_pass_keda_crd(
+    sandbox_cluster: Sandbox, keda_ns: str, autoscaling: dict
+) -> None:
     objs = build_scaled_objects(_pool(keda_ns, autoscaling))
     assert len(objs) == 2
     for obj in objs:
         obj = {**obj, "metadata": {k: v for k, v in obj["metadata"].items() if k != "ownerReferences"}}
-        stored = _server_dry_run(sandbox, obj)
+        stored = _server_dry_run(sandbox_cluster, obj)
         # Nothing was pruned: every field baton sets survives KEDA's structural schema.
         for key, value in obj["spec"].items():
             assert stored["spec"][key] == value, key
 
 
-def test_autoscaling_keda_crd_rejects_a_broken_object(sandbox: Sandbox, keda_ns: str) -> None:
+def test_autoscaling_keda_crd_rejects_a_broken_object(sandbox_cluster: Sandbox, keda_ns: str) -> None:
     """The check above is live: the same object without a field KEDA requires is refused."""
     (obj, *_rest) = build_scaled_objects(_pool(keda_ns, {"mode": "keda"}))
     broken = copy.deepcopy({**obj, "metadata": {"name": "broken", "namespace": keda_ns}})
     del broken["spec"]["fallback"]["replicas"]
     with pytest.raises(KubectlError, match="replicas"):
-        _server_dry_run(sandbox, broken)
+        _server_dry_run(sandbox_cluster, broken)
