@@ -177,12 +177,20 @@ class _Stack:
     """A `baton up` subprocess for one mode."""
 
     def __init__(
-        self, model: str, device: str, args: list[str], kv_blocks: int, timeout_s: float, log: bool
+        self,
+        model: str,
+        device: str,
+        args: list[str],
+        kv_blocks: int,
+        worker_args: list[str],
+        timeout_s: float,
+        log: bool,
     ) -> None:
         cmd = [sys.executable, "-m", "baton_worker.cli", "up", "--model", model, "--device", device]
         # Enough KV blocks that the burst fits on either side: the comparison is about where
         # prefill runs, not about which setup runs out of cache first.
         cmd += ["--port", "0", f"--worker-arg=--kv-blocks={kv_blocks}"]
+        cmd += [f"--worker-arg={w}" for w in worker_args]
         self.proc = subprocess.Popen(
             cmd + args + ["--quiet"],
             stdout=subprocess.PIPE,
@@ -227,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--burstiness", type=float, default=0.5, help="gamma shape (1 = Poisson, < 1 burstier)")
     p.add_argument("--prompt-words", type=int, default=200, help="words per prompt (about 1-2 tokens each)")
     p.add_argument("--kv-blocks", type=int, default=4096, help="KV blocks of every worker (16 tokens each)")
+    p.add_argument("--worker-arg", action="append", default=[], help="extra worker argument (repeatable)")
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--ttft-slo", type=float, default=1.0, help="seconds")
     p.add_argument("--tpot-slo", type=float, default=0.1, help="seconds per output token")
@@ -258,7 +267,9 @@ def main(argv: list[str]) -> int:
     results: list[Summary] = []
     for mode in [a.url] if a.url else modes:
         stack = (
-            None if a.url else _Stack(a.model, a.device, MODES[mode], a.kv_blocks, a.ready_timeout, a.verbose)
+            None
+            if a.url
+            else _Stack(a.model, a.device, MODES[mode], a.kv_blocks, a.worker_arg, a.ready_timeout, a.verbose)
         )
         url = a.url or stack.url  # type: ignore[union-attr]
         try:
