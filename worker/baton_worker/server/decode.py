@@ -59,6 +59,7 @@ class DecodeService(pb2_grpc.DecodeWorkerServicer):
         self.metrics = WorkerMetrics("decode", self.snapshot)
         self._pulling = 0  # pulls with blocks allocated (waiters for blocks count in the pool)
         self._active: set[str] = set()
+        self._cancelled: set[str] = set()
         self._lock = threading.Lock()
 
     def snapshot(self) -> LoadSnapshot:
@@ -135,7 +136,13 @@ class DecodeService(pb2_grpc.DecodeWorkerServicer):
                 self.pool.free(list(engine_request.prefilled.block_ids))
             self._fail(context, exc)
         finished = threading.Event()
-        context.add_callback(lambda: None if finished.is_set() else self.loop.abort(plain.request_id))
+        cancelled = self._take_cancel(plain.request_id)
+        if (
+            not context.add_callback(lambda: None if finished.is_set() else self.loop.abort(plain.request_id))
+            or cancelled
+        ):
+            # The caller left (or sent Cancel) while the KV was being pulled: end it now.
+            self.loop.abort(plain.request_id)
         with self._lock:
             self._active.add(plain.request_id)
         try:
@@ -208,7 +215,20 @@ class DecodeService(pb2_grpc.DecodeWorkerServicer):
         return blocks, result.seconds, result.bytes
 
     def Cancel(self, request: pb2.CancelRequest, context: grpc.ServicerContext) -> pb2.CancelResponse:  # noqa: N802
-        return pb2.CancelResponse(cancelled=self.loop.abort(request.request_id))
+        if self.loop.abort(request.request_id):
+            return pb2.CancelResponse(cancelled=True)
+        with self._lock:
+            # Not in the engine yet (still pulling KV): remembered, applied when it joins.
+            if len(self._cancelled) < 10_000:
+                self._cancelled.add(request.request_id)
+        return pb2.CancelResponse(cancelled=False)
+
+    def _take_cancel(self, request_id: str) -> bool:
+        with self._lock:
+            if request_id in self._cancelled:
+                self._cancelled.discard(request_id)
+                return True
+            return False
 
     def Health(self, request: pb2.HealthRequest, context: grpc.ServicerContext) -> pb2.HealthResponse:  # noqa: N802
         stats = self.loop.engine.stats()
