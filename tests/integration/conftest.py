@@ -17,8 +17,8 @@ It brings the sandbox up once (reusing one that is already up in ``$BATON_SANDBO
 ``~/.cache/baton/sandbox/state``), installs charts/baton with helm when the chart exists
 (``operator.enabled=false``), and does NOT start the background operator: tests that need one
 start their own with ``baton_operator.sandbox.operator_proc.start_operator(sandbox, args=...)``
-and stop it with ``stop_operator(sandbox, op)``. At session end it runs ``down`` only if this
-session started the sandbox.
+and stop it with ``stop_operator(sandbox, op)``. At session end it runs ``down`` only if a test
+session started the sandbox and no other test session still uses it.
 
 ``sandbox_cluster`` is the same sandbox without the chart step (for tests of the sandbox itself).
 Mark tests that use either with ``@pytest.mark.sandbox``.
@@ -38,10 +38,13 @@ from baton_operator.sandbox.operator_proc import find_chart, install_chart
 def sandbox_cluster() -> Iterator[Sandbox]:
     """The running sandbox control plane with its node pools (no chart step)."""
     handle, started = cluster.up(log=lambda msg: print(f"[sandbox] {msg}"))
+    # Several test sessions may share one sandbox: the last to leave stops it, and only if
+    # a test session (not a person running `baton sandbox up`) started it.
+    cluster.join(handle.state_dir, auto_down=started)
     try:
         yield handle
     finally:
-        if started:
+        if cluster.leave(handle.state_dir):
             stuck = cluster.down(handle.state_dir)
             assert not stuck, f"sandbox processes would not stop: {stuck}"
 

@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 from baton_operator.sandbox import procs
-from baton_operator.sandbox.cluster import State, _died, node_schedulable
-from baton_operator.sandbox.layout import Ports
+from baton_operator.sandbox.cluster import State, _died, join, leave, load_state, node_schedulable, save_state
+from baton_operator.sandbox.layout import Layout, Ports
 
 PORTS = Ports(1, 2, 3, 4, 5, 6)
 
@@ -57,3 +57,23 @@ def test_start_and_stop_a_detached_process(tmp_path) -> None:
     assert procs.stop(rec, timeout_s=5)
     assert not procs.is_running(rec)
     assert subprocess.run(["kill", "-0", str(rec.pid)], capture_output=True).returncode != 0
+
+
+def test_last_test_session_to_leave_an_auto_down_sandbox_stops_it(tmp_path) -> None:
+    layout = Layout(tmp_path / "state")
+    layout.state_dir.mkdir()
+    save_state(layout, State(ports=PORTS, binaries={}))
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        other_rec = procs.ProcRecord("user", other.pid, procs.start_ticks(other.pid) or 0, "")
+        state = load_state(layout)
+        assert state is not None
+        state.users.append(other_rec)
+        save_state(layout, state)
+        join(layout.state_dir, auto_down=True)
+        assert not leave(layout.state_dir), "another live session still uses the sandbox"
+    finally:
+        other.kill()
+        other.wait()
+    join(layout.state_dir, auto_down=False)
+    assert leave(layout.state_dir), "auto_down stays set once a session that started it joined"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -46,6 +47,9 @@ class State:
     extra: list[procs.ProcRecord] = field(default_factory=list)
     started_at: float = 0.0
     ready_after_s: float = 0.0
+    # Test sessions using this sandbox now, and whether the last one to leave stops it.
+    users: list[procs.ProcRecord] = field(default_factory=list)
+    auto_down: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -56,6 +60,8 @@ class State:
             "extra": [p.to_json() for p in self.extra],
             "started_at": self.started_at,
             "ready_after_s": self.ready_after_s,
+            "users": [u.to_json() for u in self.users],
+            "auto_down": self.auto_down,
         }
 
     @staticmethod
@@ -69,6 +75,8 @@ class State:
             extra=[procs.ProcRecord.from_json(p) for p in d.get("extra", [])],
             started_at=float(d.get("started_at", 0.0)),
             ready_after_s=float(d.get("ready_after_s", 0.0)),
+            users=[procs.ProcRecord.from_json(u) for u in d.get("users", [])],
+            auto_down=bool(d.get("auto_down", False)),
         )
 
 
@@ -386,3 +394,32 @@ def current(state_dir: Path | None = None) -> Sandbox:
     if state is None or not running_ok(layout, state):
         raise SandboxError(f"no running sandbox in {layout.state_dir}: run `baton sandbox up`")
     return handle(layout, state)
+
+
+def join(state_dir: Path, *, auto_down: bool) -> None:
+    """Register this process as a user of the sandbox (a test session sharing it).
+
+    ``auto_down`` marks the sandbox to be stopped when its last user leaves (set by the
+    session that started it). Raises SandboxError when there is no sandbox state.
+    """
+    layout = Layout(state_dir)
+    me = procs.ProcRecord("user", os.getpid(), procs.start_ticks(os.getpid()) or 0, "")
+    with state_lock(layout):
+        state = load_state(layout)
+        if state is None:
+            raise SandboxError(f"no sandbox state in {state_dir}")
+        state.users = [u for u in state.users if procs.is_running(u) and u.pid != me.pid] + [me]
+        state.auto_down = state.auto_down or auto_down
+        save_state(layout, state)
+
+
+def leave(state_dir: Path) -> bool:
+    """Unregister this process; True when it was the last live user of an auto-down sandbox."""
+    layout = Layout(state_dir)
+    with state_lock(layout):
+        state = load_state(layout)
+        if state is None:
+            return False
+        state.users = [u for u in state.users if procs.is_running(u) and u.pid != os.getpid()]
+        save_state(layout, state)
+        return state.auto_down and not state.users
