@@ -10,7 +10,9 @@ before the first agent is created (see docs/kv-transfer.md for the measurements)
 from __future__ import annotations
 
 import importlib
+import logging
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -58,6 +60,7 @@ def load_nixl() -> ModuleType:
             try:
                 mod = importlib.import_module(name)
                 if hasattr(mod, "nixl_agent"):
+                    _logs_to_stderr()
                     _nixl = mod
                     return mod
                 errors.append(f"{name}: no nixl_agent")
@@ -65,6 +68,13 @@ def load_nixl() -> ModuleType:
                 errors.append(f"{name}: {type(exc).__name__}: {exc}")
         _nixl_error = "NIXL is not available (" + "; ".join(errors) + "); use --kv-backend grpc"
         raise KvBackendUnavailable(_nixl_error)
+
+
+def _logs_to_stderr() -> None:
+    # NIXL logs to stdout; stdout belongs to the program (ready lines, `--json` output).
+    for handler in logging.getLogger("nixl").handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
+            handler.setStream(sys.stderr)
 
 
 def nixl_available() -> bool:
