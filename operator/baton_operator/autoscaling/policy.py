@@ -7,8 +7,9 @@ stabilization rules, on the whole queue of a role instead of a per-pod average:
   the current replicas are sized for recommends the current count (noise moves nothing);
 - scale up to the *lowest* recommendation of the scale-up window (window 0 = the latest sample),
   so a spike is acted on at the next interval;
-- scale down to the *highest* recommendation of the scale-down window, and only once the samples
-  cover that whole window, so a queue must stay low for the full window before replicas go;
+- scale down to the *highest* recommendation of the scale-down window (counting the sample in
+  effect at the window's start), and only once the samples cover that whole window, so a queue
+  must be seen low for the full window before replicas go;
 - at most ``maxScaleStep`` replicas per decision, always inside ``[minReplicas, maxReplicas]``;
 - no new replicas beyond what the cluster can run (unschedulable pods, free GPU capacity);
 - metrics unreachable: hold the replicas (bounds still apply) and say so.
@@ -170,10 +171,13 @@ def decide(
     if spec.scale_up_stabilization_s > 0 and ordered[0].time > up_from + _EPS:
         up_rec = current  # the scale-up window is not observed in full yet
     down_from = now - spec.scale_down_stabilization_s
-    down_window = [s for s in ordered if s.time >= down_from - _EPS]
+    # The window's samples plus the one in effect at its start: the queue must have been seen low
+    # from the window's first instant on, not merely since the last high sample fell out of it.
+    at_start = [s for s in ordered if s.time <= down_from + _EPS][-1:]
+    down_window = at_start + [s for s in ordered if s.time > down_from + _EPS]
     down_rec = max(recommend(s.queue_depth, current, spec) for s in down_window)
     # A window is only trusted once observed in full (e.g. after an operator restart).
-    down_covered = ordered[0].time <= down_from + _EPS
+    down_covered = bool(at_start)
 
     queue = f"queue {latest.queue_depth:g}, target {spec.target_queue_depth:g}/replica"
     if up_rec > current:
