@@ -236,8 +236,8 @@ def role_autoscaling_schema(role: str) -> S:
         rules=[
             {
                 "rule": "self.minReplicas <= self.maxReplicas",
-                "messageExpression": f"'{path}.minReplicas (' + string(self.minReplicas) + ') must be <= "
-                f"{path}.maxReplicas (' + string(self.maxReplicas) + ')'",
+                # A static message: messageExpression with string(int) blows the CEL cost budget.
+                "message": f"{path}.minReplicas must be <= {path}.maxReplicas",
                 "fieldPath": ".minReplicas",
                 "reason": "FieldValueInvalid",
             }

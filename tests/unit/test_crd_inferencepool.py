@@ -89,7 +89,7 @@ def test_architecture_fields_defaults_and_validation():
     )
     (rule,) = auto["x-kubernetes-validations"]
     assert rule["rule"] == "self.minReplicas <= self.maxReplicas" and rule["fieldPath"] == ".minReplicas"
-    assert "spec.prefill.autoscaling.minReplicas" in rule["messageExpression"]
+    assert "spec.prefill.autoscaling.minReplicas" in rule["message"]
     top = spec["autoscaling"]["properties"]
     assert top["mode"]["enum"] == ["builtin", "keda"] and top["intervalSeconds"]["minimum"] == 1
     assert spec["kvTransfer"]["properties"]["backend"]["enum"] == ["auto", "nixl", "grpc"]

@@ -1,0 +1,108 @@
+"""Helpers shared by the operator's sandbox tests: pool manifests and observations via kubectl."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from baton_operator.sandbox.handle import Sandbox
+
+ROOT = Path(__file__).resolve().parents[3]
+EXAMPLE = ROOT / "examples" / "inferencepool.yaml"
+H100 = "NVIDIA-H100-80GB-HBM3"
+A100 = "NVIDIA-A100-SXM4-80GB"
+READY_TIMEOUT_S = 60.0
+RESYNC_SECONDS = 5  # the test operator's --resync-seconds
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as e:  # a transient kubectl failure: keep polling until the deadline
+            last_error = e
+        time.sleep(interval)
+    raise AssertionError(
+        f"timed out after {timeout:.0f}s waiting for {what}"
+        + (f" (last error: {last_error})" if last_error else "")
+    )
+
+
+def tiny_pool(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
+    """A small pool: builtin model, 1 prefill (H100), 1 decode (A100), 1 router; ``spec`` overrides."""
+    body: dict[str, Any] = {
+        "apiVersion": "baton.dev/v1alpha1",
+        "kind": "InferencePool",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "model": {"name": "tiny", "source": "builtin://tiny", "dtype": "float32"},
+            "prefill": {"replicas": 1, "tensorParallelSize": 1},
+            "decode": {"replicas": 1, "maxBatchSize": 8},
+            "router": {"replicas": 1},
+        },
+    }
+    body["spec"].update(copy.deepcopy(spec))
+    return body
+
+
+def example_pool(namespace: str) -> dict[str, Any]:
+    body = yaml.safe_load(EXAMPLE.read_text())
+    body["metadata"]["namespace"] = namespace
+    return body
+
+
+def apply(sandbox: Sandbox, body: dict[str, Any], check: bool = True) -> Any:
+    """`kubectl apply` (client-side, strict validation) as a user would; returns the CompletedProcess."""
+    return sandbox.kubectl("apply", "--validate=strict", "-f", "-", input=json.dumps(body), check=check)
+
+
+def get(sandbox: Sandbox, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    proc = sandbox.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
+    if proc.returncode != 0:
+        if "NotFound" in proc.stderr:
+            return None
+        raise RuntimeError(proc.stderr)
+    return json.loads(proc.stdout)
+
+
+def pool_status(sandbox: Sandbox, namespace: str, name: str) -> dict[str, Any]:
+    return (get(sandbox, "inferencepool", namespace, name) or {}).get("status") or {}
+
+
+def condition(status: dict[str, Any], ctype: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions") or [] if c.get("type") == ctype), {})
+
+
+def is_ready(sandbox: Sandbox, namespace: str, name: str) -> bool:
+    return condition(pool_status(sandbox, namespace, name), "Ready").get("status") == "True"
+
+
+def pods(sandbox: Sandbox, namespace: str, selector: str) -> list[dict[str, Any]]:
+    return sandbox.kubectl_json("get", "pods", "-n", namespace, "-l", selector)["items"]
+
+
+def node_products(sandbox: Sandbox) -> dict[str, str]:
+    nodes = sandbox.kubectl_json("get", "nodes")["items"]
+    return {n["metadata"]["name"]: n["metadata"]["labels"].get("nvidia.com/gpu.product", "") for n in nodes}
+
+
+def children(sandbox: Sandbox, namespace: str, pool: str) -> dict[str, list[str]]:
+    """kind -> names of objects labelled as this pool's children."""
+    kinds = (
+        "statefulsets,deployments,services,configmaps,poddisruptionbudgets,serviceaccounts,roles,rolebindings"
+    )
+    items = sandbox.kubectl_json("get", kinds, "-n", namespace, "-l", f"baton.dev/pool={pool}")["items"]
+    found: dict[str, list[str]] = {}
+    for item in items:
+        found.setdefault(item["kind"], []).append(item["metadata"]["name"])
+    return {k: sorted(v) for k, v in found.items()}

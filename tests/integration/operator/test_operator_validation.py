@@ -1,0 +1,76 @@
+"""Bad specs are refused at apply time with a message naming the field; unschedulable pools say why."""
+
+from __future__ import annotations
+
+import pytest
+from operator_helpers import READY_TIMEOUT_S, apply, condition, pool_status, tiny_pool, wait_for
+
+pytestmark = pytest.mark.sandbox
+
+BAD_SPECS = [
+    ({"prefill": {"tensorParallelSize": 3}}, "spec.prefill.tensorParallelSize"),
+    ({"decode": {"replicas": -1}}, "spec.decode.replicas"),
+    ({"decode": {"maxBatchSize": 0}}, "spec.decode.maxBatchSize"),
+    ({"decode": {"gpu": {"type": "TPUv5"}}}, "spec.decode.gpu.type"),
+    ({"kvTransfer": {"backend": "carrier-pigeon"}}, "spec.kvTransfer.backend"),
+    ({"model": {"source": "s3://bucket/model"}}, "spec.model.source"),
+    ({"model": {"name": "no-source"}}, "spec.model.source"),
+    (
+        {"prefill": {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}},
+        "spec.prefill.autoscaling.minReplicas",
+    ),
+    (
+        {"prefill": {"replicas": 1, "colour": "blue"}},
+        "spec.prefill.colour",
+    ),  # unknown field, strict validation
+    ({"autoscaling": {"mode": "hpa"}}, "spec.autoscaling.mode"),
+]
+
+
+@pytest.mark.parametrize(("override", "field"), BAD_SPECS, ids=[f for _, f in BAD_SPECS])
+def test_operator_bad_spec_is_refused_naming_the_field(sandbox, namespace, override, field):
+    proc = apply(sandbox, tiny_pool("bad", namespace, **override), check=False)
+    assert proc.returncode != 0, f"{field}: apply was accepted"
+    assert field in proc.stderr, proc.stderr
+    assert sandbox.kubectl("get", "inferencepool", "bad", "-n", namespace, check=False).returncode != 0
+
+
+def test_operator_missing_model_and_long_name_are_refused(sandbox, namespace):
+    body = tiny_pool("bad", namespace)
+    del body["spec"]["model"]
+    proc = apply(sandbox, body, check=False)
+    assert proc.returncode != 0 and "spec.model" in proc.stderr, proc.stderr
+    proc = apply(sandbox, tiny_pool("x" * 41, namespace), check=False)
+    assert proc.returncode != 0 and "metadata.name must be at most 40 characters" in proc.stderr, proc.stderr
+
+
+def test_operator_unschedulable_pool_reports_the_scheduler_reason(sandbox, operator_process, namespace):
+    # 3 prefill pods of 8 GPUs each, but the sandbox has 2 H100 nodes of 8 GPUs.
+    apply(sandbox, tiny_pool("big", namespace, prefill={"replicas": 3, "tensorParallelSize": 8}))
+
+    def unschedulable():
+        ready = condition(pool_status(sandbox, namespace, "big"), "Ready")
+        return ready if ready.get("reason") == "Unschedulable" else None
+
+    ready = wait_for(unschedulable, READY_TIMEOUT_S, "Ready=False reason Unschedulable")
+    assert ready["status"] == "False"
+    assert "prefill pods unschedulable" in ready["message"]
+    assert "Insufficient nvidia.com/gpu" in ready["message"], ready["message"]
+    degraded = condition(pool_status(sandbox, namespace, "big"), "Degraded")
+    assert degraded["status"] == "True" and "Insufficient nvidia.com/gpu" in degraded["message"]
+    events = sandbox.kubectl_json(
+        "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=big"
+    )
+    assert any(e["reason"] == "Unschedulable" and e["type"] == "Warning" for e in events["items"])
+
+
+def test_operator_gpu_type_without_nodes_reports_the_selector(sandbox, operator_process, namespace):
+    apply(sandbox, tiny_pool("l4", namespace, decode={"replicas": 1, "gpu": {"type": "L4"}}))
+
+    def reason():
+        ready = condition(pool_status(sandbox, namespace, "l4"), "Ready")
+        return ready if ready.get("reason") == "Unschedulable" else None
+
+    ready = wait_for(reason, READY_TIMEOUT_S, "Ready=False reason Unschedulable")
+    assert "decode pods unschedulable" in ready["message"]
+    assert "node affinity/selector" in ready["message"], ready["message"]
