@@ -78,3 +78,13 @@ def test_go_output_name_skips_major_version_suffix() -> None:
     assert go_output_name("go.etcd.io/etcd/server/v3") == "server"
     assert go_output_name("k8s.io/kubernetes/cmd/kubectl") == "kubectl"
     assert go_output_name("helm.sh/helm/v3/cmd/helm") == "helm"
+
+
+def test_missing_go_is_one_clear_line(monkeypatch, tmp_path) -> None:
+    from baton_operator.sandbox import build
+
+    monkeypatch.setattr(build.shutil, "which", lambda name: None)
+    monkeypatch.setattr(build, "GO_FALLBACKS", (str(tmp_path / "no-go"),))
+    with pytest.raises(build.BuildError, match="Go is not installed") as err:
+        build._go()
+    assert "\n" not in str(err.value) and build.BIN_DIR_ENV in str(err.value)

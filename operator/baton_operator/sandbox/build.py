@@ -183,12 +183,16 @@ def _lock(directory: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+# Where Go's official installer puts it, for shells whose PATH lacks it.
+GO_FALLBACKS: tuple[str, ...] = ("/usr/local/go/bin/go",)
+
+
 def _go() -> str:
-    go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None)
+    go = shutil.which("go") or next((g for g in GO_FALLBACKS if Path(g).is_file()), None)
     if go is None:
         raise BuildError(
-            f"Go is not installed (need go >= 1.25 on PATH to build the sandbox binaries), "
-            f"or point ${BIN_DIR_ENV} at a directory holding them"
+            "Go is not installed (need go >= 1.25 on PATH to build the sandbox binaries); "
+            f"install Go or point ${BIN_DIR_ENV} at a directory holding them"
         )
     return go
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -147,6 +148,10 @@ def main(argv: list[str]) -> int:
     except (BuildError, SandboxError, NodePoolError, KubectlError) as exc:
         print(f"baton sandbox {args.cmd}: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # Output piped into `head` and closed early: not an error of the sandbox.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps interpreter exit quiet
+        return 0
     except KeyboardInterrupt:
         print(
             f"baton sandbox {args.cmd}: interrupted; `baton sandbox down` stops what was started",
