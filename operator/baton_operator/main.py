@@ -64,6 +64,10 @@ def parse_args(argv: list[str]) -> runtime.Options:
         level=logging.DEBUG if a.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not a.verbose:
+        # kopf logs every handler success at INFO: one line per event and per timer tick.
+        for name in ("kopf.objects", "kopf.activities", "kopf._core.engines.activities"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     return runtime.Options(
         namespaces=list(a.namespace),
         all_namespaces=a.all_namespaces or not a.namespace,

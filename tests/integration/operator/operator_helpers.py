@@ -67,7 +67,10 @@ def apply(sandbox: Sandbox, body: dict[str, Any], check: bool = True) -> Any:
 
 
 def get(sandbox: Sandbox, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-    proc = sandbox.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
+    """The object as JSON (with managedFields), None when it does not exist."""
+    proc = sandbox.kubectl(
+        "get", kind, name, "-n", namespace, "-o", "json", "--show-managed-fields", check=False
+    )
     if proc.returncode != 0:
         if "NotFound" in proc.stderr:
             return None
