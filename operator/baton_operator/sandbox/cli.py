@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 
 from .build import BuildError, resolve
-from .cluster import SandboxError, current, down, status, up
+from .cluster import SandboxError, current, down, up
 from .handle import KubectlError
 from .layout import COMPONENTS
 from .nodepools import DEFAULT_NODEPOOLS, NodePoolError
+from .observe import status
 from .operator_proc import NAMESPACE, RELEASE, ensure_operator, find_chart, install_chart
 
 

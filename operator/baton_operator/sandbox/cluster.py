@@ -31,6 +31,7 @@ from .nodepools import DEFAULT_NODEPOOLS, KWOK_ANNOTATION, KWOK_ANNOTATION_VALUE
 
 STATE_VERSION = 1
 START_TIMEOUT_S = 60.0
+REUSE_TIMEOUT_S = 30.0
 
 
 class SandboxError(RuntimeError):
@@ -135,13 +136,21 @@ def _alive_check(rec: procs.ProcRecord, ports: Ports) -> Callable[[], None]:
     return check
 
 
-def running_ok(layout: Layout, state: State) -> bool:
-    """Whether every control-plane process is alive and the API server answers /readyz."""
-    if not all(procs.is_running(p) for p in state.procs) or len(state.procs) != len(COMPONENTS):
-        return False
+def processes_alive(state: State) -> bool:
+    """Whether every control-plane component was started and is still running."""
+    return len(state.procs) == len(COMPONENTS) and all(procs.is_running(p) for p in state.procs)
+
+
+def api_ready(layout: Layout, state: State) -> bool:
+    """Whether the API server answers /readyz with 200 now."""
     pki = layout.pki
     ctx = tls_context(pki.ca_cert, pki.client_cert("admin"), pki.client_key("admin"))
     return healthy(state.ports.apiserver, "/readyz", ctx)
+
+
+def running_ok(layout: Layout, state: State) -> bool:
+    """Whether every control-plane process is alive and the API server answers /readyz."""
+    return processes_alive(state) and api_ready(layout, state)
 
 
 def _write_configs(layout: Layout, ports: Ports) -> None:
@@ -296,7 +305,17 @@ def up(
     layout = Layout(state_dir or default_state_dir())
     with state_lock(layout):
         state = load_state(layout)
-        if state is not None and running_ok(layout, state):
+        if state is not None and processes_alive(state):
+            # Never restart a live sandbox others may be using because it answers slowly
+            # (a loaded machine): wait for it, and fail rather than wipe it.
+            live = state
+            try:
+                wait_for("the running sandbox's API server", lambda: api_ready(layout, live), REUSE_TIMEOUT_S)
+            except NotReady:
+                raise SandboxError(
+                    f"sandbox processes in {layout.state_dir} run but the API server is not ready after "
+                    f"{REUSE_TIMEOUT_S:.0f} s; see {layout.logs}, or `baton sandbox down` and `up` again"
+                ) from None
             log(f"sandbox already up ({layout.state_dir})")
             return handle(layout, state), False
         if state is not None:
@@ -346,52 +365,11 @@ def down(state_dir: Path | None = None, *, keep_state: bool = False) -> list[str
         return stuck
 
 
-@dataclass(frozen=True)
-class ProcStatus:
-    name: str
-    pid: int
-    running: bool
-    rss_bytes: int
-    log: str
-
-
-@dataclass(frozen=True)
-class Status:
-    """What `status` reports; ``up`` is False when nothing was recorded."""
-
-    state_dir: Path
-    up: bool
-    server: str | None
-    kubeconfig: Path | None
-    processes: tuple[ProcStatus, ...]
-    api_ready: bool
-
-    @property
-    def control_plane_rss_bytes(self) -> int:
-        return sum(p.rss_bytes for p in self.processes if p.name in COMPONENTS)
-
-
-def status(state_dir: Path | None = None) -> Status:
-    """Observe the sandbox without changing it."""
-    layout = Layout(state_dir or default_state_dir())
-    state = load_state(layout)
-    if state is None:
-        return Status(layout.state_dir, False, None, None, (), False)
-    rows = tuple(
-        ProcStatus(
-            p.name, p.pid, procs.is_running(p), procs.rss_bytes(p.pid) if procs.is_running(p) else 0, p.log
-        )
-        for p in [*state.procs, *state.extra]
-    )
-    ready = running_ok(layout, state)
-    return Status(layout.state_dir, True, server_url(state.ports), layout.admin_kubeconfig, rows, ready)
-
-
 def current(state_dir: Path | None = None) -> Sandbox:
     """Handle of the running sandbox; raises SandboxError when it is not up."""
     layout = Layout(state_dir or default_state_dir())
     state = load_state(layout)
-    if state is None or not running_ok(layout, state):
+    if state is None or not processes_alive(state):
         raise SandboxError(f"no running sandbox in {layout.state_dir}: run `baton sandbox up`")
     return handle(layout, state)
 
