@@ -259,6 +259,9 @@ def test_router_overload_answers_429_and_503_with_retry_after() -> None:
             assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1, r.text
             assert set(r.json()["error"]) == {"message", "type", "param", "code"}
             assert "decode" in r.json()["error"]["message"]
+        # Not ready without a decode worker, but alive (a liveness probe must not restart it).
+        assert httpx.get(base + "/health", timeout=5).status_code == 503
+        assert httpx.get(base + "/livez", timeout=5).status_code == 200
         # Waiting requests count in the autoscaling signal while they wait; none is left now.
         assert 'baton_queue_depth{role="decode"} 0.0' in httpx.get(base + "/metrics", timeout=5).text
     finally:

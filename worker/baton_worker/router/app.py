@@ -61,6 +61,7 @@ class Router:
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.health)
+        app.router.add_get("/livez", self.livez)
         app.router.add_get("/metrics", self.metrics_page)
 
     # -- model and tokenizer ------------------------------------------------------------------
@@ -116,6 +117,11 @@ class Router:
         ok = self.tokenizer is not None and body["decode"]["usable"] > 0
         body["status"] = "ok" if ok else "unavailable"
         return web.json_response(body, status=200 if ok else 503)
+
+    async def livez(self, request: web.Request) -> web.Response:
+        # Liveness only: /health is readiness and fails while no decode worker is usable, which
+        # must not restart the router (it would drop the requests waiting for a worker).
+        return web.json_response({"status": "alive"})
 
     async def metrics_page(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
