@@ -3,6 +3,7 @@ to keep the runtime low); teardown sends SIGTERM and asserts every process it st
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -14,8 +15,8 @@ def stack_factory() -> Iterator[Callable[..., LocalStack]]:
     """Start stacks with `stack_factory(*baton_up_args)`; all are stopped (and checked) at module end."""
     stacks: list[LocalStack] = []
 
-    def start(*args: str) -> LocalStack:
-        s = LocalStack(*args)
+    def start(*args: str, stop_signal: int = signal.SIGTERM) -> LocalStack:
+        s = LocalStack(*args, stop_signal=stop_signal)
         stacks.append(s)
         return s
 

@@ -46,7 +46,8 @@ def pid_alive(pid: int) -> bool:
 class LocalStack:
     """A `baton up` process and what it printed: URL, worker pids and gRPC addresses."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, stop_signal: int = signal.SIGTERM) -> None:
+        self.stop_signal = stop_signal  # SIGINT is what Ctrl-C in a terminal sends
         cmd = [sys.executable, "-m", "baton_worker.cli", "up", "--model", MODEL, "--port", "0", *args]
         self.lines: list[str] = []
         self.started = time.monotonic()
@@ -93,9 +94,9 @@ class LocalStack:
         os.kill(self.pids[name], signal.SIGKILL)
 
     def stop(self) -> None:
-        """SIGTERM `baton up`; assert it exits 0 and leaves no process behind."""
+        """Signal `baton up` (SIGTERM or SIGINT); assert it exits 0 and leaves no process behind."""
         children = list(self.pids.values())
-        self.proc.send_signal(signal.SIGTERM)
+        self.proc.send_signal(self.stop_signal)
         try:
             code = self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 
 import httpx
 import openai
@@ -22,7 +23,17 @@ MAX_TOKENS = 48
 def stack(stack_factory):  # type: ignore[no-untyped-def]
     # Every prompt is prefilled remotely, so the prefill worker's death matters; no restarts:
     # the survivors must carry everything.
-    return stack_factory("--prefill", "2", "--decode", "2", "--local-prefill-max-tokens", "0", "--no-restart")
+    # Stopped at the end with SIGINT, as Ctrl-C would (the API tests' stack with SIGTERM).
+    return stack_factory(
+        "--prefill",
+        "2",
+        "--decode",
+        "2",
+        "--local-prefill-max-tokens",
+        "0",
+        "--no-restart",
+        stop_signal=signal.SIGINT,
+    )
 
 
 def _metrics(stack) -> str:  # type: ignore[no-untyped-def]
