@@ -239,7 +239,7 @@ def test_router_client_disconnect_cancels_work_on_both_workers(stack) -> None:  
 def test_router_overload_answers_429_and_503_with_retry_after() -> None:
     # A router allowed one request at a time whose only decode worker does not exist: the first
     # request waits for a decode worker (then gets 503); meanwhile a second one gets 429.
-    proc, base = start_router("--decode", "127.0.0.1:9", "--worker-wait", "4", "--max-inflight", "1")
+    proc, base = start_router("--decode", "127.0.0.1:9", "--worker-wait", "10", "--max-inflight", "1")
     body = {"model": MODEL, "prompt": "x", "max_tokens": 1}
     try:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
