@@ -11,6 +11,7 @@ import fcntl
 import json
 import os
 import shutil
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ from . import procs
 from .build import Resolved, resolve
 from .certs import CLIENTS, ensure_pki
 from .handle import Sandbox
-from .health import NotReady, healthy, tls_context, wait_for
+from .health import NotReady, get_json, healthy, tls_context, wait_for
 from .kubeconfig import kubeconfig_dict, write_kubeconfig
 from .layout import COMPONENTS, Layout, Ports, command, default_state_dir, server_url
 from .nodepools import DEFAULT_NODEPOOLS, KWOK_ANNOTATION, KWOK_ANNOTATION_VALUE, load_pools, node_manifests
@@ -143,9 +144,7 @@ def processes_alive(state: State) -> bool:
 
 def api_ready(layout: Layout, state: State) -> bool:
     """Whether the API server answers /readyz with 200 now."""
-    pki = layout.pki
-    ctx = tls_context(pki.ca_cert, pki.client_cert("admin"), pki.client_key("admin"))
-    return healthy(state.ports.apiserver, "/readyz", ctx)
+    return healthy(state.ports.apiserver, "/readyz", _admin_ctx(layout))
 
 
 def running_ok(layout: Layout, state: State) -> bool:
@@ -179,7 +178,13 @@ def _write_configs(layout: Layout, ports: Ports) -> None:
     (layout.state_dir / "kwok.yaml").write_text(yaml.safe_dump(kwok_cfg))
 
 
-def _start_control_plane(layout: Layout, state: State, bins: Resolved, log: Callable[[str], None]) -> None:
+def _start_control_plane(
+    layout: Layout,
+    state: State,
+    bins: Resolved,
+    log: Callable[[str], None],
+    before_controllers: Callable[[], None],
+) -> None:
     pki, ports = layout.pki, state.ports
     annotation = f"{KWOK_ANNOTATION}={KWOK_ANNOTATION_VALUE}"
 
@@ -210,6 +215,7 @@ def _start_control_plane(layout: Layout, state: State, bins: Resolved, log: Call
         check_alive=_alive_check(api, ports),
     )
     log(f"kube-apiserver ready at {server_url(ports)}")
+    before_controllers()
     rest = [launch(name) for name in ("kube-controller-manager", "kube-scheduler", "kwok")]
     anon = tls_context(None)
     for rec, port in ((rest[0], ports.controller_manager), (rest[1], ports.scheduler)):
@@ -230,28 +236,37 @@ def node_schedulable(node: dict[str, Any]) -> bool:
     return ready and not taints & {"node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"}
 
 
-def _nodes_ready(sandbox: Sandbox, expected: set[str]) -> bool:
-    items = sandbox.kubectl_json("get", "nodes")["items"]
-    return expected <= {n["metadata"]["name"] for n in items if node_schedulable(n)}
+def _admin_ctx(layout: Layout) -> ssl.SSLContext:
+    pki = layout.pki
+    return tls_context(pki.ca_cert, pki.client_cert("admin"), pki.client_key("admin"))
 
 
-def _default_sa_exists(sandbox: Sandbox) -> bool:
-    return sandbox.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0
+def _nodes_ready(layout: Layout, state: State, expected: set[str]) -> bool:
+    nodes = get_json(state.ports.apiserver, "/api/v1/nodes", _admin_ctx(layout))
+    if nodes is None:
+        return False
+    return expected <= {n["metadata"]["name"] for n in nodes["items"] if node_schedulable(n)}
 
 
-def _add_nodes(
-    layout: Layout, state: State, sandbox: Sandbox, nodepools: Path, log: Callable[[str], None]
-) -> int:
+def _default_sa_exists(layout: Layout, state: State) -> bool:
+    path = "/api/v1/namespaces/default/serviceaccounts/default"
+    return get_json(state.ports.apiserver, path, _admin_ctx(layout)) is not None
+
+
+def _create_nodes(sandbox: Sandbox, nodepools: Path) -> set[str]:
     manifests = node_manifests(load_pools(nodepools))
     # Plain create: Node status (capacity, allocatable) is kept only on create, and apply
     # would strip it as a reset field. `up` only adds nodes to a fresh cluster.
     doc = json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests})
     sandbox.kubectl("create", "-f", "-", input=doc)
-    names = {m["metadata"]["name"] for m in manifests}
+    return {m["metadata"]["name"] for m in manifests}
+
+
+def _wait_nodes(layout: Layout, state: State, names: set[str], log: Callable[[str], None]) -> int:
     kwok = next(p for p in state.procs if p.name == "kwok")
     wait_for(
         f"{len(names)} kwok nodes",
-        lambda: _nodes_ready(sandbox, names),
+        lambda: _nodes_ready(layout, state, names),
         START_TIMEOUT_S,
         check_alive=_alive_check(kwok, state.ports),
         interval_s=0.3,
@@ -261,7 +276,7 @@ def _add_nodes(
     # Pods cannot be created in a namespace before its `default` ServiceAccount exists.
     wait_for(
         "the default ServiceAccount",
-        lambda: _default_sa_exists(sandbox),
+        lambda: _default_sa_exists(layout, state),
         START_TIMEOUT_S,
         check_alive=_alive_check(cm, state.ports),
         interval_s=0.2,
@@ -338,9 +353,16 @@ def up(
         )
         save_state(layout, state)
         try:
-            _start_control_plane(layout, state, bins, progress)
             sandbox = handle(layout, state)
-            n = _add_nodes(layout, state, sandbox, nodepools, progress)
+            names: set[str] = set()
+
+            def create_nodes() -> None:
+                # Nodes exist before kwok and the node-lifecycle controller start: both pick
+                # them up in their first sync instead of on a later event.
+                names.update(_create_nodes(sandbox, nodepools))
+
+            _start_control_plane(layout, state, bins, progress, create_nodes)
+            n = _wait_nodes(layout, state, names, progress)
         except (NotReady, SandboxError, RuntimeError) as exc:
             stop_all(layout, state)
             raise SandboxError(str(exc)) from None
@@ -360,6 +382,11 @@ def down(state_dir: Path | None = None, *, keep_state: bool = False) -> list[str
     with state_lock(layout):
         state = load_state(layout)
         stuck = stop_all(layout, state) if state is not None else []
+        # Components of this sandbox whose record was lost (state file deleted or corrupt).
+        for pid in procs.find_strays(COMPONENTS, f"{layout.state_dir}/"):
+            ticks = procs.start_ticks(pid)
+            if ticks is not None and not procs.stop(procs.ProcRecord("stray", pid, ticks, "")):
+                stuck.append(f"stray pid {pid}")
         if not stuck and not keep_state:
             _remove_state_dir(layout)
         return stuck

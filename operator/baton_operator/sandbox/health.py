@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import http.client
+import json
 import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -40,6 +41,18 @@ def https_get(port: int, path: str, ctx: ssl.SSLContext, timeout_s: float = 2.0)
         return resp.status, resp.read().decode(errors="replace")
     finally:
         conn.close()
+
+
+def get_json(port: int, path: str, ctx: ssl.SSLContext) -> dict[str, Any] | None:
+    """GET a JSON object from the API server; None when it is not there (yet) or unreachable.
+
+    Used for readiness polls instead of spawning kubectl, which costs CPU a loaded machine lacks.
+    """
+    try:
+        code, body = https_get(port, path, ctx)
+    except (OSError, ssl.SSLError, http.client.HTTPException):
+        return None
+    return json.loads(body) if code == 200 else None
 
 
 def healthy(port: int, path: str, ctx: ssl.SSLContext) -> bool:

@@ -108,7 +108,10 @@ def start_operator(
     kubeconfig = sandbox.kubeconfig_for_service_account(namespace, service_account)
     full_env = {**sandbox.env(kubeconfig), **(env or {})}
     log = sandbox.layout.log(name)
-    rec = procs.start(name, [*_baton_command(), "operator", *args], log, env=full_env)
+    # --kubeconfig on the command line as well: it names the state dir, so `down` can find this
+    # process even if its record is lost.
+    kc_arg = [] if any(a.startswith("--kubeconfig") for a in args) else [f"--kubeconfig={kubeconfig}"]
+    rec = procs.start(name, [*_baton_command(), "operator", *kc_arg, *args], log, env=full_env)
     layout = sandbox.layout
     with state_lock(layout):
         state = load_state(layout)

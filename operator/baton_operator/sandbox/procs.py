@@ -148,3 +148,26 @@ def tail(path: Path | str, lines: int = 15) -> str:
     except OSError:
         return f"(no log at {path})"
     return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def find_strays(names: tuple[str, ...], path_fragment: str) -> list[int]:
+    """Pids of processes whose executable is one of ``names`` (or `baton operator`) and whose
+    command line mentions ``path_fragment`` (a state directory): sandbox processes that no
+    state file records any more."""
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if not argv or not argv[0]:
+            continue
+        exe = Path(argv[0].decode(errors="replace")).name
+        # `baton` is a Python entry point: its argv is [python, .../baton, operator, ...].
+        script = [Path(a.decode(errors="replace")).name for a in argv[:2]]
+        ours = exe in names or ("baton" in script and b"operator" in argv[1:3])
+        if ours and any(path_fragment.encode() in a for a in argv[1:]):
+            found.append(int(entry.name))
+    return found
