@@ -40,6 +40,7 @@ class FakeCluster:
     capacity_left: int | None = None
     fail_writes: bool = False
     writes: list[tuple[str, int]] = field(default_factory=list)
+    passes: int = 0
 
     def workload(self, namespace: str, pool: str, role: str) -> Workload | None:
         if role not in self.replicas:
@@ -54,6 +55,9 @@ class FakeCluster:
 
     def capacity(self, workload: Workload, scheduled: int) -> int | None:
         return None if self.capacity_left is None else scheduled + self.capacity_left
+
+    def begin_pass(self) -> None:
+        self.passes += 1
 
     def set_replicas(self, workload: Workload, replicas: int) -> None:
         if self.fail_writes:

@@ -8,6 +8,7 @@ Every call carries a request timeout, so a slow API server delays a pass but nev
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Mapping
@@ -43,6 +44,12 @@ def api_client() -> Any:
         return _api_client
 
 
+def _json(response: Any) -> dict[str, Any]:
+    """The body of a raw (``_preload_content=False``) response: plain JSON, no model objects,
+    which matters when listing every pod of a cluster on each scale-up."""
+    return json.loads(response.data)
+
+
 def workload_name(pool: str, role: str) -> str:
     """Name of a role's workload, as the operator's builders name it (``<pool>-<role>``)."""
     return f"{pool}-{role}"
@@ -59,6 +66,9 @@ class KubeCluster:
         self._core = k8s.CoreV1Api(self._api)
         self._custom = k8s.CustomObjectsApi(self._api)
         self._capacity_denied_until = 0.0
+        # Lists shared by the roles of one pass (a spike on both roles costs one list of each).
+        self._pass_pods: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self._pass_cluster: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None
 
     def _get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         from kubernetes.client.exceptions import ApiException
@@ -69,12 +79,11 @@ class KubeCluster:
             else self._apps.read_namespaced_deployment
         )
         try:
-            obj = read(name, namespace, _request_timeout=REQUEST_TIMEOUT_S)
+            return _json(read(name, namespace, _request_timeout=REQUEST_TIMEOUT_S, _preload_content=False))
         except ApiException as e:
             if e.status == 404:
                 return None
             raise
-        return self._api.sanitize_for_serialization(obj)
 
     def workload(self, namespace: str, pool: str, role: str) -> Workload | None:
         kind = KINDS[role]
@@ -88,12 +97,24 @@ class KubeCluster:
 
     def _pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         pods = self._core.list_namespaced_pod(
-            namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT_S
+            namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT_S, _preload_content=False
         )
-        return [self._api.sanitize_for_serialization(p) for p in pods.items]
+        return list(_json(pods).get("items") or [])
+
+    def begin_pass(self) -> None:
+        """Forget the lists cached by the previous pass."""
+        self._pass_pods.clear()
+        self._pass_cluster = None
 
     def scheduling(self, namespace: str, pool: str, role: str) -> Scheduling:
-        return scheduling(self._pods(namespace, f"baton.dev/pool={pool},baton.dev/role={role}"))
+        key = (namespace, pool)
+        if key not in self._pass_pods:  # one list of the pool's pods serves every role of a pass
+            self._pass_pods[key] = self._pods(namespace, f"baton.dev/pool={pool}")
+        return scheduling(
+            p
+            for p in self._pass_pods[key]
+            if (p["metadata"].get("labels") or {}).get("baton.dev/role") == role
+        )
 
     def capacity(self, workload: Workload, scheduled: int) -> int | None:
         """GPU capacity for this role, or None when the operator may not list nodes."""
@@ -101,23 +122,24 @@ class KubeCluster:
 
         if time.monotonic() < self._capacity_denied_until:
             return None
-        try:
-            nodes = self._core.list_node(_request_timeout=REQUEST_TIMEOUT_S)
-            pods = self._core.list_pod_for_all_namespaces(
-                field_selector="status.phase!=Succeeded,status.phase!=Failed",
-                _request_timeout=REQUEST_TIMEOUT_S,
-            )
-        except ApiException as e:
-            if e.status == 403:
-                # RBAC without cluster-wide node/pod reads: fall back to the Unschedulable signal
-                # alone, and ask again later (a grant may come).
-                self._capacity_denied_until = time.monotonic() + CAPACITY_RETRY_S
-                return None
-            raise
-        ser = self._api.sanitize_for_serialization
-        return role_capacity(
-            workload.pod_spec, [ser(n) for n in nodes.items], [ser(p) for p in pods.items], scheduled
-        )
+        if self._pass_cluster is None:  # nodes and pods listed once per pass, for every role
+            try:
+                nodes = self._core.list_node(_request_timeout=REQUEST_TIMEOUT_S, _preload_content=False)
+                pods = self._core.list_pod_for_all_namespaces(
+                    field_selector="status.phase!=Succeeded,status.phase!=Failed",
+                    _request_timeout=REQUEST_TIMEOUT_S,
+                    _preload_content=False,
+                )
+            except ApiException as e:
+                if e.status == 403:
+                    # RBAC without cluster-wide node/pod reads: fall back to the Unschedulable
+                    # signal alone, and ask again later (a grant may come).
+                    self._capacity_denied_until = time.monotonic() + CAPACITY_RETRY_S
+                    return None
+                raise
+            self._pass_cluster = (list(_json(nodes).get("items") or []), list(_json(pods).get("items") or []))
+        nodes_seen, pods_seen = self._pass_cluster
+        return role_capacity(workload.pod_spec, nodes_seen, pods_seen, scheduled)
 
     def set_replicas(self, workload: Workload, replicas: int) -> None:
         body = {

@@ -55,6 +55,8 @@ class Cluster(Protocol):
 
     def set_replicas(self, workload: Workload, replicas: int) -> None: ...
 
+    def begin_pass(self) -> None: ...
+
 
 @dataclass(frozen=True)
 class ScaleEvent:
@@ -82,6 +84,7 @@ class PoolState:
     written: dict[str, Any] | None = None
     written_at: float = float("-inf")
     metrics_ok: bool | None = None
+    last_sample_time: float | None = None
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,7 @@ def run_pass(
     a missing workload or a failed write is reported in the message, never raised.
     """
     state.last_pass = now
+    cluster.begin_pass()
     error: str | None = None
     depths: Mapping[str, float] = {}
     try:
@@ -177,6 +181,7 @@ def run_pass(
     status: dict[str, Any] = {}
     events: list[ScaleEvent] = []
     decisions: dict[str, Decision] = {}
+    workloads: dict[str, Workload] = {}
     messages: list[str] = []
     limits: list[str] = []
     for role, scaling in cfg.roles.items():
@@ -195,10 +200,13 @@ def run_pass(
         if workload is None:
             messages.append(f"{role}: waiting for its workload")
             continue
-        decision = _decide_role(role, scaling, rs, workload, cluster, pool, now, role_error)
-        decisions[role] = decision
+        decisions[role] = _decide_role(role, scaling, rs, workload, cluster, pool, now, role_error)
+        workloads[role] = workload
         if role_error is not None and role_error not in messages:
             messages.append(role_error)
+    # Writes come after every decision, back to back: a spike on both roles lands at once.
+    for role, decision in decisions.items():
+        rs, workload = state.roles[role], workloads[role]
         if decision.desired != workload.replicas:
             try:
                 cluster.set_replicas(workload, decision.desired)
@@ -220,7 +228,7 @@ def run_pass(
             limits.append(f"{role}:{decision.limited_by}")
             messages.append(f"{role}: {decision.message}")
         block: dict[str, Any] = {"desiredReplicas": decision.desired}
-        if rs.samples and role_error is None:
+        if rs.samples and decision.reason != METRICS_UNAVAILABLE:
             block["queueDepth"] = rs.samples[-1].queue_depth
         if rs.last_scale_time:
             block["lastScaleTime"] = rs.last_scale_time
@@ -240,6 +248,9 @@ def run_pass(
             or "no autoscaled role"
         )
     last_sample = max((rs.samples[-1].time for rs in state.roles.values() if rs.samples), default=None)
+    if last_sample is not None:
+        state.last_sample_time = last_sample
+    last_sample = state.last_sample_time
     status["autoscaling"] = {
         "metricsAvailable": metrics_ok,
         "message": "; ".join(messages),

@@ -1,7 +1,7 @@
 """kopf glue of the built-in autoscaler: one timer per InferencePool.
 
 Importing this module registers the timer (the operator's main imports it). kopf timers have a
-fixed interval, so the timer ticks every second and runs a pass when the pool's
+fixed interval, so the timer ticks every half second and runs a pass when the pool's
 ``spec.autoscaling.intervalSeconds`` has elapsed (per pool, remembered in kopf's per-object memo).
 The handler is synchronous: kopf runs it in its executor, so blocking HTTP and API calls (all with
 deadlines) never stall the event loop. It never raises: failures end up in status and Events.
@@ -20,7 +20,7 @@ import kopf
 from baton_operator.autoscaling import config, controller, signal
 from baton_operator.autoscaling.actuation import GROUP, PLURAL, VERSION, KubeCluster
 
-TICK_S = 1.0
+TICK_S = 0.5
 _MEMO_KEY = "baton_autoscaler"
 _cluster: KubeCluster | None = None
 _CLEARED: dict[str, Any] = {"autoscaling": None}
@@ -119,6 +119,9 @@ def inferencepool_autoscale(
     except Exception as e:  # noqa: BLE001 - an API outage must not kill the timer; the next tick retries
         logger.warning(f"autoscaling pass failed: {e}")
         return
+    took = time.time() - now
+    if took > cfg.interval_s:
+        logger.warning(f"autoscaling pass took {took:.1f}s, longer than the {cfg.interval_s:g}s interval")
     for event in result.events:
         _post(body, event)
     patch = controller.status_to_write(state, result, now)
