@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 from baton_operator.sandbox import procs
 from baton_operator.sandbox.cluster import State, _died, join, leave, load_state, node_schedulable, save_state
@@ -77,3 +78,19 @@ def test_last_test_session_to_leave_an_auto_down_sandbox_stops_it(tmp_path) -> N
         other.wait()
     join(layout.state_dir, auto_down=False)
     assert leave(layout.state_dir), "auto_down stays set once a session that started it joined"
+
+
+def test_find_strays_matches_executable_name_and_state_path(tmp_path) -> None:
+    marker = f"{tmp_path}/state/"
+    code = "import time, sys; time.sleep(60)"
+    ours = subprocess.Popen([sys.executable, "-c", code, f"--data-dir={marker}etcd"])
+    other = subprocess.Popen([sys.executable, "-c", code, "--data-dir=/elsewhere/"])
+    try:
+        exe = Path(sys.executable).name
+        found = procs.find_strays((exe,), marker)
+        assert ours.pid in found and other.pid not in found
+        assert procs.find_strays(("etcd",), marker) == []
+    finally:
+        for p in (ours, other):
+            p.kill()
+            p.wait()
