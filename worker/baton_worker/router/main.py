@@ -130,6 +130,8 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         config_from_args(a)
+        parse_static(a.prefill, "--prefill")
+        parse_static(a.decode, "--decode")
     except ValueError as e:
         print(f"baton router: {e}", file=sys.stderr)
         return 2
