@@ -27,16 +27,22 @@ Mark tests that use either with ``@pytest.mark.sandbox``.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
-from baton_operator.sandbox import cluster
-from baton_operator.sandbox.handle import Sandbox
-from baton_operator.sandbox.operator_proc import find_chart, install_chart
+
+if TYPE_CHECKING:
+    from baton_operator.sandbox.handle import Sandbox
+
+# The sandbox modules are imported inside the fixtures, so integration tests that never use
+# the sandbox do not depend on its imports.
 
 
 @pytest.fixture(scope="session")
 def sandbox_cluster() -> Iterator[Sandbox]:
     """The running sandbox control plane with its node pools (no chart step)."""
+    from baton_operator.sandbox import cluster
+
     handle, started = cluster.up(log=lambda msg: print(f"[sandbox] {msg}"))
     # Several test sessions may share one sandbox: the last to leave stops it, and only if
     # a test session (not a person running `baton sandbox up`) started it.
@@ -52,6 +58,8 @@ def sandbox_cluster() -> Iterator[Sandbox]:
 @pytest.fixture(scope="session")
 def sandbox(sandbox_cluster: Sandbox) -> Sandbox:
     """The sandbox with charts/baton installed (when the chart exists), operator not running."""
+    from baton_operator.sandbox.operator_proc import find_chart, install_chart
+
     chart = find_chart()
     if chart is not None:
         install_chart(sandbox_cluster, chart)
