@@ -24,6 +24,8 @@ class RoleKnobs:
     gpu: str = "H100"
     scale_down_s: float = 300
     max_scale_step: int = 4
+    node_selector: tuple[tuple[str, str], ...] = ()
+    tolerations: tuple[tuple[str, str], ...] = ()  # (key, value) tolerated with effect NoSchedule
 
 
 def autoscaled_pool(
@@ -37,7 +39,16 @@ def autoscaled_pool(
     """An InferencePool (builtin://tiny) with both roles autoscaled on ``metrics_url``."""
 
     def role(k: RoleKnobs) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if k.node_selector:
+            extra["nodeSelector"] = dict(k.node_selector)
+        if k.tolerations:
+            extra["tolerations"] = [
+                {"key": key, "operator": "Equal", "value": value, "effect": "NoSchedule"}
+                for key, value in k.tolerations
+            ]
         return {
+            **extra,
             "replicas": k.min_replicas,
             "tensorParallelSize": k.tensor_parallel_size,
             "gpu": {"type": k.gpu},

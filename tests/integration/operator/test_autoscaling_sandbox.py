@@ -4,6 +4,7 @@ scheduler and kwok GPU nodes, and a queue-depth endpoint the test controls (the 
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import pytest
 from baton_operator.autoscaling.queue_endpoint import QueueEndpoint
 from baton_operator.autoscaling.scenario import Replicas, RoleKnobs, autoscaled_pool, wait_until
 from baton_operator.sandbox.handle import Sandbox
+from baton_operator.sandbox.nodepools import GpuSpec, NodePool, node_manifest
 from baton_operator.sandbox.operator_proc import OperatorProcess, start_operator, stop_operator
 
 pytestmark = pytest.mark.sandbox
@@ -252,41 +254,36 @@ def test_autoscaling_unreachable_metrics_hold_replicas_and_show_condition(
     assert "MetricsUnavailable" in [e["reason"] for e in _events(sandbox, namespace, pool)]
 
 
-def _free_tp8_h100_slots(sandbox: Sandbox) -> int:
-    """Whole free H100 nodes' worth of GPUs, counted by the test from nodes and pods."""
-    slots = 0
-    for node in sandbox.kubectl_json("get", "nodes", "-l", f"nvidia.com/gpu.product={H100}")["items"]:
-        name = node["metadata"]["name"]
-        pods = sandbox.kubectl_json("get", "pods", "-A", "--field-selector", f"spec.nodeName={name}")["items"]
-        used = sum(
-            int(
-                (c.get("resources", {}).get("requests") or c.get("resources", {}).get("limits") or {}).get(
-                    GPU, 0
-                )
-            )
-            for p in pods
-            if p["status"].get("phase") not in ("Succeeded", "Failed")
-            for c in p["spec"]["containers"]
-        )
-        slots += (int(node["status"]["allocatable"].get(GPU, 0)) - used) // 8
-    return slots
+@pytest.fixture
+def private_h100_node(sandbox: Sandbox) -> Iterator[tuple[str, str]]:
+    """A kwok H100 node with 16 GPUs that only this test's pods select and tolerate, so the
+    capacity the autoscaler must find is known exactly (2 pods of TP=8), whatever else runs."""
+    tag = uuid.uuid4().hex[:6]
+    node = node_manifest(
+        NodePool(name=f"as{tag}", count=1, cpu="64", memory="512Gi", gpu=GpuSpec(H100, 16, 81559)), 0
+    )
+    node["metadata"]["labels"]["baton.dev/test-node"] = tag
+    node["spec"]["taints"].append({"key": "baton.dev/test-node", "value": tag, "effect": "NoSchedule"})
+    sandbox.kubectl("create", "-f", "-", input=json.dumps(node))
+    yield node["metadata"]["name"], tag
+    sandbox.kubectl("delete", "node", node["metadata"]["name"], "--wait=false", check=False)
 
 
 def test_autoscaling_stops_at_what_the_gpus_can_run(
-    sandbox: Sandbox, namespace: str, operator: OperatorProcess, spiked_pool: tuple[str, QueueEndpoint]
+    sandbox: Sandbox, namespace: str, operator: OperatorProcess, private_h100_node: tuple[str, str]
 ) -> None:
-    """TP=8 prefill pods on the H100 pool (2 nodes x 8 GPUs): a queue asking for 4 gets only as
-    many replicas as can be placed, and the status says what limits it."""
-    sandbox.kubectl("delete", "inferencepool", spiked_pool[0], "-n", namespace, "--wait=false")
-    wait_until(
-        lambda: not _nodes_of(sandbox, namespace, spiked_pool[0], "prefill"),
-        60,
-        "the first pool's pods gone",
-        0.5,
+    """TP=8 prefill pods pinned to a 16-GPU node: a queue asking for 4 replicas gets 2, every
+    pod is placed (none left Pending), and the status says what limits it."""
+    node, tag = private_h100_node
+    big = RoleKnobs(
+        min_replicas=1,
+        max_replicas=4,
+        target_queue_depth=4,
+        tensor_parallel_size=8,
+        gpu="H100",
+        node_selector=(("baton.dev/test-node", tag),),
+        tolerations=(("baton.dev/test-node", tag),),
     )
-    slots = _free_tp8_h100_slots(sandbox)
-    want = max(1, min(4, slots))
-    big = RoleKnobs(min_replicas=1, max_replicas=4, target_queue_depth=4, tensor_parallel_size=8, gpu="H100")
     pool = "wide"
     with QueueEndpoint() as endpoint:
         endpoint.set(prefill=16, decode=0)
@@ -294,22 +291,24 @@ def test_autoscaling_stops_at_what_the_gpus_can_run(
 
         def limited() -> bool:
             st = _status(sandbox, namespace, pool)
-            return "prefill:" in str((st.get("autoscaling") or {}).get("limitedBy") or "")
+            return "prefill:InsufficientCapacity" in str((st.get("autoscaling") or {}).get("limitedBy") or "")
 
-        wait_until(limited, 60, f"limitedBy naming prefill (log:\n{_log_tail(operator)})", poll_s=0.5)
+        wait_until(limited, 60, f"limitedBy prefill:InsufficientCapacity (log:\n{_log_tail(operator)})", 0.5)
         replicas = Replicas(sandbox.kubeconfig, namespace, pool)
         try:
-            assert replicas.get("prefill") == want, (
-                f"{slots} free TP=8 slots; status {_status(sandbox, namespace, pool)}"
+            assert replicas.get("prefill") == 2, _status(sandbox, namespace, pool)
+            wait_until(
+                lambda: _nodes_of(sandbox, namespace, pool, "prefill") == [node, node],
+                60,
+                "2 pods on the node",
+                0.5,
             )
-            # It stays there while the queue still asks for 4 (no creeping up, no flapping).
+            # It stays there while the queue still asks for 4: no creeping up, no flapping.
             t = time.time()
-            while time.time() < t + 3 * INTERVAL_S:
-                assert replicas.get("prefill") == want
+            while time.time() < t + 2 * INTERVAL_S:
+                assert replicas.get("prefill") == 2
                 time.sleep(0.2)
         finally:
             replicas.close()
-        print(
-            f"free TP=8 H100 slots {slots}: prefill held at {want}; status {_status(sandbox, namespace, pool)['autoscaling']}"
-        )
+        print(f"prefill held at 2 on a 16-GPU node: {_status(sandbox, namespace, pool)['autoscaling']}")
     sandbox.kubectl("delete", "inferencepool", pool, "-n", namespace, "--wait=false", check=False)
