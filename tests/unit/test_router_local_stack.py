@@ -68,3 +68,17 @@ def test_colocated_baseline_has_no_prefill_pool() -> None:
 def test_bad_counts_are_refused(argv: tuple[str, ...]) -> None:
     with pytest.raises(ValueError, match="--decode|--prefill"):
         _plan(*argv)
+
+
+def test_router_reads_the_model_source_from_the_pool_config(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from baton_worker.router.main import model_source_from_config
+
+    good = tmp_path / "config.json"
+    good.write_text('{"model": {"name": "llama", "source": "hf://org/model"}}')
+    assert model_source_from_config(str(good)) == "hf://org/model"
+    bad = tmp_path / "bad.json"
+    bad.write_text("not json")
+    for path in (None, "", str(tmp_path / "missing.json"), str(bad)):
+        assert model_source_from_config(path) is None
+    (tmp_path / "list.json").write_text("[1]")
+    assert model_source_from_config(str(tmp_path / "list.json")) is None

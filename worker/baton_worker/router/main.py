@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import signal
 import sys
 
@@ -48,6 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def model_source_from_config(path: str | None) -> str | None:
+    """``model.source`` of a pool config file (the operator's ConfigMap, named by $BATON_CONFIG),
+    or None when there is no such readable file or field."""
+    if not path:
+        return None
+    try:
+        with open(path) as f:
+            source = json.load(f).get("model", {}).get("source")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return source if isinstance(source, str) and source else None
+
+
 def config_from_args(a: argparse.Namespace) -> tuple[RouterConfig, PoolConfig]:
     """Flags -> typed configuration; ValueError naming the flag on a bad value."""
     if a.local_prefill_max_tokens < 0:
@@ -67,7 +82,9 @@ def config_from_args(a: argparse.Namespace) -> tuple[RouterConfig, PoolConfig]:
     )
     names = tuple(n for arg in a.served_model_name for n in arg.split(",") if n)
     cfg = RouterConfig(
-        model_source=a.model,
+        # The tokenizer's source: the flag, else the pool config the operator mounts, else
+        # (at the first request) what the workers report on Health.
+        model_source=a.model or model_source_from_config(os.environ.get("BATON_CONFIG")),
         served_model_names=names,
         max_inflight=a.max_inflight,
         max_model_len=a.max_model_len,
