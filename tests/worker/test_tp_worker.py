@@ -1,14 +1,16 @@
 """`baton worker --tensor-parallel-size N` as users run it: real worker processes, real gRPC, NIXL.
 
-A prefill worker with TP 2 (the worker process is rank 0 and starts rank 1; gloo on this CPU)
-hands its KV to a TP-1 decode worker (which reads both prefill ranks' shards itself) and to a TP-2
-decode worker (each of whose ranks reads its own heads from the prefill rank holding them).
-Greedy output equals transformers' generate in one process; no block stays held anywhere.
+Prefill workers with TP 1, 2 and 4 (the worker process is rank 0 and starts the other ranks;
+gloo on this CPU) hand their KV to decode workers with TP 1 (which reads every prefill rank's
+shard itself) and TP 2 (each of whose ranks reads its own KV heads directly from the prefill
+ranks holding them). Greedy output equals transformers' generate in one process; no block stays
+held anywhere.
 """
 
 from __future__ import annotations
 
 import functools
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -32,39 +34,53 @@ def _reference() -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def workers() -> Iterator[dict[str, WorkerProc]]:
-    procs = {
-        "prefill2": WorkerProc("prefill", *ARGS, "--tensor-parallel-size", "2"),
-        "decode1": WorkerProc("decode", *ARGS),
-        "decode2": WorkerProc("decode", *ARGS, "--tensor-parallel-size", "2"),
-    }
+def workers() -> Iterator[dict[tuple[str, int], WorkerProc]]:
+    """Prefill workers TP 1, 2, 4 and decode workers TP 1, 2 (10 processes), started side by side."""
+    sizes = [("prefill", 1), ("prefill", 2), ("prefill", 4), ("decode", 1), ("decode", 2)]
+    procs = {(role, n): WorkerProc(role, *ARGS, "--tensor-parallel-size", str(n)) for role, n in sizes}
     try:
         for p in procs.values():
-            p.wait_ready(timeout=400)
+            p.wait_ready(timeout=480)
         yield procs
     finally:
+        for p in procs.values():  # drain all at once, then wait for each
+            if p.proc.poll() is None:
+                p.proc.send_signal(signal.SIGTERM)
         for p in procs.values():
             p.stop()
 
 
-@pytest.mark.parametrize("decode", ["decode1", "decode2"])
-def test_tp_worker_prefill_tp2_to_decode_equals_single_process(
-    workers: dict[str, WorkerProc], decode: str
+@pytest.mark.parametrize(("prefill_tp", "decode_tp"), [(2, 1), (1, 2), (4, 2), (2, 2)])
+def test_tp_worker_prefill_tp_n_to_decode_tp_m_equals_single_process(
+    workers: dict[tuple[str, int], WorkerProc], prefill_tp: int, decode_tp: int
 ) -> None:
-    prefill = workers["prefill2"]
-    rid = f"tp-{decode}"
+    prefill, decode = workers[("prefill", prefill_tp)], workers[("decode", decode_tp)]
+    rid = f"tp-p{prefill_tp}-d{decode_tp}"
     pre = prefill.prefill_stub().Prefill(
         pb2.PrefillRequest(request_id=rid, prompt_token_ids=PROMPT, sampling=GREEDY), timeout=60
     )
+    # Every rank's own KV shard is in the handle, each with its own metadata endpoint.
     shards = sorted((s.rank, s.head_start, s.head_end) for s in pre.handle.shards)
-    assert shards == [(0, 0, 4), (1, 4, 8)]  # every rank's own KV shard is in the handle
-    assert len({s.metadata_address for s in pre.handle.shards}) == 2
+    per = 8 // prefill_tp
+    assert shards == [(r, r * per, (r + 1) * per) for r in range(prefill_tp)]
+    assert len({s.metadata_address for s in pre.handle.shards}) == prefill_tp
+    assert len({s.agent_name for s in pre.handle.shards}) == prefill_tp
 
-    tokens, chunks = generate(workers[decode], rid, PROMPT, GREEDY, pre)
-    assert tokens == _reference()
-    assert chunks[0].kv_transfer_bytes == 4 * 3 * 2 * 8 * 16 * 32 * 4  # layers x blocks x K,V x heads...
+    tokens, chunks = generate(decode, rid, PROMPT, GREEDY, pre)
+    assert tokens == _reference(), f"prefill TP {prefill_tp} -> decode TP {decode_tp}"
+    assert (
+        chunks[0].kv_transfer_bytes == 4 * 3 * 2 * 8 * 16 * 32 * 4
+    )  # layers, blocks, K/V, heads, slots, dim, f32
     wait_for("prefill blocks freed after the pull", lambda: all_blocks_free(prefill))
-    wait_for("decode blocks freed after the request", lambda: all_blocks_free(workers[decode]))
+    wait_for("decode blocks freed after the request", lambda: all_blocks_free(decode))
+
+
+def test_tp_worker_decode_tp2_local_prefill_equals_single_process(
+    workers: dict[tuple[str, int], WorkerProc],
+) -> None:
+    # No handle: the TP-2 decode worker prefills locally (conditional disaggregation), sharded.
+    tokens, _ = generate(workers[("decode", 2)], "tp-local", PROMPT, GREEDY)
+    assert tokens == _reference()
 
 
 def test_tp_worker_refuses_a_tp_size_the_model_cannot_split() -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -43,19 +44,30 @@ class TpRank:
         return rank_heads(self.global_shape.num_kv_heads, self.tp_size, self.rank)
 
 
+Reduce = Callable[[torch.Tensor], None]  # sums a tensor in place over the ranks
+
+
+def dist_all_reduce(group: object | None = None) -> Reduce:
+    """The in-place sum over ``group`` (None: the default process group)."""
+
+    def reduce(t: torch.Tensor) -> None:
+        torch.distributed.all_reduce(t, group=group)
+
+    return reduce
+
+
 class RowParallelLinear(nn.Module):
     """``y = all_reduce(x @ W_rank^T) + b``: the input's last dim is this rank's slice."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, group: object | None) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, reduce: Reduce) -> None:
         super().__init__()
         self.weight = nn.Parameter(weight, requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
-        self.group = group
+        self.reduce = reduce
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.weight)
-        if torch.distributed.is_initialized() and torch.distributed.get_world_size(self.group) > 1:
-            torch.distributed.all_reduce(y, group=self.group)
+        self.reduce(y)
         return y if self.bias is None else y + self.bias
 
 
@@ -70,22 +82,23 @@ def _rows(linear: nn.Linear, start: int, end: int) -> nn.Linear:
     return out.requires_grad_(False)
 
 
-def _cols(linear: nn.Linear, start: int, end: int, group: object | None) -> RowParallelLinear:
+def _cols(linear: nn.Linear, start: int, end: int, reduce: Reduce) -> RowParallelLinear:
     """A row-parallel Linear keeping input columns [start, end)."""
     weight = linear.weight[:, start:end].contiguous().clone()
     # The bias is added once, after the sum of the partial products.
     bias = linear.bias.detach().clone() if linear.bias is not None else None
-    return RowParallelLinear(weight, bias, group)
+    return RowParallelLinear(weight, bias, reduce)
 
 
-def shard_model(model: LoadedModel, rank: int, tp_size: int, group: object | None = None) -> LoadedModel:
+def shard_model(model: LoadedModel, rank: int, tp_size: int, reduce: Reduce | None = None) -> LoadedModel:
     """Shard ``model`` in place for ``rank`` of ``tp_size`` and return it with local head counts.
 
     Raises TpConfigError (naming the numbers) when ``tp_size`` does not divide the KV heads,
     attention heads or MLP width. With ``tp_size == 1`` the model is returned unchanged. The
-    all-reduces use ``group`` (None: the default process group, which must be initialised
-    before the first forward).
+    partial sums are combined by ``reduce`` (default: all-reduce over the default process group,
+    which must be initialised before the first forward).
     """
+    reduce = reduce or dist_all_reduce()
     shape = model.shape
     inter = getattr(model.config, "intermediate_size", None)
     check_tp_size("tensorParallelSize", tp_size, shape.num_kv_heads, shape.num_attention_heads, inter)
@@ -102,11 +115,11 @@ def shard_model(model: LoadedModel, rank: int, tp_size: int, group: object | Non
         attn.q_proj = _rows(attn.q_proj, q0, q1)
         attn.k_proj = _rows(attn.k_proj, k0, k1)
         attn.v_proj = _rows(attn.v_proj, k0, k1)
-        attn.o_proj = _cols(attn.o_proj, q0, q1, group)
+        attn.o_proj = _cols(attn.o_proj, q0, q1, reduce)
         i = mlp.gate_proj.out_features // tp_size
         mlp.gate_proj = _rows(mlp.gate_proj, rank * i, (rank + 1) * i)
         mlp.up_proj = _rows(mlp.up_proj, rank * i, (rank + 1) * i)
-        mlp.down_proj = _cols(mlp.down_proj, rank * i, (rank + 1) * i, group)
+        mlp.down_proj = _cols(mlp.down_proj, rank * i, (rank + 1) * i, reduce)
     local = dataclasses.replace(shape, num_attention_heads=hq, num_kv_heads=hkv)
     return dataclasses.replace(model, shape=local)
 

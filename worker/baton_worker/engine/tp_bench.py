@@ -125,6 +125,18 @@ def parse_pair(text: str) -> tuple[int, int]:
     raise ValueError(f"--tp: {text!r} is not N or N:M")
 
 
+def kv_main(pairs: str, prompt_tokens: int = 2048, repeats: int = 5, as_json: bool = False) -> int:
+    """``baton bench kv --tp N:M[,N:M]``: per-rank pull bandwidth between TP groups."""
+    return main(["--tp", "", "--transfer", pairs, "--prompt", str(prompt_tokens), "--repeats", str(repeats)]
+                + (["--json"] if as_json else []))  # fmt: skip
+
+
+def decode_main(sizes: str, prompt_tokens: int = 512, repeats: int = 5, as_json: bool = False) -> int:
+    """``baton bench decode --tp 1,2``: prefill latency of a prefill worker by TP size."""
+    return main(["--tp", sizes, "--prompt", str(prompt_tokens), "--repeats", str(repeats)]
+                + (["--json"] if as_json else []))  # fmt: skip
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="tp_bench", description=__doc__)
     p.add_argument("--model", default="builtin://tiny")

@@ -186,7 +186,12 @@ class RankKv:
             except ValueError as exc:
                 raise KvHandleError(f"shards[rank {shard.rank}]", str(exc)) from None
             remote = Region(shard.base_address, shard.region_bytes, shard.device_id, shard.memory_type)
-            moved += self.endpoint.read(agent, remote, runs, b"", deadline)
+            try:
+                moved += self.endpoint.read(agent, remote, runs, b"", deadline)
+            except KvTransferError:
+                # The peer may have died or restarted: fetch its metadata afresh next time.
+                self.endpoint.forget_peer(f"{handle.engine_id}/{shard.rank}")
+                raise
         return PullResult(self.rank, moved, time.monotonic() - t0, len(pulls))
 
     def close(self) -> None:

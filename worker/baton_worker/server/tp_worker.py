@@ -35,7 +35,8 @@ def launch_worker_group(opts: Any, backend: str) -> TpGroup:
         source=opts.model,
         tp_size=opts.tensor_parallel_size,
         role=opts.role,
-        engine_id=f"baton-{opts.role}-{uuid.uuid4().hex[:12]}",
+        # Random from the first character: agent names are derived from a prefix of it.
+        engine_id=uuid.uuid4().hex,
         dtype=opts.dtype,
         device=opts.device,
         num_blocks=opts.kv_blocks,
