@@ -102,7 +102,7 @@ class Controller:
             except ApiError as e:
                 RECONCILES.labels("retry").inc()
                 backoff = next_backoff(backoff, self.settings)
-                log.warning("%s/%s: transient error, retrying in %.0fs: %s", namespace, name, backoff, e)
+                log.warning("%s/%s: API error, retrying in %.0fs: %s", namespace, name, backoff, e)
                 delay = backoff
                 continue
             except Exception:  # never let one pool's surprise kill its worker

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import signal
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from baton_operator.sandbox.operator_proc import (
     start_operator,
     stop_operator,
 )
-from operator_helpers import RESYNC_SECONDS, ROOT, wait_for
+from operator_helpers import RESYNC_SECONDS, ROOT, metric, wait_for
 
 LEASE_WAIT_S = 30.0
 
@@ -60,19 +59,7 @@ class OperatorUnderTest:
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of the samples of ``name`` whose labels include ``labels`` (0 when absent)."""
-        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
-            text = response.read().decode()
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith("#") or not line.startswith(name):
-                continue
-            head, _, value = line.rpartition(" ")
-            metric, _, label_text = head.partition("{")
-            if metric != name:
-                continue
-            if all(f'{k}="{v}"' in label_text for k, v in labels.items()):
-                total += float(value)
-        return total
+        return metric(self.metrics_url, name, **labels)
 
     def log_tail(self, lines: int = 40) -> str:
         return procs.tail(self.process.log, lines)
@@ -113,7 +100,8 @@ def operator_process(sandbox: Sandbox) -> Iterator[OperatorUnderTest]:
     for rec in running_operators(sandbox, "operator-test"):
         procs.stop(rec)
     (port,) = procs.free_ports(1)
-    args = ["--all-namespaces", f"--resync-seconds={RESYNC_SECONDS}", "--worker-image=baton-worker:test"]
+    # The default worker image: other operators started by tests on the same pools must agree on it.
+    args = ["--all-namespaces", f"--resync-seconds={RESYNC_SECONDS}"]
     op = OperatorUnderTest(sandbox, _start(sandbox, port, args), port, args)
     try:
         op.wait_serving()

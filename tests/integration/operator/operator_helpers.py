@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,19 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
         f"timed out after {timeout:.0f}s waiting for {what}"
         + (f" (last error: {last_error})" if last_error else "")
     )
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """Sum of the Prometheus samples ``name`` at ``url`` whose labels include ``labels`` (0 when absent)."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        head, _, value = line.rpartition(" ")
+        metric_name, _, label_text = head.partition("{")
+        if metric_name == name and all(f'{k}="{v}"' in label_text for k, v in labels.items()):
+            total += float(value)
+    return total
 
 
 def tiny_pool(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
@@ -109,3 +123,11 @@ def children(sandbox: Sandbox, namespace: str, pool: str) -> dict[str, list[str]
     for item in items:
         found.setdefault(item["kind"], []).append(item["metadata"]["name"])
     return {k: sorted(v) for k, v in found.items()}
+
+
+def delete_pool_and_pods(sandbox: Sandbox, namespace: str, name: str, timeout: float = 60.0) -> None:
+    """Delete a pool and wait until its pods are gone, so their GPUs are free for the next test."""
+    sandbox.kubectl("delete", "inferencepool", name, "-n", namespace, "--ignore-not-found", "--wait=false")
+    wait_for(
+        lambda: pods(sandbox, namespace, f"baton.dev/pool={name}") == [], timeout, f"pods of {name} gone"
+    )

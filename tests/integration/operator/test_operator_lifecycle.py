@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from baton_operator.runtime import Options
 from operator_helpers import (
     A100,
     H100,
@@ -12,6 +13,7 @@ from operator_helpers import (
     apply,
     children,
     condition,
+    delete_pool_and_pods,
     example_pool,
     get,
     is_ready,
@@ -76,7 +78,14 @@ def test_operator_example_pool_lands_on_the_right_gpu_nodes(sandbox, operator_pr
     body = example_pool(namespace)
     name = body["metadata"]["name"]
     apply(sandbox, body)
-    wait_for(lambda: is_ready(sandbox, namespace, name), READY_TIMEOUT_S, f"example pool {name} Ready")
+    try:
+        wait_for(lambda: is_ready(sandbox, namespace, name), READY_TIMEOUT_S, f"example pool {name} Ready")
+        check_example_placement(sandbox, namespace, name)
+    finally:
+        delete_pool_and_pods(sandbox, namespace, name)  # it fills both H100 nodes
+
+
+def check_example_placement(sandbox, namespace, name):
     products = node_products(sandbox)
     prefill = pods(sandbox, namespace, f"baton.dev/pool={name},baton.dev/role=prefill")
     decode = pods(sandbox, namespace, f"baton.dev/pool={name},baton.dev/role=decode")
@@ -150,7 +159,7 @@ def test_operator_restores_deleted_and_edited_children(sandbox, operator_process
         decode = get(sandbox, "deployment", namespace, "p-decode")
         prefill = get(sandbox, "statefulset", namespace, "p-prefill")
         image = prefill["spec"]["template"]["spec"]["containers"][0]["image"]
-        return decode["spec"]["replicas"] == 1 and image == "baton-worker:test"
+        return decode["spec"]["replicas"] == 1 and image == Options.default_image
 
     wait_for(restored, 20, "decode replicas and prefill image restored")
     wait_for(lambda: is_ready(sandbox, namespace, "p"), READY_TIMEOUT_S, "pool p Ready again")

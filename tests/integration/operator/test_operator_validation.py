@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from operator_helpers import READY_TIMEOUT_S, apply, condition, pool_status, tiny_pool, wait_for
+from operator_helpers import (
+    READY_TIMEOUT_S,
+    apply,
+    condition,
+    delete_pool_and_pods,
+    pool_status,
+    tiny_pool,
+    wait_for,
+)
 
 pytestmark = pytest.mark.sandbox
 
@@ -47,6 +55,14 @@ def test_operator_missing_model_and_long_name_are_refused(sandbox, namespace):
 def test_operator_unschedulable_pool_reports_the_scheduler_reason(sandbox, operator_process, namespace):
     # 3 prefill pods of 8 GPUs each, but the sandbox has 2 H100 nodes of 8 GPUs.
     apply(sandbox, tiny_pool("big", namespace, prefill={"replicas": 3, "tensorParallelSize": 8}))
+    try:
+        check_unschedulable(sandbox, namespace)
+    finally:
+        # pending TP 8 pods would take H100 nodes as soon as other tests free them
+        delete_pool_and_pods(sandbox, namespace, "big")
+
+
+def check_unschedulable(sandbox, namespace):
 
     def unschedulable():
         ready = condition(pool_status(sandbox, namespace, "big"), "Ready")
@@ -65,7 +81,11 @@ def test_operator_unschedulable_pool_reports_the_scheduler_reason(sandbox, opera
 
 
 def test_operator_gpu_type_without_nodes_reports_the_selector(sandbox, operator_process, namespace):
-    apply(sandbox, tiny_pool("l4", namespace, decode={"replicas": 1, "gpu": {"type": "L4"}}))
+    # prefill off: only the decode pods' reason matters here (H100s may be busy with other tests)
+    apply(
+        sandbox,
+        tiny_pool("l4", namespace, prefill={"replicas": 0}, decode={"replicas": 1, "gpu": {"type": "L4"}}),
+    )
 
     def reason():
         ready = condition(pool_status(sandbox, namespace, "l4"), "Ready")

@@ -1,0 +1,122 @@
+"""The operator under the chart's RBAC, across restarts, and silent on a no-op resync."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from baton_operator.sandbox import procs
+from baton_operator.sandbox.operator_proc import start_operator, stop_operator
+from operator_helpers import (
+    READY_TIMEOUT_S,
+    RESYNC_SECONDS,
+    apply,
+    children,
+    get,
+    is_ready,
+    metric,
+    pods,
+    tiny_pool,
+    wait_for,
+)
+
+pytestmark = pytest.mark.sandbox
+
+SA = "system:serviceaccount:baton-system:baton-operator"
+
+
+def can_i(sandbox, verb, resource, namespace):
+    proc = sandbox.kubectl("auth", "can-i", verb, resource, "-n", namespace, f"--as={SA}", check=False)
+    return proc.stdout.strip() == "yes"
+
+
+def test_operator_runs_under_the_charts_least_privilege_rbac(sandbox, operator_process, namespace):
+    # the process authenticates as the chart's ServiceAccount, not as admin
+    kubeconfig = operator_process.kubeconfig.read_text()
+    assert "system:serviceaccount:baton-system:baton-operator" in kubeconfig or "token:" in kubeconfig
+    who = sandbox.kubectl(
+        "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}", kubeconfig=operator_process.kubeconfig
+    )
+    assert who.stdout.strip() == SA
+    assert can_i(sandbox, "patch", "statefulsets.apps", namespace)
+    assert can_i(sandbox, "patch", "inferencepools.baton.dev/status", namespace)
+    for verb, resource in [
+        ("create", "pods"),
+        ("delete", "deployments.apps"),
+        ("get", "secrets"),
+        ("delete", "inferencepools.baton.dev"),
+    ]:
+        assert not can_i(sandbox, verb, resource, namespace), f"operator may {verb} {resource}"
+    apply(sandbox, tiny_pool("p", namespace))
+    wait_for(
+        lambda: is_ready(sandbox, namespace, "p"), READY_TIMEOUT_S, "pool p Ready under the chart's RBAC"
+    )
+    assert "Forbidden" not in operator_process.log_tail(200)
+
+
+def test_operator_noop_resync_writes_nothing(sandbox, operator_process, namespace):
+    # A second operator watching only this namespace, so its write counter sees this pool alone (the
+    # shared sandbox holds other engineers' pools); the session operator reconciles it too.
+    (port,) = procs.free_ports(1)
+    args = ["-n", namespace, "--standalone", f"--resync-seconds={RESYNC_SECONDS}", f"--metrics-port={port}"]
+    own = start_operator(sandbox, args=args, name="operator-noop")
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        apply(sandbox, tiny_pool("p", namespace))
+        wait_for(lambda: is_ready(sandbox, namespace, "p"), READY_TIMEOUT_S, "pool p Ready")
+        kinds = "inferencepools,statefulsets,deployments,services,configmaps,poddisruptionbudgets"
+
+        def versions():
+            items = sandbox.kubectl_json("get", kinds, "-n", namespace)["items"]
+            return {(i["kind"], i["metadata"]["name"]): i["metadata"]["resourceVersion"] for i in items}
+
+        def writes():
+            return metric(url, "baton_operator_api_writes_total")
+
+        def reconciles():
+            return metric(url, "baton_operator_reconciles_total", result="ok")
+
+        def quiet_resync_window():
+            # a whole resync period in which the pool was reconciled again and nothing was written
+            w0, r0, v0, t0 = writes(), reconciles(), versions(), time.monotonic()
+            wait_for(
+                lambda: time.monotonic() - t0 > RESYNC_SECONDS + 1 and reconciles() >= r0 + 1,
+                RESYNC_SECONDS * 4,
+                "a resync",
+                interval=0.5,
+            )
+            return writes() == w0 and versions() == v0
+
+        # The first window may still see the last readiness update; a no-op resync must then be silent.
+        wait_for(quiet_resync_window, 60, "a resync period without API writes", interval=0)
+        assert writes() > 0  # it did create the children: the counter works
+    finally:
+        stop_operator(sandbox, own)
+
+
+def test_operator_restart_mid_reconcile_converges(sandbox, operator_process, namespace):
+    apply(sandbox, tiny_pool("p", namespace, decode={"replicas": 2}))
+    # kill the operator as soon as it has started creating children (mid-reconcile)
+    wait_for(lambda: children(sandbox, namespace, "p"), 30, "first children", interval=0.05)
+    operator_process.restart(kill=True)
+    wait_for(lambda: is_ready(sandbox, namespace, "p"), READY_TIMEOUT_S, "pool p Ready after the restart")
+    assert len(children(sandbox, namespace, "p")["StatefulSet"]) == 1
+    live = [
+        p for p in pods(sandbox, namespace, "baton.dev/pool=p") if not p["metadata"].get("deletionTimestamp")
+    ]
+    assert sorted(p["metadata"]["labels"]["baton.dev/role"] for p in live) == [
+        "decode",
+        "decode",
+        "prefill",
+        "router",
+    ]
+    # a graceful stop (SIGTERM) hands the lease over: the next process leads within seconds
+    t0 = time.monotonic()
+    operator_process.restart()
+    apply(sandbox, tiny_pool("p", namespace, decode={"replicas": 1}))
+    wait_for(
+        lambda: get(sandbox, "deployment", namespace, "p-decode")["spec"]["replicas"] == 1,
+        30,
+        "update after restart",
+    )
+    assert time.monotonic() - t0 < 30
