@@ -11,7 +11,6 @@ import random
 
 import pytest
 import torch
-
 from baton_worker.engine import (
     DecodeEngine,
     EngineRequest,
