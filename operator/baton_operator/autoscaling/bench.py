@@ -20,7 +20,14 @@ import uuid
 from typing import Any
 
 from baton_operator.autoscaling.queue_endpoint import QueueEndpoint
-from baton_operator.autoscaling.scenario import Replicas, RoleKnobs, autoscaled_pool, wait_until
+from baton_operator.autoscaling.scenario import (
+    Replicas,
+    RoleKnobs,
+    autoscaled_pool,
+    pinned,
+    private_gpu_node,
+    wait_until,
+)
 
 PREFILL = RoleKnobs(min_replicas=1, max_replicas=4, target_queue_depth=4, gpu="H100", scale_down_s=2)
 DECODE = RoleKnobs(min_replicas=1, max_replicas=4, target_queue_depth=8, gpu="A100", scale_down_s=2)
@@ -84,8 +91,15 @@ def run(runs: int, interval_s: int, timeout_s: float, log: Any = print) -> dict[
     endpoint = QueueEndpoint()
     replicas = Replicas(sandbox.kubeconfig, ns, pool)
     results: list[dict[str, float]] = []
+    # Private GPU nodes: a sandbox whose pools other work has filled would (rightly) stop the
+    # autoscaler at its capacity, and the bench would time something else.
+    tag = uuid.uuid4().hex[:6]
+    nodes = [private_gpu_node(tag, "H100"), private_gpu_node(tag, "A100")]
     try:
-        sandbox.apply([autoscaled_pool(pool, ns, endpoint.url, interval_s, PREFILL, DECODE)])
+        for node in nodes:
+            sandbox.kubectl("create", "-f", "-", input=json.dumps(node))
+        prefill, decode = pinned(PREFILL, tag), pinned(DECODE, tag)
+        sandbox.apply([autoscaled_pool(pool, ns, endpoint.url, interval_s, prefill, decode)])
         for i in range(runs):
             endpoint.set(prefill=0, decode=0)
             wait_until(
@@ -122,6 +136,8 @@ def run(runs: int, interval_s: int, timeout_s: float, log: Any = print) -> dict[
         endpoint.stop()
         replicas.close()
         sandbox.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        for node in nodes:
+            sandbox.kubectl("delete", "node", node["metadata"]["name"], "--wait=false", check=False)
         if own_operator is not None:
             stop_operator(sandbox, own_operator)
     reaction = [r["reaction_s"] for r in results]

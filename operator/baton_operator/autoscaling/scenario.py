@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,33 @@ class RoleKnobs:
     max_scale_step: int = 4
     node_selector: tuple[tuple[str, str], ...] = ()
     tolerations: tuple[tuple[str, str], ...] = ()  # (key, value) tolerated with effect NoSchedule
+
+
+PRIVATE_LABEL = "baton.dev/test-node"
+GPU_PRODUCTS = {"H100": ("NVIDIA-H100-80GB-HBM3", 81559), "A100": ("NVIDIA-A100-SXM4-80GB", 81920)}
+
+
+def private_gpu_node(tag: str, gpu: str, gpus: int = 8) -> dict[str, Any]:
+    """A kwok Node of GPU type ``gpu`` that only pods selecting and tolerating ``tag`` use.
+
+    The bench and the tests pin their pools to such nodes, so the GPUs they scale into are known
+    whatever else shares the sandbox (a full cluster would rightly stop the autoscaler).
+    """
+    from baton_operator.sandbox.nodepools import GpuSpec, NodePool, node_manifest
+
+    product, memory = GPU_PRODUCTS[gpu]
+    pool = NodePool(
+        name=f"as{tag}{gpu.lower()}", count=1, cpu="64", memory="512Gi", gpu=GpuSpec(product, gpus, memory)
+    )
+    node = node_manifest(pool, 0)
+    node["metadata"]["labels"][PRIVATE_LABEL] = tag
+    node["spec"]["taints"].append({"key": PRIVATE_LABEL, "value": tag, "effect": "NoSchedule"})
+    return node
+
+
+def pinned(knobs: RoleKnobs, tag: str) -> RoleKnobs:
+    """``knobs`` restricted to the private nodes of ``tag``."""
+    return replace(knobs, node_selector=((PRIVATE_LABEL, tag),), tolerations=((PRIVATE_LABEL, tag),))
 
 
 def autoscaled_pool(
