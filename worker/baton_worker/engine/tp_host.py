@@ -138,6 +138,8 @@ class _Rank0:
 
         res = self.prefill_runner.prefill(request_id, prompt, sampling)
         shards = self.group.shards
+        if not shards:  # no KV registered for transfer (TpSpec.nixl off): nothing to hand over
+            return PrefillReply(res.first_token, b"", res.prefill_seconds)
         handle = build_handle(
             request_id=request_id,
             engine_id=self.group.spec.engine_id,
