@@ -56,7 +56,9 @@ def reference(max_tokens: int, temperature: float, top_p: float, seed: int | Non
 
 
 def ref_for(sp: pb2.SamplingParams) -> list[int]:
-    return list(reference(sp.max_tokens, sp.temperature, sp.top_p or 1.0, sp.seed if sp.HasField("seed") else None))
+    return list(
+        reference(sp.max_tokens, sp.temperature, sp.top_p or 1.0, sp.seed if sp.HasField("seed") else None)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +122,38 @@ def test_kv_handoff_equals_single_process(
     assert chunks[0].kv_transfer_seconds > 0
     wait_for("prefill blocks freed after the handoff", lambda: all_blocks_free(prefill))
     wait_for("decode blocks freed after the request", lambda: all_blocks_free(decode))
+
+
+@pytest.mark.parametrize("backend", ["nixl", "grpc"])
+def test_kv_failover_resume_continues_the_same_stream(workers: dict[str, WorkerProc], backend: str) -> None:
+    """Resume after k tokens (as the router does on failover): prefill prompt + those tokens, decode
+    continues at output index k with the same seeded samples, no duplicate, no gap."""
+    ref = ref_for(SAMPLED)
+    k = 4
+    rid = f"resume-{backend}-{uuid.uuid4().hex[:6]}"
+    pre = (
+        workers[f"prefill-{backend}"]
+        .prefill_stub()
+        .Prefill(
+            pb2.PrefillRequest(
+                request_id=rid, prompt_token_ids=PROMPT, sampling=SAMPLED, resume_token_ids=ref[:k]
+            ),
+            timeout=60,
+        )
+    )
+    assert pre.first_token == ref[k]
+    req = pb2.GenerateRequest(
+        request_id=rid,
+        prompt_token_ids=PROMPT,
+        sampling=SAMPLED,
+        handle=pre.handle,
+        first_token=pre.first_token,
+        resume_token_ids=ref[:k],
+    )
+    chunks = list(workers[f"decode-{backend}"].decode_stub().Generate(req, timeout=60))
+    assert [t for c in chunks for t in c.token_ids] == ref[k:]
+    assert chunks[-1].completion_tokens == len(ref)
+    wait_for("prefill blocks freed", lambda: all_blocks_free(workers[f"prefill-{backend}"]))
 
 
 def test_kv_nixl_handle_pulled_over_grpc_by_a_grpc_decoder(workers: dict[str, WorkerProc]) -> None:
