@@ -23,7 +23,7 @@ from baton_worker.engine import (
 )
 from baton_worker.engine.prefill import PoolExhaustedError
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 
 SAMPLED = SamplingParams(max_tokens=12, temperature=0.9, top_p=0.95, top_k=50, seed=1234)
 

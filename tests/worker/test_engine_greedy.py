@@ -22,7 +22,7 @@ from baton_worker.engine import (
 )
 from baton_worker.engine.builtin import save_builtin
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 
 
 @functools.cache

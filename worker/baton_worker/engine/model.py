@@ -119,6 +119,28 @@ class PagedModel:
         last = x[torch.arange(bsz, device=dev), torch.tensor(lens, device=dev) - 1]  # [B, hidden]
         return self._lm_head(self._inner.norm(last)).float()
 
+    def _paged_attention(
+        self, q: torch.Tensor, layer: int, flat_table: torch.Tensor, bias: torch.Tensor, bsz: int, nblk: int
+    ) -> torch.Tensor:
+        """Attention of one query per sequence over its blocks, computed in block layout.
+
+        K and V are gathered once each (a plain copy of whole blocks); the matmuls then run on
+        ``[B, W, H, bs, D]`` directly, so no further copy of the context is made. Grouped-query
+        heads are folded into the query dimension. Returns ``[B, Hq, 1, D]``."""
+        bs, hkv, d = self.pool.block_size, self._hkv, self._d
+        group = self._hq // hkv
+        storage = self.pool.storage[layer]
+        keys = storage[:, 0].index_select(0, flat_table).view(bsz, nblk, hkv, bs, d)
+        vals = storage[:, 1].index_select(0, flat_table).view(bsz, nblk, hkv, bs, d)
+        qg = q.reshape(bsz, 1, hkv, group, d)
+        scores = torch.matmul(qg, keys.transpose(-1, -2))  # [B, W, H, G, bs]
+        scores = scores.permute(0, 2, 3, 1, 4).reshape(bsz, hkv, group, nblk * bs)
+        scores = scores.float() * self._scale + bias  # bias [B, 1, 1, ctx]: 0 or -inf
+        probs = torch.softmax(scores, dim=-1).to(vals.dtype)
+        probs = probs.view(bsz, hkv, group, nblk, bs).permute(0, 3, 1, 2, 4)  # [B, W, H, G, bs]
+        out = torch.matmul(probs, vals).sum(dim=1)  # [B, H, G, D]
+        return out.reshape(bsz, self._hq, 1, d)
+
     @torch.inference_mode()
     def decode(
         self, token_ids: torch.Tensor, positions: torch.Tensor, block_table: torch.Tensor
@@ -136,8 +158,11 @@ class PagedModel:
         rows = torch.arange(bsz, device=dev)
         blk = block_table[rows, positions // bs]
         slot = positions % bs
-        key_pos = torch.arange(nblk * bs, device=dev)
-        mask = (key_pos.unsqueeze(0) <= positions.unsqueeze(1)).view(bsz, 1, 1, nblk * bs)
+        ctx = nblk * bs
+        valid = torch.arange(ctx, device=dev).unsqueeze(0) <= positions.unsqueeze(1)  # [B, ctx]
+        bias = torch.zeros((bsz, 1, 1, ctx), dtype=torch.float32, device=dev)
+        bias.masked_fill_(~valid.view(bsz, 1, 1, ctx), float("-inf"))
+        flat_table = block_table.reshape(-1)
         x = self._inner.embed_tokens(token_ids.unsqueeze(1))  # [B, 1, hidden]
         cos, sin = self._rotary(x, positions.unsqueeze(1))
         storage = self.pool.storage
@@ -145,12 +170,6 @@ class PagedModel:
             q, k, v = self._qkv(layer, layer.input_layernorm(x), cos, sin)
             storage[li, blk, 0, :, slot, :] = k[:, :, 0, :]
             storage[li, blk, 1, :, slot, :] = v[:, :, 0, :]
-            # Gather each sequence's blocks: [B, M, 2, H, bs, D] -> K, V as [B, H, M*bs, D]
-            kv = storage[li][block_table]
-            keys = kv[:, :, 0].permute(0, 2, 1, 3, 4).reshape(bsz, self._hkv, nblk * bs, self._d)
-            vals = kv[:, :, 1].permute(0, 2, 1, 3, 4).reshape(bsz, self._hkv, nblk * bs, self._d)
-            out = F.scaled_dot_product_attention(
-                q, keys, vals, attn_mask=mask, scale=self._scale, enable_gqa=True
-            )
+            out = self._paged_attention(q, li, flat_table, bias, bsz, nblk)
             x = self._finish_layer(layer, x, out)
         return self._lm_head(self._inner.norm(x[:, 0])).float()
