@@ -84,7 +84,7 @@ def _run(engine: DecodeEngine, work, max_steps: int = 2000) -> dict[str, list[in
     return tokens
 
 
-@pytest.mark.parametrize("source", ["builtin://tiny", "builtin://tiny-qwen2"])
+@pytest.mark.parametrize("source", ["builtin://tiny", "builtin://tiny-qwen2", "builtin://tiny-mistral"])
 def test_engine_greedy_64_concurrent_equals_hf_generate(source: str) -> None:
     model = _model(source)
     work = _workload(model.shape.vocab_size, 64, seed=11)

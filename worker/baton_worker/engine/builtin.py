@@ -1,7 +1,8 @@
 """Built-in models for demos and tests: small HF-layout checkpoints with fixed-seed random weights.
 
 ``builtin://tiny`` (alias ``tiny-llama``) is a Llama with 8 KV heads; ``builtin://tiny-qwen2`` is a
-Qwen2 (attention biases, grouped-query attention) for second-architecture tests. Each is built
+Qwen2 (attention biases, grouped-query attention) and ``builtin://tiny-mistral`` a Mistral (2 KV
+heads) for other-architecture tests. Each is built
 deterministically once, written in HF layout (config.json, model.safetensors, tokenizer files) to
 ``$BATON_CACHE_DIR/models/<name>-<hash>`` (default ``~/.cache/baton``) and then loaded through the
 same directory path as any user checkpoint.
@@ -72,6 +73,7 @@ BUILTINS: dict[str, TinySpec] = {
     "tiny": TinySpec("llama"),
     "tiny-llama": TinySpec("llama"),
     "tiny-qwen2": TinySpec("qwen2", num_key_value_heads=4),
+    "tiny-mistral": TinySpec("mistral", num_key_value_heads=2),
 }
 
 
@@ -129,7 +131,14 @@ def _init_weights(model: torch.nn.Module, spec: TinySpec, gen: torch.Generator) 
 
 def build_model_dir(spec: TinySpec, out_dir: Path) -> None:
     """Write a complete HF-layout checkpoint for ``spec`` into ``out_dir`` (which must exist)."""
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     tokenizer = build_tokenizer(spec.vocab_target)
     common = dict(
@@ -150,6 +159,8 @@ def build_model_dir(spec: TinySpec, out_dir: Path) -> None:
         config, cls = LlamaConfig(**common), LlamaForCausalLM
     elif spec.architecture == "qwen2":
         config, cls = Qwen2Config(**common, use_sliding_window=False), Qwen2ForCausalLM
+    elif spec.architecture == "mistral":
+        config, cls = MistralConfig(**common, sliding_window=None), MistralForCausalLM
     else:
         raise ValueError(f"architecture: unknown builtin architecture {spec.architecture!r}")
     config.dtype = "float32"
