@@ -205,12 +205,8 @@ def random_model(
     _log(f"building a random {config.num_hidden_layers}-layer Llama ({dtype}) on {dev}")
     t0 = time.monotonic()
     with torch.device(dev):
-        prev = torch.get_default_dtype()
-        torch.set_default_dtype(tdtype)
-        try:
-            hf_model = LlamaForCausalLM(config)
-        finally:
-            torch.set_default_dtype(prev)
+        # Built on the device in the target dtype: an 8B model never exists in float32 anywhere.
+        hf_model = LlamaForCausalLM._from_config(config, dtype=tdtype)
     with torch.no_grad():
         for p in hf_model.parameters():
             p.normal_(0.0, 0.02) if p.dim() > 1 else p.fill_(1.0)
