@@ -31,7 +31,10 @@ class Settings:
     resync_seconds: float = 60.0
     backoff_initial_seconds: float = 1.0
     backoff_max_seconds: float = 60.0
-    threads: int = 8
+    # Events come in bursts (a rollout touches a workload, its pods, the status): wait this long
+    # after the first so one reconcile answers the whole burst.
+    debounce_seconds: float = 0.5
+    threads: int = 16
 
 
 def next_backoff(current: float, settings: Settings) -> float:
@@ -89,6 +92,7 @@ class Controller:
         while True:
             try:
                 await asyncio.wait_for(wakeup.wait(), timeout=delay)
+                await asyncio.sleep(self.settings.debounce_seconds)
             except TimeoutError:
                 pass  # periodic resync: drift is corrected even when no event arrived
             wakeup.clear()

@@ -118,4 +118,7 @@ def namespace(sandbox: Sandbox) -> Iterator[str]:
     try:
         yield name
     finally:
+        # Pools first, while an operator runs: kopf must lift its finalizer (the autoscaler's timers
+        # put one on every pool), or the namespace would stay Terminating once the session ends.
+        sandbox.kubectl("delete", "inferencepools", "--all", "-n", name, "--timeout=30s", check=False)
         sandbox.kubectl("delete", "namespace", name, "--wait=false", check=False)
