@@ -93,7 +93,7 @@ class KubeCluster:
             return None
         spec = obj.get("spec") or {}
         pod_spec = ((spec.get("template") or {}).get("spec")) or {}
-        return Workload(kind, name, namespace, int(spec.get("replicas", 1)), pod_spec)
+        return Workload(kind, name, namespace, int(spec.get("replicas", 1)), pod_spec, pool, role)
 
     def _pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         pods = self._core.list_namespaced_pod(
@@ -139,6 +139,18 @@ class KubeCluster:
                 raise
             self._pass_cluster = (list(_json(nodes).get("items") or []), list(_json(pods).get("items") or []))
         nodes_seen, pods_seen = self._pass_cluster
+        if workload.pool and workload.role:
+            # Count this role's placed pods in the same snapshot as the GPUs they use: a pod
+            # bound between two lists must not be missed by one and counted by the other.
+            scheduled = sum(
+                1
+                for p in pods_seen
+                if p["metadata"].get("namespace") == workload.namespace
+                and (p["metadata"].get("labels") or {}).get("baton.dev/pool") == workload.pool
+                and (p["metadata"].get("labels") or {}).get("baton.dev/role") == workload.role
+                and (p.get("spec") or {}).get("nodeName")
+                and not p["metadata"].get("deletionTimestamp")
+            )
         return role_capacity(workload.pod_spec, nodes_seen, pods_seen, scheduled)
 
     def set_replicas(self, workload: Workload, replicas: int) -> None:

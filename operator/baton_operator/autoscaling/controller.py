@@ -42,6 +42,8 @@ class Workload:
     namespace: str
     replicas: int
     pod_spec: Mapping[str, Any] = field(default_factory=dict)
+    pool: str = ""
+    role: str = ""
 
 
 class Cluster(Protocol):

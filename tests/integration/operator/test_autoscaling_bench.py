@@ -16,7 +16,7 @@ pytestmark = pytest.mark.sandbox
 def test_autoscaling_bench_cli_reports_reaction(sandbox: Sandbox) -> None:
     baton = Path(sys.executable).with_name("baton")
     proc = subprocess.run(
-        [str(baton), "bench", "autoscale", "--json", "--runs", "3", "--interval", "1", "--timeout", "30"],
+        [str(baton), "bench", "autoscale", "--json", "--runs", "3", "--interval", "3", "--timeout", "30"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -25,7 +25,7 @@ def test_autoscaling_bench_cli_reports_reaction(sandbox: Sandbox) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(proc.stdout)
     assert doc["runs"] == 3 and len(doc["samples"]) == 3
-    # A spike lands at a random point of a 1 s cycle: two intervals cover detection and the writes.
-    assert 0 < doc["reaction_s"]["p50"] <= 2.0, doc["reaction_s"]
+    # A spike lands at a random point of a 3 s cycle: two intervals cover detection and the writes.
+    assert 0 < doc["reaction_s"]["p50"] <= 6.0, doc["reaction_s"]
     assert doc["reaction_s"]["p50"] < doc["reference_models"]["hpa_metrics_server"]["p50_s"]
     assert set(doc["reference_models"]) == {"hpa_metrics_server", "hpa_prometheus_adapter", "keda"}
