@@ -240,3 +240,52 @@ def test_engine_loop_streams_to_asyncio_and_aborts() -> None:
         assert engine.pool.num_free == engine.pool.num_blocks
     finally:
         loop.stop()
+
+
+def test_engine_runs_in_bfloat16_and_float16() -> None:
+    for dtype in ("bfloat16", "float16"):
+        model = load_model("builtin://tiny", dtype=dtype)
+        pool = KvBlockPool.for_model(model, num_blocks=32)
+        assert pool.storage.dtype == model.dtype == getattr(torch, dtype)
+        engine = DecodeEngine(model, pool)
+        engine.add_request(EngineRequest("h", _prompt(10), SamplingParams(max_tokens=5, ignore_eos=True)))
+        out = _drain(engine)["h"]
+        assert len(out["tokens"]) == 5 and out["reason"] == "length"
+        assert all(0 <= t < model.shape.vocab_size for t in out["tokens"])
+
+
+def test_engine_bench_decode_cli_reports_json() -> None:
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "baton_worker.cli",
+            "bench",
+            "decode",
+            "--json",
+            "--batches",
+            "1,2",
+            "--context",
+            "24",
+            "--prompt-len",
+            "16",
+            "--steps",
+            "3",
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert [r["batch"] for r in report["results"]] == [1, 2]
+    for r in report["results"]:
+        assert r["prefill_tokens_per_s"] > 0 and r["decode_tokens_per_s"] > 0
+    assert report["decode_ratio_64_to_1"] is None  # no batch 64 was asked for
