@@ -23,7 +23,17 @@ torch.set_num_threads(1)
 
 PROMPT = list(range(9, 50))  # 41 tokens: 3 blocks of 16
 GREEDY = pb2.SamplingParams(max_tokens=8, temperature=0.0)
-ARGS = ("--model", "builtin://tiny", "--kv-blocks", "32", "--kv-backend", "nixl")
+# A served name other than the source: every rank must put the same one in its compat hash.
+ARGS = (
+    "--model",
+    "builtin://tiny",
+    "--served-model-name",
+    "tiny-tp",
+    "--kv-blocks",
+    "32",
+    "--kv-backend",
+    "nixl",
+)
 
 
 @functools.cache

@@ -60,6 +60,7 @@ class TpSpec:
     bind_host: str = "127.0.0.1"  # where ranks serve their NIXL agent metadata
     advertise_host: str = ""  # the host put in KvShard.metadata_address (default: bind_host)
     rank0_kv: bool = True  # False: rank 0's KV shard is registered by the caller (KvSource)
+    served_name: str = ""  # the model name in the compatibility hash (default: source)
 
     def rank_device(self, rank: int) -> torch.device:
         return torch.device(f"cuda:{rank}") if self.device.startswith("cuda") else torch.device("cpu")
@@ -81,7 +82,7 @@ class RankState:
         self.spec = spec
         self.tp = TpRank(rank, spec.tp_size, global_model.shape)
         self.compat = CompatInfo(
-            model=spec.source,
+            model=spec.served_name or spec.source,
             revision=global_model.fingerprint,
             dtype=global_model.dtype_name,
             num_layers=global_model.shape.num_layers,

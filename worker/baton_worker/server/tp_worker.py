@@ -48,6 +48,7 @@ def launch_worker_group(opts: Any, backend: str) -> TpGroup:
         advertise_host=opts.advertise_host,
         # A prefill worker's rank 0 shard is registered and served by its KvSource.
         rank0_kv=opts.role == "decode",
+        served_name=opts.served_model_name,  # every rank's metadata carries the worker's compat hash
     )
     return TpGroup.launch(spec)
 
