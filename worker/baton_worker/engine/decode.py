@@ -14,6 +14,7 @@ import threading
 
 import torch
 
+from baton_worker.engine.cuda_graphs import GraphedDecode, graphs_enabled
 from baton_worker.engine.detok import IncrementalDetokenizer
 from baton_worker.engine.kv_pool import KvBlockPool
 from baton_worker.engine.loader import LoadedModel
@@ -76,6 +77,11 @@ class DecodeEngine:
         self.max_batch_size = max_batch_size
         self.max_prefill_tokens_per_step = max_prefill_tokens_per_step
         self.runner = PagedModel(model, pool)
+        self._graphs: GraphedDecode | None = None
+        if graphs_enabled(model.device):
+            scratch = pool.allocate(1)  # padding rows of a captured batch write here
+            if scratch is not None:
+                self._graphs = GraphedDecode(self.runner, scratch[0], max_batch_size)
         self._eos = model.eos_token_ids
         self._max_len = model.max_model_len
         # _inbox_lock guards the inbox, the known ids and pending aborts (cheap, never held
@@ -261,7 +267,9 @@ class DecodeEngine:
             table[row, : len(s.block_ids)] = torch.tensor(s.block_ids, dtype=torch.long)
         tokens = torch.tensor([s.tokens[-1] for s in batch], dtype=torch.long)
         positions = torch.tensor([s.num_cached for s in batch], dtype=torch.long)
-        logits = self.runner.decode(tokens, positions, table)
+        # A runner swapped in after construction (tensor parallelism drives its own) runs eagerly.
+        graphed = self._graphs is not None and self._graphs.runner is self.runner
+        logits = (self._graphs if graphed else self.runner.decode)(tokens, positions, table)
         sampled = sample_batch(
             logits,
             [s.request.sampling for s in batch],
