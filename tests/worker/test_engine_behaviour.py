@@ -289,3 +289,29 @@ def test_engine_bench_decode_cli_reports_json() -> None:
     for r in report["results"]:
         assert r["prefill_tokens_per_s"] > 0 and r["decode_tokens_per_s"] > 0
     assert report["decode_ratio_64_to_1"] is None  # no batch 64 was asked for
+
+
+def test_engine_prefill_batches_concurrent_callers() -> None:
+    model = _model()
+    single = PrefillRunner(model, KvBlockPool.for_model(model, num_blocks=64))
+    expected = {i: single.prefill(f"s{i}", _prompt(5 + 9 * i, i), SAMPLED).first_token for i in range(6)}
+    pool = KvBlockPool.for_model(model, num_blocks=64)
+    batched = PrefillRunner(model, pool, max_batch_size=4)
+    results: dict = {}
+    threads = [
+        threading.Thread(
+            target=lambda i=i: results.update({i: batched.prefill(f"b{i}", _prompt(5 + 9 * i, i), SAMPLED)})
+        )
+        for i in range(6)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert {i: r.first_token for i, r in results.items()} == expected
+    blocks = [b for r in results.values() for b in r.block_ids]
+    assert len(blocks) == len(set(blocks)) == pool.num_blocks - pool.num_free
+    assert batched.stats().held_requests == 6
+    for i in range(6):
+        assert batched.release(f"b{i}")
+    assert pool.num_free == pool.num_blocks
