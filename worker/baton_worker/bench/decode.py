@@ -155,7 +155,19 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--hbm-gbps", type=float, default=None, help="peak memory bandwidth for the roofline")
     ap.add_argument("--compare-hf", action="store_true", help="also time plain transformers generate()")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--tp",
+        default="",
+        help="instead: prefill latency of TP groups of these sizes, e.g. 1,2 (tensor-parallel.md)",
+    )
     args = ap.parse_args(argv)
+    if args.tp:
+        from baton_worker.engine.tp_bench import decode_main
+
+        return decode_main(
+            args.tp, model=args.model or "builtin://tiny", device=args.device, dtype=args.dtype,
+            prompt_tokens=args.prompt_len or 512, as_json=args.json,
+        )  # fmt: skip
     on_cuda = args.device.startswith("cuda")
     args.model = args.model or ("llama3-8b-random" if on_cuda else "builtin://tiny")
     context = args.context or (1024 if on_cuda else 256)

@@ -258,7 +258,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--backends", default="nixl,grpc,memcpy")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--serve-source", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--tp", default="", help="instead: per-rank pull bandwidth, prefill TP N -> decode TP M, e.g. 2:1,4:2"
+    )
     a = p.parse_args(argv)
+    if a.tp:
+        from baton_worker.engine.tp_bench import kv_main
+
+        return kv_main(a.tp, repeats=max(1, a.repeats), as_json=a.json)
     if a.serve_source:
         return serve_source(a.serve_source)
     try:

@@ -125,16 +125,28 @@ def parse_pair(text: str) -> tuple[int, int]:
     raise ValueError(f"--tp: {text!r} is not N or N:M")
 
 
-def kv_main(pairs: str, prompt_tokens: int = 2048, repeats: int = 5, as_json: bool = False) -> int:
+def _common(model: str, device: str, dtype: str | None, repeats: int, as_json: bool) -> list[str]:
+    args = ["--model", model, "--device", device, "--repeats", str(repeats)]
+    return args + (["--dtype", dtype] if dtype else []) + (["--json"] if as_json else [])
+
+
+def kv_main(
+    pairs: str, *, model: str = "builtin://tiny", device: str = "cpu", dtype: str | None = None,
+    prompt_tokens: int = 1024, repeats: int = 5, as_json: bool = False,
+) -> int:  # fmt: skip
     """``baton bench kv --tp N:M[,N:M]``: per-rank pull bandwidth between TP groups."""
-    return main(["--tp", "", "--transfer", pairs, "--prompt", str(prompt_tokens), "--repeats", str(repeats)]
-                + (["--json"] if as_json else []))  # fmt: skip
+    return main(["--tp", "", "--transfer", pairs, "--prompt", str(prompt_tokens)]
+                + _common(model, device, dtype, repeats, as_json))  # fmt: skip
 
 
-def decode_main(sizes: str, prompt_tokens: int = 512, repeats: int = 5, as_json: bool = False) -> int:
+def decode_main(
+    sizes: str, *, model: str = "builtin://tiny", device: str = "cpu", dtype: str | None = None,
+    prompt_tokens: int = 512, repeats: int = 5, as_json: bool = False,
+) -> int:  # fmt: skip
     """``baton bench decode --tp 1,2``: prefill latency of a prefill worker by TP size."""
-    return main(["--tp", sizes, "--prompt", str(prompt_tokens), "--repeats", str(repeats)]
-                + (["--json"] if as_json else []))  # fmt: skip
+    return main(
+        ["--tp", sizes, "--prompt", str(prompt_tokens)] + _common(model, device, dtype, repeats, as_json)
+    )
 
 
 def main(argv: list[str]) -> int:
