@@ -12,9 +12,15 @@ from typing import Any
 
 import pytest
 from baton_operator.autoscaling.queue_endpoint import QueueEndpoint
-from baton_operator.autoscaling.scenario import Replicas, RoleKnobs, autoscaled_pool, wait_until
+from baton_operator.autoscaling.scenario import (
+    Replicas,
+    RoleKnobs,
+    autoscaled_pool,
+    pinned,
+    private_gpu_node,
+    wait_until,
+)
 from baton_operator.sandbox.handle import Sandbox
-from baton_operator.sandbox.nodepools import GpuSpec, NodePool, node_manifest
 from baton_operator.sandbox.operator_proc import OperatorProcess, start_operator, stop_operator
 
 pytestmark = pytest.mark.sandbox
@@ -105,13 +111,30 @@ def _events(sandbox: Sandbox, ns: str, pool: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
+def private_nodes(sandbox: Sandbox) -> Iterator[str]:
+    """One private H100 and one private A100 node (8 GPUs each); yields their tag.
+
+    The sandbox is shared: other tests may fill its GPU pools, and then the autoscaler rightly
+    adds nothing. Pinning the pools here to their own nodes keeps the expected counts exact.
+    """
+    tag = uuid.uuid4().hex[:6]
+    nodes = [private_gpu_node(tag, "H100"), private_gpu_node(tag, "A100")]
+    for node in nodes:
+        sandbox.kubectl("create", "-f", "-", input=json.dumps(node))
+    yield tag
+    for node in nodes:
+        sandbox.kubectl("delete", "node", node["metadata"]["name"], "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
 def spiked_pool(
-    sandbox: Sandbox, namespace: str, operator: OperatorProcess
+    sandbox: Sandbox, namespace: str, operator: OperatorProcess, private_nodes: str
 ) -> Iterator[tuple[str, QueueEndpoint]]:
-    """A pool at minReplicas with the queue at zero, its endpoint and a replicas reader."""
+    """A pool pinned to the private nodes, at minReplicas with the queue at zero, and its endpoint."""
     endpoint = QueueEndpoint()
     pool = "spiky"
-    sandbox.apply([autoscaled_pool(pool, namespace, endpoint.url, INTERVAL_S, PREFILL, DECODE)])
+    prefill, decode = pinned(PREFILL, private_nodes), pinned(DECODE, private_nodes)
+    sandbox.apply([autoscaled_pool(pool, namespace, endpoint.url, INTERVAL_S, prefill, decode)])
     yield pool, endpoint
     endpoint.stop()
 
@@ -256,14 +279,9 @@ def test_autoscaling_unreachable_metrics_hold_replicas_and_show_condition(
 
 @pytest.fixture
 def private_h100_node(sandbox: Sandbox) -> Iterator[tuple[str, str]]:
-    """A kwok H100 node with 16 GPUs that only this test's pods select and tolerate, so the
-    capacity the autoscaler must find is known exactly (2 pods of TP=8), whatever else runs."""
+    """A private 16-GPU H100 node: capacity for exactly 2 pods of TP=8."""
     tag = uuid.uuid4().hex[:6]
-    node = node_manifest(
-        NodePool(name=f"as{tag}", count=1, cpu="64", memory="512Gi", gpu=GpuSpec(H100, 16, 81559)), 0
-    )
-    node["metadata"]["labels"]["baton.dev/test-node"] = tag
-    node["spec"]["taints"].append({"key": "baton.dev/test-node", "value": tag, "effect": "NoSchedule"})
+    node = private_gpu_node(tag, "H100", gpus=16)
     sandbox.kubectl("create", "-f", "-", input=json.dumps(node))
     yield node["metadata"]["name"], tag
     sandbox.kubectl("delete", "node", node["metadata"]["name"], "--wait=false", check=False)
@@ -275,19 +293,11 @@ def test_autoscaling_stops_at_what_the_gpus_can_run(
     """TP=8 prefill pods pinned to a 16-GPU node: a queue asking for 4 replicas gets 2, every
     pod is placed (none left Pending), and the status says what limits it."""
     node, tag = private_h100_node
-    big = RoleKnobs(
-        min_replicas=1,
-        max_replicas=4,
-        target_queue_depth=4,
-        tensor_parallel_size=8,
-        gpu="H100",
-        node_selector=(("baton.dev/test-node", tag),),
-        tolerations=(("baton.dev/test-node", tag),),
-    )
+    big = pinned(RoleKnobs(max_replicas=4, target_queue_depth=4, tensor_parallel_size=8, gpu="H100"), tag)
     pool = "wide"
     with QueueEndpoint() as endpoint:
         endpoint.set(prefill=16, decode=0)
-        sandbox.apply([autoscaled_pool(pool, namespace, endpoint.url, INTERVAL_S, big, DECODE)])
+        sandbox.apply([autoscaled_pool(pool, namespace, endpoint.url, INTERVAL_S, big, pinned(DECODE, tag))])
 
         def limited() -> bool:
             st = _status(sandbox, namespace, pool)
