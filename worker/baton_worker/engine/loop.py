@@ -18,6 +18,7 @@ from baton_worker.engine.types import EngineError, EngineRequest, RequestOutput
 log = logging.getLogger(__name__)
 
 _IDLE_WAIT_S = 0.05
+_BLOCKED_WAIT_S = 0.01
 
 
 class EngineFailedError(EngineError):
@@ -140,6 +141,10 @@ class EngineLoop:
                 self._fail_all(exc)
                 continue
             self.steps += 1
+            if not outputs and not self.engine.stats().running:
+                # Everything waits for KV blocks held elsewhere: poll instead of spinning.
+                self._wake.wait(_BLOCKED_WAIT_S)
+                self._wake.clear()
             for out in outputs:
                 with self._lock:
                     stream = (
