@@ -11,9 +11,20 @@ import hashlib
 import json
 from typing import Any
 
-from baton_operator.spec import API_VERSION, KIND, Pool, RoleSpec
+from baton_operator.names import (
+    MANAGED_BY,
+    child_name,
+    config_map_name,
+    labels,
+    metadata,
+    pool_labels,
+    router_service_account_name,
+    selector_labels,
+)
+from baton_operator.spec import Pool, RoleSpec
 
-MANAGED_BY = "baton-operator"
+__all__ = ["MANAGED_BY", "child_name", "config_map_name", "labels", "selector_labels"]
+
 WORKER_GRPC_PORT = 50051
 WORKER_METRICS_PORT = 8081
 CONFIG_MOUNT = "/etc/baton"
@@ -25,70 +36,6 @@ PRE_STOP_SECONDS = 5
 GRACE_SECONDS = {"prefill": 120, "decode": 600, "router": 60}
 ROUTER_RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
 CONFIG_HASH_ANNOTATION = "baton.dev/config-hash"
-# Metadata keys that belong to tools, never copied onto children.
-FOREIGN_ANNOTATION_PREFIXES = ("kopf.zalando.org/", "kubectl.kubernetes.io/")
-
-
-def child_name(pool: Pool, role: str) -> str:
-    """Name of the workload and Service of ``role`` (prefill, decode, router)."""
-    return f"{pool.name}-{role}"
-
-
-def config_map_name(pool: Pool) -> str:
-    return f"{pool.name}-config"
-
-
-def router_service_account_name(pool: Pool) -> str:
-    return f"{pool.name}-router"
-
-
-def selector_labels(pool: Pool, role: str) -> dict[str, str]:
-    """Labels that select one role's pods; immutable in a workload's selector, so never change them."""
-    return {
-        "app.kubernetes.io/name": "baton",
-        "app.kubernetes.io/instance": pool.name,
-        "baton.dev/pool": pool.name,
-        "baton.dev/role": role,
-    }
-
-
-def labels(pool: Pool, role: str) -> dict[str, str]:
-    """The architecture's labels, on every child and pod."""
-    return {**selector_labels(pool, role), "app.kubernetes.io/managed-by": MANAGED_BY}
-
-
-def pool_labels(pool: Pool) -> dict[str, str]:
-    """Labels of children that belong to the whole pool (the ConfigMap); role is `pool`."""
-    return labels(pool, "pool")
-
-
-def strip_foreign_annotations(annotations: dict[str, str] | None) -> dict[str, str]:
-    """Drop kopf's and kubectl's bookkeeping annotations before copying metadata to a child."""
-    return {
-        key: value
-        for key, value in (annotations or {}).items()
-        if not key.startswith(FOREIGN_ANNOTATION_PREFIXES)
-    }
-
-
-def owner_reference(pool: Pool) -> dict[str, Any]:
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "name": pool.name,
-        "uid": pool.uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
-
-
-def _metadata(pool: Pool, name: str, object_labels: dict[str, str]) -> dict[str, Any]:
-    return {
-        "name": name,
-        "namespace": pool.namespace,
-        "labels": object_labels,
-        "ownerReferences": [owner_reference(pool)],
-    }
 
 
 def worker_config(pool: Pool) -> dict[str, Any]:
@@ -129,7 +76,7 @@ def build_config_map(pool: Pool) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(pool, config_map_name(pool), pool_labels(pool)),
+        "metadata": metadata(pool, config_map_name(pool), pool_labels(pool)),
         "data": {CONFIG_FILE: _config_text(pool)},
     }
 
@@ -303,7 +250,7 @@ def build_prefill_statefulset(pool: Pool) -> dict[str, Any]:
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
-        "metadata": _metadata(pool, child_name(pool, "prefill"), labels(pool, "prefill")),
+        "metadata": metadata(pool, child_name(pool, "prefill"), labels(pool, "prefill")),
         "spec": {
             **_replicas(role),
             "serviceName": child_name(pool, "prefill"),
@@ -321,7 +268,7 @@ def build_decode_deployment(pool: Pool) -> dict[str, Any]:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(pool, child_name(pool, "decode"), labels(pool, "decode")),
+        "metadata": metadata(pool, child_name(pool, "decode"), labels(pool, "decode")),
         "spec": {
             **_replicas(role),
             "selector": {"matchLabels": selector_labels(pool, "decode")},
@@ -375,7 +322,7 @@ def build_router_deployment(pool: Pool) -> dict[str, Any]:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(pool, child_name(pool, "router"), labels(pool, "router")),
+        "metadata": metadata(pool, child_name(pool, "router"), labels(pool, "router")),
         "spec": {
             "replicas": router.replicas,
             "selector": {"matchLabels": selector_labels(pool, "router")},
@@ -412,7 +359,7 @@ def build_service(pool: Pool, role: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(pool, child_name(pool, role), labels(pool, role)),
+        "metadata": metadata(pool, child_name(pool, role), labels(pool, role)),
         "spec": spec,
     }
 
@@ -422,7 +369,7 @@ def build_pdb(pool: Pool, role: str) -> dict[str, Any]:
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": _metadata(pool, child_name(pool, role), labels(pool, role)),
+        "metadata": metadata(pool, child_name(pool, role), labels(pool, role)),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(pool, role)}},
     }
 
@@ -430,7 +377,7 @@ def build_pdb(pool: Pool, role: str) -> dict[str, Any]:
 def build_router_rbac(pool: Pool) -> list[dict[str, Any]]:
     """ServiceAccount, Role and RoleBinding letting the router read its pool's EndpointSlices."""
     name = router_service_account_name(pool)
-    meta = _metadata(pool, name, labels(pool, "router"))
+    meta = metadata(pool, name, labels(pool, "router"))
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
         {

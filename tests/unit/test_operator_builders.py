@@ -197,14 +197,3 @@ def test_builders_are_pure_and_deterministic():
     assert ("Deployment", "demo-router") in kinds
     assert [k for k, _ in kinds].count("PodDisruptionBudget") == 3
     assert ("ConfigMap", "demo-config") in kinds
-
-
-def test_strip_foreign_annotations():
-    got = builders.strip_foreign_annotations(
-        {
-            "kopf.zalando.org/last-handled-configuration": "{}",
-            "kubectl.kubernetes.io/last-applied-configuration": "{}",
-            "team": "ml",
-        }
-    )
-    assert got == {"team": "ml"}
