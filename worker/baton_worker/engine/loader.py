@@ -82,7 +82,11 @@ def resolve_source(source: str) -> Path:
 
         repo = source[len("hf://") :]
         _log(f"downloading {repo} from the Hugging Face Hub")
-        return Path(snapshot_download(repo, allow_patterns=["*.json", "*.safetensors", "tokenizer*"]))
+        return Path(
+            snapshot_download(
+                repo, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
+            )
+        )
     if "://" in source:
         raise ValueError(
             f"model.source: unsupported scheme in {source!r} (builtin://, file://, pvc://, hf://)"
@@ -166,9 +170,8 @@ def load_model(
         limit = max_model_len
     tokenizer = AutoTokenizer.from_pretrained(path)
     _log(f"tokenizer loaded ({len(tokenizer)} tokens); reading weights")
-    hf_model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=tdtype, attn_implementation="sdpa", device_map=str(dev) if dev.type == "cuda" else None
-    )
+    # Read on the host, then moved: a device_map would need the accelerate package.
+    hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=tdtype, attn_implementation="sdpa")
     hf_model.to(dev).eval()
     hf_model.requires_grad_(False)
     n_params = sum(p.numel() for p in hf_model.parameters())
