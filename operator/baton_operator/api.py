@@ -20,6 +20,7 @@ from typing import Any
 import kubernetes
 from prometheus_client import Counter as PromCounter
 
+from baton_operator.cache import ChildCache
 from baton_operator.spec import GROUP, KIND, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
@@ -113,8 +114,11 @@ def now_rfc3339() -> str:
 class KubeApi:
     """Thin synchronous client over the kubernetes package's transport (auth, TLS, kubeconfig)."""
 
-    def __init__(self, client: kubernetes.client.ApiClient | None = None) -> None:
+    def __init__(
+        self, client: kubernetes.client.ApiClient | None = None, cache: ChildCache | None = None
+    ) -> None:
         self._client = client or kubernetes.client.ApiClient()
+        self.cache = cache or ChildCache()
         self._lock = threading.Lock()
         self.writes: Counter[str] = Counter()
 
@@ -201,6 +205,9 @@ class KubeApi:
         """
         kind = KINDS[(manifest["apiVersion"], manifest["kind"])]
         meta = manifest["metadata"]
+        cached = self.cache.get(ChildCache.key_of(manifest))
+        if cached is not None and is_subset(_comparable(manifest), cached):
+            return "unchanged", cached
         live = self.get(kind, meta["namespace"], meta["name"])
         if live is not None and is_subset(_comparable(manifest), live):
             return "unchanged", live

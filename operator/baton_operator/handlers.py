@@ -26,7 +26,10 @@ CHILD_RESOURCES = (
     ("apps", "v1", "deployments"),
     ("", "v1", "services"),
     ("", "v1", "configmaps"),
+    ("", "v1", "serviceaccounts"),
     ("policy", "v1", "poddisruptionbudgets"),
+    ("rbac.authorization.k8s.io", "v1", "roles"),
+    ("rbac.authorization.k8s.io", "v1", "rolebindings"),
 )
 
 
@@ -45,8 +48,19 @@ async def _child_event(labels: Mapping[str, str], namespace: str, **_: Any) -> N
         runtime.controller().trigger(namespace, pool)
 
 
+async def _cached_child_event(
+    event: Mapping[str, Any],
+    body: Mapping[str, Any],
+    labels: Mapping[str, str],
+    namespace: str,
+    **kwargs: Any,
+) -> None:
+    runtime.api().cache.observe(event.get("type"), body)
+    await _child_event(labels, namespace, **kwargs)
+
+
 for _group, _version, _plural in CHILD_RESOURCES:
-    kopf.on.event(_group, _version, _plural, labels=CHILD_LABELS, id=f"{_plural}_event")(_child_event)
+    kopf.on.event(_group, _version, _plural, labels=CHILD_LABELS, id=f"{_plural}_event")(_cached_child_event)
 
 
 def _pod_needs_attention(status: Mapping[str, Any], **_: Any) -> bool:

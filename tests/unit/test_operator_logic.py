@@ -85,3 +85,17 @@ def test_resource_of_paths():
         == "inferencepools/status"
     )
     assert _resource_of("/api/v1/namespaces/ns/events") == "events"
+
+
+def test_child_cache_tracks_watch_events():
+    from baton_operator.cache import ChildCache
+
+    cache = ChildCache()
+    obj = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"namespace": "ns", "name": "p-decode"}}
+    key = ("apps/v1", "Deployment", "ns", "p-decode")
+    cache.observe(None, obj)
+    assert cache.get(key) == obj
+    cache.observe("MODIFIED", {**obj, "spec": {"replicas": 3}})
+    assert cache.get(key)["spec"] == {"replicas": 3}
+    cache.observe("DELETED", obj)
+    assert cache.get(key) is None and len(cache) == 0
