@@ -106,13 +106,8 @@ def run(pools: int, resync_seconds: float, timeout: float, log: Any = print) -> 
     """Run the benchmark against the running sandbox; raises SandboxError/TimeoutError on failure."""
     from baton_operator.sandbox import procs
     from baton_operator.sandbox.cluster import current
-    from baton_operator.sandbox.nodepools import POOL_LABEL, node_manifests
-    from baton_operator.sandbox.operator_proc import (
-        ensure_operator,
-        running_operators,
-        start_operator,
-        stop_operator,
-    )
+    from baton_operator.sandbox.nodepools import node_manifests
+    from baton_operator.sandbox.operator_proc import running_operators, start_operator
 
     sandbox = current()
     api = KubeApi.from_environment(str(sandbox.kubeconfig))
@@ -195,15 +190,32 @@ def run(pools: int, resync_seconds: float, timeout: float, log: Any = print) -> 
             noop_resync_writes=int(_metric(url, "baton_operator_api_writes_total") - w0),
         )
     finally:
-        # Delete the pools while the operator runs: kopf must remove its finalizer (the autoscaler's
-        # timers put one on every pool), or the namespace would stay Terminating.
-        sandbox.kubectl("delete", "inferencepools", "--all", "-n", namespace, "--timeout=120s", check=False)
-        stop_operator(sandbox, op)
-        sandbox.kubectl("delete", "namespace", namespace, "--wait=true", "--timeout=120s", check=False)
-        selector = f"{POOL_LABEL} in ({','.join(BENCH_NODE_POOLS)})"
-        sandbox.kubectl("delete", "nodes", "-l", selector, "--wait=false", check=False)
-        if paused:
-            ensure_operator(sandbox)
+        _cleanup(sandbox, api, namespace, op, bool(paused), log)
+
+
+def _cleanup(sandbox: Any, api: KubeApi, namespace: str, op: Any, restart_background: bool, log: Any) -> None:
+    """Remove what the run created; problems are reported, never raised (the figures stand)."""
+    from baton_operator.sandbox.nodepools import POOL_LABEL
+    from baton_operator.sandbox.operator_proc import ensure_operator, stop_operator
+
+    # Delete the pools while the bench operator runs: kopf must lift its finalizer (the autoscaler's
+    # timers put one on every pool), or the namespace would stay Terminating.
+    try:
+        api.request("DELETE", POOL.path(namespace))
+        _wait(
+            lambda: not (api.request("GET", POOL.path(namespace)) or {}).get("items"),
+            300,
+            "pools deleted",
+            1.0,
+        )
+    except (TimeoutError, RuntimeError) as e:
+        log(f"cleanup: {e}")
+    stop_operator(sandbox, op)
+    sandbox.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    selector = f"{POOL_LABEL} in ({','.join(BENCH_NODE_POOLS)})"
+    sandbox.kubectl("delete", "nodes", "-l", selector, "--wait=false", check=False, timeout=120)
+    if restart_background:
+        ensure_operator(sandbox)
 
 
 def main(argv: list[str]) -> int:

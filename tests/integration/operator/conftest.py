@@ -13,7 +13,7 @@ for the autoscaling tests:
 - ``.log_tail(lines=40) -> str``.
 
 Before starting, it stops a background operator that `baton sandbox up` may have left running
-(it would hold the leader Lease and run older code). ``namespace`` gives each test its own
+(it would hold the leader Lease and run older code), and starts it again at the end. ``namespace`` gives each test its own
 namespace (deleted afterwards, without waiting). ``operator_helpers.wait_for`` polls a predicate
 with a deadline.
 """
@@ -33,6 +33,7 @@ from baton_operator.sandbox import procs
 from baton_operator.sandbox.handle import Sandbox
 from baton_operator.sandbox.operator_proc import (
     OperatorProcess,
+    ensure_operator,
     running_operators,
     start_operator,
     stop_operator,
@@ -95,7 +96,8 @@ def current_crd(sandbox: Sandbox) -> None:
 @pytest.fixture(scope="session")
 def operator_process(sandbox: Sandbox) -> Iterator[OperatorUnderTest]:
     """A real `baton operator` under the chart's ServiceAccount, for the whole session."""
-    for rec in running_operators(sandbox, "operator"):
+    background = running_operators(sandbox, "operator")
+    for rec in background:
         procs.stop(rec)
     for rec in running_operators(sandbox, "operator-test"):
         procs.stop(rec)
@@ -108,6 +110,8 @@ def operator_process(sandbox: Sandbox) -> Iterator[OperatorUnderTest]:
         yield op
     finally:
         stop_operator(sandbox, op.process)
+        if background:
+            ensure_operator(sandbox)  # `baton sandbox up`'s operator, as it was
 
 
 @pytest.fixture
