@@ -134,11 +134,23 @@ def _scaling_condition(
         return None
     if pool.spec.autoscaling.mode == "keda":
         return _condition(
-            "ScalingActive", True, "KedaManaged", f"KEDA scales {', '.join(roles)}", pool, previous, now
+            "ScalingActive",
+            True,
+            "KedaManaged",
+            f"KEDA scales {', '.join(roles)}",
+            pool.generation,
+            previous,
+            now,
         )
     if not autoscaling_status:
         return _condition(
-            "ScalingActive", False, "AwaitingMetrics", "no queue-depth sample yet", pool, previous, now
+            "ScalingActive",
+            False,
+            "AwaitingMetrics",
+            "no queue-depth sample yet",
+            pool.generation,
+            previous,
+            now,
         )
     if autoscaling_status.get("metricsAvailable") is False:
         message = str(autoscaling_status.get("message") or "queue-depth metrics unavailable; replicas held")

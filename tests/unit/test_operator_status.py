@@ -187,6 +187,22 @@ def test_scaling_active_condition_from_autoscaler_status(autoscaling, status, re
     assert (c["status"], c["reason"]) == (status, reason)
     if autoscaling and autoscaling.get("message"):
         assert c["message"] == autoscaling["message"]
+    # The API server refuses a condition whose observedGeneration is not an integer.
+    assert all(isinstance(x["observedGeneration"], int) for x in st["conditions"])
+
+
+def test_keda_mode_scaling_condition_carries_the_generation():
+    body = {
+        "metadata": {"name": "p", "namespace": "ns", "uid": "u", "generation": 7},
+        "spec": {
+            "model": {"source": "builtin://tiny"},
+            "autoscaling": {"mode": "keda"},
+            "decode": {"autoscaling": {"enabled": True}},
+        },
+    }
+    st = compute_status(parse_pool(body, "img"), ALL_READY, {}, T0)
+    c = cond(st, "ScalingActive")
+    assert (c["status"], c["reason"], c["observedGeneration"]) == ("True", "KedaManaged", 7)
 
 
 def test_no_scaling_condition_without_autoscaling():
