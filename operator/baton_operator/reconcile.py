@@ -48,13 +48,21 @@ def _keda_builder() -> Callable[[Mapping[str, Any]], list[dict[str, Any]]] | Non
 
 
 def desired_children(pool: Pool, body: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every child to apply, including KEDA ScaledObjects when autoscaling.mode is keda."""
+    """Every child to apply, including KEDA ScaledObjects when autoscaling.mode is keda.
+
+    Raises SpecError (naming the field) when the spec cannot be turned into children, e.g. a
+    custom PromQL query the KEDA builder cannot use.
+    """
     children = builders.build_children(pool)
     autoscaled = pool.spec.prefill.autoscaling.enabled or pool.spec.decode.autoscaling.enabled
     if pool.spec.autoscaling.mode == "keda" and autoscaled:
         build = _keda_builder()
         if build is not None:
-            children += build(body)
+            try:
+                children += build(body)
+            except ValueError as e:
+                field_path = getattr(e, "field", "spec.autoscaling")
+                raise SpecError(field_path, str(e).removeprefix(f"{field_path}: ")) from e
     return children
 
 
@@ -100,6 +108,7 @@ def reconcile_pool(api: KubeApi, namespace: str, name: str, default_image: str) 
         return outcome
     try:
         pool = parse_pool(body, default_image)
+        children = desired_children(pool, body)
     except SpecError as e:
         outcome.error = str(e)
         generation = int(body["metadata"].get("generation") or 0)
@@ -110,7 +119,7 @@ def reconcile_pool(api: KubeApi, namespace: str, name: str, default_image: str) 
 
     live: dict[tuple[str, str, str], dict[str, Any]] = {}
     error, error_reason = "", ""
-    for manifest in desired_children(pool, body):
+    for manifest in children:
         key = (manifest["apiVersion"], manifest["kind"], manifest["metadata"]["name"])
         label = f"{manifest['kind']}/{manifest['metadata']['name']}"
         try:
