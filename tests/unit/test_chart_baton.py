@@ -92,6 +92,7 @@ def test_cluster_rbac_is_least_privilege():
     assert "patch" in rules[("baton.dev", "inferencepools/status")]
     assert rules[("apps", "statefulsets")] == {"get", "list", "watch", "create", "patch"}
     assert rules[("", "pods")] == {"get", "list", "watch"}
+    assert rules[("", "nodes")] == {"get", "list"}  # the autoscaler's GPU capacity check
     assert ("", "secrets") not in rules
     assert all("*" not in verbs for verbs in rules.values())
     assert not any(

@@ -48,35 +48,10 @@ def namespace(sandbox: Sandbox) -> Iterator[str]:
     sandbox.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
-NODE_READER: list[dict[str, Any]] = [
-    {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRole",
-        "metadata": {"name": "baton-autoscaler-test-nodes"},
-        "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list"]}],
-    },
-    {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRoleBinding",
-        "metadata": {"name": "baton-autoscaler-test-nodes"},
-        "roleRef": {
-            "apiGroup": "rbac.authorization.k8s.io",
-            "kind": "ClusterRole",
-            "name": "baton-autoscaler-test-nodes",
-        },
-        "subjects": [{"kind": "ServiceAccount", "name": "baton-operator", "namespace": "baton-system"}],
-    },
-]
-
-
 @pytest.fixture(scope="module")
 def operator(sandbox: Sandbox, namespace: str) -> Iterator[OperatorProcess]:
-    """`baton operator` watching only this test's namespace, under the chart's RBAC.
-
-    Plus `list nodes`, which the capacity check needs and the chart does not grant yet (requested
-    from the chart's owner); without it the autoscaler falls back to the Unschedulable signal.
-    """
-    sandbox.apply(NODE_READER)
+    """`baton operator` watching only this test's namespace, under the chart's RBAC (which grants the
+    `list nodes` the capacity check needs)."""
     op = start_operator(
         sandbox, args=["-n", namespace, "--standalone", "--resync-seconds", "10"], name="operator-autoscaling"
     )
