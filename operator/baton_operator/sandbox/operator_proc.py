@@ -36,8 +36,24 @@ def find_chart() -> Path | None:
 def install_chart(sandbox: Sandbox, chart: Path, extra_set: Sequence[str] = ()) -> str:
     """`helm upgrade --install` the chart with the operator Deployment off; returns helm's output.
 
-    Raises SandboxError with helm's last lines when the install fails.
+    Helm installs a chart's CRDs only once and never upgrades them, so the chart's CRDs are
+    server-side applied first: a sandbox that outlives a CRD change gets the new schema.
+    Raises SandboxError with helm's (or kubectl's) last lines when the install fails.
     """
+    crd_dir = chart / "crds"
+    if crd_dir.is_dir():
+        proc = sandbox.kubectl(
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=helm",
+            "-f",
+            str(crd_dir),
+            check=False,
+        )
+        if proc.returncode != 0:
+            last = "\n".join(proc.stderr.strip().splitlines()[-5:])
+            raise SandboxError(f"applying the CRDs of {chart} failed: {last}")
     cmd = [
         str(sandbox.helm_path),
         "upgrade",
