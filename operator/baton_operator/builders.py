@@ -302,6 +302,11 @@ def router_command(pool: Pool) -> list[str]:
 
 def build_router_deployment(pool: Pool) -> dict[str, Any]:
     router = pool.spec.router
+    # The router loads the model's tokenizer (chat template, prompt lengths): it reads the model
+    # source from the mounted config and the files from the model volume, but needs no /dev/shm.
+    volumes, mounts = _volumes(pool)
+    volumes = [v for v in volumes if v["name"] != "dshm"]
+    mounts = [m for m in mounts if m["name"] != "dshm"]
     container = {
         "name": "router",
         "image": pool.spec.image,
@@ -309,6 +314,7 @@ def build_router_deployment(pool: Pool) -> dict[str, Any]:
         "command": router_command(pool),
         "ports": [{"name": "http", "containerPort": router.port, "protocol": "TCP"}],
         "env": _env(pool, "router"),
+        "volumeMounts": mounts,
         "resources": ROUTER_RESOURCES,
         "readinessProbe": _probe("/health", "http", 5, 3),
         "livenessProbe": {
@@ -331,6 +337,7 @@ def build_router_deployment(pool: Pool) -> dict[str, Any]:
                 "spec": {
                     "serviceAccountName": router_service_account_name(pool),
                     "containers": [container],
+                    "volumes": volumes,
                     "terminationGracePeriodSeconds": GRACE_SECONDS["router"],
                     "topologySpreadConstraints": _spread(pool, "router"),
                 },

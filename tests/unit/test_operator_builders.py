@@ -158,6 +158,19 @@ def test_services_prefill_headless_router_uses_spec_port_and_type():
     assert deploy["spec"]["template"]["spec"]["serviceAccountName"] == "demo-router"
 
 
+def test_router_mounts_the_config_and_model_it_loads_the_tokenizer_from():
+    pool = make_pool(model={"name": "llama", "source": "pvc://models/llama-3-8b"})
+    pod = builders.build_router_deployment(pool)["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert env["BATON_CONFIG"].startswith("/etc/baton/")
+    assert mounts["/etc/baton"] == "config" and mounts["/models/models"] == "model"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["model"]["persistentVolumeClaim"]["claimName"] == "models"
+    assert "dshm" not in volumes
+
+
 def test_statefulset_is_bound_to_its_headless_service_and_starts_pods_in_parallel():
     sts = builders.build_prefill_statefulset(make_pool())
     assert sts["spec"]["serviceName"] == "demo-prefill"
