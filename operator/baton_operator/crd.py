@@ -140,6 +140,22 @@ def role_schema(role: str) -> S:
     )
 
 
+def _tp_divides_kv_heads(role: str, tp: int) -> S:
+    """CEL: a role's TP size must divide the model's KV heads (a rank holds whole heads).
+
+    One rule per TP size, so the static message can name the number: a messageExpression with
+    string(int) exceeds the API server's CEL cost budget on this (unbounded) object.
+    """
+    return {
+        "rule": f"!has(self.model.numKvHeads) || !has(self.{role}) || !has(self.{role}.tensorParallelSize) || "
+        f"self.{role}.tensorParallelSize != {tp} || self.model.numKvHeads % {tp} == 0",
+        "message": f"spec.{role}.tensorParallelSize ({tp}) must divide spec.model.numKvHeads, which is not a "
+        f"multiple of {tp}: every rank holds whole KV heads",
+        "fieldPath": f".{role}.tensorParallelSize",
+        "reason": "FieldValueInvalid",
+    }
+
+
 def spec_schema() -> S:
     return obj(
         "Desired state of a disaggregated serving pool: one model, a prefill pool, a decode pool and a router.",
@@ -157,6 +173,12 @@ def spec_schema() -> S:
                     ),
                     "maxModelLen": integer(
                         "Longest sequence (prompt + output) in tokens.", default=8192, minimum=1
+                    ),
+                    "numKvHeads": integer(
+                        "Key/value heads of the model (config.json num_key_value_heads; 8 for builtin://tiny "
+                        "and Llama-3-8B). Optional; when set, each role's tensorParallelSize must divide "
+                        "it (every rank holds whole KV heads), checked at apply time.",
+                        minimum=1,
                     ),
                 },
                 required=["source"],
@@ -220,6 +242,12 @@ def spec_schema() -> S:
             ),
         },
         required=["model"],
+        rules=[
+            _tp_divides_kv_heads(role, tp)
+            for role in ("prefill", "decode")
+            for tp in TENSOR_PARALLEL_SIZES
+            if tp > 1
+        ],
     )
 
 

@@ -43,6 +43,21 @@ def test_operator_bad_spec_is_refused_naming_the_field(sandbox, namespace, overr
     assert sandbox.kubectl("get", "inferencepool", "bad", "-n", namespace, check=False).returncode != 0
 
 
+def test_operator_tp_size_that_cannot_split_the_kv_heads_is_refused_naming_the_numbers(sandbox, namespace):
+    body = tiny_pool(
+        "tpsplit", namespace, prefill={"tensorParallelSize": 8}, decode={"tensorParallelSize": 2}
+    )
+    body["spec"]["model"]["numKvHeads"] = 4
+    proc = apply(sandbox, body, check=False)
+    assert proc.returncode != 0, "TP 8 over 4 KV heads was accepted"
+    assert "spec.prefill.tensorParallelSize (8) must divide spec.model.numKvHeads" in proc.stderr, proc.stderr
+    assert "spec.decode" not in proc.stderr, proc.stderr  # TP 2 divides 4
+    body["spec"]["prefill"]["tensorParallelSize"] = 4
+    proc = apply(sandbox, body, check=False)
+    assert proc.returncode == 0, proc.stderr
+    sandbox.kubectl("delete", "inferencepool", "tpsplit", "-n", namespace, "--wait=false")
+
+
 def test_operator_missing_model_and_long_name_are_refused(sandbox, namespace):
     body = tiny_pool("bad", namespace)
     del body["spec"]["model"]
