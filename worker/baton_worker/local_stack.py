@@ -151,12 +151,16 @@ def plan(a: argparse.Namespace) -> list[Child]:
     return children
 
 
-def _router_healthy(address: str) -> bool:
+def _router_sees_every_worker(address: str, prefill: int, decode: int) -> bool:
+    """True once the router answers /health ok and counts every worker it was given as usable,
+    so "ready" means the whole stack serves (not just one decode worker)."""
     try:
         with urllib.request.urlopen(f"http://{address}/health", timeout=2) as r:
-            return r.status == 200 and json.loads(r.read()).get("status") == "ok"
-    except OSError:
+            health = json.loads(r.read()) if r.status == 200 else {}
+    except (OSError, ValueError):
         return False
+    usable = {role: int((health.get(role) or {}).get("usable") or 0) for role in ("prefill", "decode")}
+    return health.get("status") == "ok" and usable["prefill"] >= prefill and usable["decode"] >= decode
 
 
 class Stack:
@@ -262,18 +266,18 @@ def main(argv: list[str]) -> int:
             print(f"baton up: {c.name} pid={c.proc.pid} grpc={c.address}", flush=True)
         router.start(stack.out)
         print(f"baton up: router pid={router.proc.pid} http={router.address}", flush=True)
+        n_p = sum(c.name.startswith("prefill") for c in workers)
+        n_d = len(workers) - n_p
         why = stack.wait_ready(children, deadline)
-        while why is None and not _router_healthy(router.address):
+        while why is None and not _router_sees_every_worker(router.address, n_p, n_d):
             stack.drain_output(0.2)
             if stack.stopping.is_set() or not router.alive():
                 why = "interrupted" if stack.stopping.is_set() else "router exited"
             elif time.monotonic() > deadline:
-                why = "the router did not report a ready decode worker in time"
+                why = "the router did not report every worker usable in time"
         if why is not None:
             print(f"baton up: failed to start: {why}", file=sys.stderr, flush=True)
             return 0 if why == "interrupted" else 1
-        n_p = sum(c.name.startswith("prefill") for c in workers)
-        n_d = len(workers) - n_p
         print(
             f"baton up: endpoint http://{router.address}/v1 (OpenAI-compatible), model {a.model}", flush=True
         )
