@@ -42,16 +42,18 @@ def test_operator_runs_under_the_chart_service_account_and_stops(sandbox: Sandbo
     assert who.stdout == f"system:serviceaccount:{NAMESPACE}:{SERVICE_ACCOUNT}"
     port = procs.free_ports(1)[0]
     op = start_operator(
-        sandbox, args=["--standalone", f"--liveness=http://127.0.0.1:{port}/healthz"], name="operator-test"
+        sandbox,
+        args=["--standalone", f"--liveness=http://127.0.0.1:{port}/healthz"],
+        name="operator-proc-test",
     )
     try:
         assert op.running()
         state = load_state(sandbox.layout)
         assert state is not None and op.pid in [p.pid for p in state.extra]
-        assert running_operators(sandbox, name="operator-test")[0].pid == op.pid
+        assert running_operators(sandbox, name="operator-proc-test")[0].pid == op.pid
         wait_for("the operator's liveness endpoint", lambda: _alive(port), 60, interval_s=0.3)
         assert op.running(), procs.tail(op.log)
     finally:
         assert stop_operator(sandbox, op)
     assert not op.running()
-    assert running_operators(sandbox, name="operator-test") == []
+    assert running_operators(sandbox, name="operator-proc-test") == []
