@@ -82,3 +82,20 @@ def test_router_reads_the_model_source_from_the_pool_config(tmp_path) -> None:  
         assert model_source_from_config(path) is None
     (tmp_path / "list.json").write_text("[1]")
     assert model_source_from_config(str(tmp_path / "list.json")) is None
+
+
+@pytest.mark.parametrize(
+    ("model", "served"),
+    [
+        ("builtin://tiny", "tiny"),
+        ("hf://meta-llama/Llama-3.1-8B-Instruct", "meta-llama/Llama-3.1-8B-Instruct"),
+        ("/models/llama-3-8b/", "llama-3-8b"),
+        ("file:///ckpt/qwen2-7b", "qwen2-7b"),
+        ("pvc://models/llama-3-8b", "llama-3-8b"),
+    ],
+)
+def test_served_name_is_short_and_reaches_workers_and_router(model: str, served: str) -> None:
+    for child in _plan("--model", model):
+        assert _flag(child.cmd, "--served-model-name") == served
+        assert _flag(child.cmd, "--model") == model
+    assert {_flag(c.cmd, "--served-model-name") for c in _plan("--served-model-name", "chat")} == {"chat"}

@@ -88,6 +88,12 @@ class Child:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="baton up", description="Run router + prefill + decode workers locally.")
     p.add_argument("--model", default="builtin://tiny", help="builtin://tiny or a model directory")
+    p.add_argument(
+        "--served-model-name",
+        default="",
+        help="name clients send in the OpenAI API (default: derived from --model, e.g. tiny); "
+        "the --model value is accepted too",
+    )
     p.add_argument("--prefill", type=int, default=1, help="prefill workers (default 1)")
     p.add_argument("--decode", type=int, default=1, help="decode workers (default 1)")
     p.add_argument(
@@ -118,8 +124,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def default_served_name(model: str) -> str:
+    """The name `baton up` serves a model under: builtin://tiny -> tiny, hf://org/m -> org/m,
+    a directory (plain, file:// or pvc://) -> its last path component."""
+    for scheme in ("builtin://", "hf://"):
+        if model.startswith(scheme):
+            return model[len(scheme) :] or model
+    path = model.removeprefix("file://").removeprefix("pvc://").rstrip("/")
+    return path.rsplit("/", 1)[-1] or model
+
+
 def plan(a: argparse.Namespace) -> list[Child]:
     """The processes to start, workers first; ValueError naming the flag on bad counts."""
+    served = a.served_model_name or default_served_name(a.model)
     n_prefill, n_decode = (0, a.colocated) if a.colocated else (a.prefill, a.decode)
     if n_prefill < 0 or n_decode < 1:
         raise ValueError("--prefill must be >= 0 and --decode (or --colocated) >= 1")
@@ -128,7 +145,8 @@ def plan(a: argparse.Namespace) -> list[Child]:
     for role, count in (("prefill", n_prefill), ("decode", n_decode)):
         for i in range(count):
             port, mport = free_port(), free_port()
-            cmd = base + ["worker", "--role", role, "--model", a.model, "--host", "127.0.0.1"]
+            cmd = base + ["worker", "--role", role, "--model", a.model, "--served-model-name", served]
+            cmd += ["--host", "127.0.0.1"]
             cmd += ["--port", str(port), "--metrics-port", str(mport), "--device", a.device]
             if a.dtype:
                 cmd += ["--dtype", a.dtype]
@@ -142,6 +160,7 @@ def plan(a: argparse.Namespace) -> list[Child]:
     decode = ",".join(c.address for c in children if c.name.startswith("decode"))
     port = a.port or free_port(a.host)
     cmd = base + ["router", "--host", a.host, "--port", str(port), "--model", a.model, "--decode", decode]
+    cmd += ["--served-model-name", served]
     if prefill:
         cmd += ["--prefill", prefill]
     if a.local_prefill_max_tokens is not None:
