@@ -27,6 +27,9 @@ from baton_worker.rpc import pb2
 
 log = logging.getLogger("baton.kv")
 
+HOUSEKEEPING_BUSY_S = 0.0005
+HOUSEKEEPING_IDLE_S = 0.02
+
 
 class PullRefused(Exception):
     """A PullKv request that cannot be served; ``status`` is the gRPC status code name."""
@@ -207,7 +210,10 @@ class KvSource:
         self.counters.freed_by_ttl += len(self.held.expire(self._clock_ms()))
 
     def _housekeeping(self) -> None:
-        while not self._stop.wait(0.01):
+        # While blocks are held a decode worker may be READing them: poll often, since on a
+        # host-memory agent without a progress thread this poll is what progresses UCX on the
+        # prefill side. Idle, poll rarely (TTL expiry needs no finer grain).
+        while not self._stop.wait(HOUSEKEEPING_BUSY_S if len(self.held) else HOUSEKEEPING_IDLE_S):
             try:
                 self.poll()
             except Exception:  # keep freeing on later ticks; one bad notification must not stop it
