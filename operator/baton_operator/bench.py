@@ -78,7 +78,8 @@ def _ready(pool: dict[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
-def _metric(url: str, name: str, **labels: str) -> float:
+def scrape_metric(url: str, name: str, **labels: str) -> float:
+    """Sum of the Prometheus samples ``name`` at ``url`` whose labels include ``labels`` (0 when absent)."""
     with urllib.request.urlopen(url, timeout=5) as response:
         text = response.read().decode()
     total = 0.0
@@ -124,7 +125,9 @@ def run(pools: int, resync_seconds: float, timeout: float, log: Any = print) -> 
     args = ["-n", namespace, "--standalone", f"--resync-seconds={resync_seconds}", f"--metrics-port={port}"]
     op = start_operator(sandbox, args=args, name="operator-bench")
     try:
-        _wait(lambda: _metric(url, "baton_operator_reconciles_total") >= 0, 60, "the operator's metrics")
+        _wait(
+            lambda: scrape_metric(url, "baton_operator_reconciles_total") >= 0, 60, "the operator's metrics"
+        )
         # One pool first, so the figures measure reconciling, not the operator's start-up (imports,
         # watch streams) on a busy machine.
         api.request("POST", POOL.path(namespace), pool_manifest("warmup", namespace))
@@ -133,7 +136,7 @@ def run(pools: int, resync_seconds: float, timeout: float, log: Any = print) -> 
             timeout,
             "the warm-up pool",
         )
-        warm_writes = _metric(url, "baton_operator_api_writes_total")
+        warm_writes = scrape_metric(url, "baton_operator_api_writes_total")
         log(f"creating {pools} InferencePools in namespace {namespace}")
         created: dict[str, float] = {}
         t_start = time.monotonic()
@@ -155,23 +158,23 @@ def run(pools: int, resync_seconds: float, timeout: float, log: Any = print) -> 
             time.sleep(0.2)
         all_ready = max(ready_at.values()) - t_start
         latencies = [ready_at[n] - created[n] for n in created]
-        writes_until_ready = int(_metric(url, "baton_operator_api_writes_total") - warm_writes)
+        writes_until_ready = int(scrape_metric(url, "baton_operator_api_writes_total") - warm_writes)
         log(f"all {pools} Ready after {all_ready:.1f}s; measuring a no-op resync")
         # Let the last status writes land, then watch one full resync period (+ margin).
         settle = time.monotonic() + 3 * resync_seconds
         previous = -1.0
         while time.monotonic() < settle:
-            current_writes = _metric(url, "baton_operator_api_writes_total")
+            current_writes = scrape_metric(url, "baton_operator_api_writes_total")
             if current_writes == previous:
                 break
             previous = current_writes
             time.sleep(resync_seconds / 2)
-        w0 = _metric(url, "baton_operator_api_writes_total")
-        r0 = _metric(url, "baton_operator_reconciles_total", result="ok")
+        w0 = scrape_metric(url, "baton_operator_api_writes_total")
+        r0 = scrape_metric(url, "baton_operator_reconciles_total", result="ok")
         t0 = time.monotonic()
         _wait(
             lambda: (
-                _metric(url, "baton_operator_reconciles_total", result="ok") >= r0 + pools
+                scrape_metric(url, "baton_operator_reconciles_total", result="ok") >= r0 + pools
                 and time.monotonic() - t0 >= resync_seconds
             ),
             resync_seconds * 4 + 30,
@@ -186,8 +189,10 @@ def run(pools: int, resync_seconds: float, timeout: float, log: Any = print) -> 
             all_ready_s=round(all_ready, 3),
             writes_until_ready=writes_until_ready,
             noop_resync_window_s=round(window, 1),
-            noop_resync_reconciles=int(_metric(url, "baton_operator_reconciles_total", result="ok") - r0),
-            noop_resync_writes=int(_metric(url, "baton_operator_api_writes_total") - w0),
+            noop_resync_reconciles=int(
+                scrape_metric(url, "baton_operator_reconciles_total", result="ok") - r0
+            ),
+            noop_resync_writes=int(scrape_metric(url, "baton_operator_api_writes_total") - w0),
         )
     finally:
         _cleanup(sandbox, api, namespace, op, bool(paused), log)

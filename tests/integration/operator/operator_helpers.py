@@ -5,12 +5,12 @@ from __future__ import annotations
 import copy
 import json
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
+from baton_operator.bench import scrape_metric
 from baton_operator.sandbox.handle import Sandbox
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -41,15 +41,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 
 def metric(url: str, name: str, **labels: str) -> float:
     """Sum of the Prometheus samples ``name`` at ``url`` whose labels include ``labels`` (0 when absent)."""
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        head, _, value = line.rpartition(" ")
-        metric_name, _, label_text = head.partition("{")
-        if metric_name == name and all(f'{k}="{v}"' in label_text for k, v in labels.items()):
-            total += float(value)
-    return total
+    return scrape_metric(url, name, **labels)
 
 
 def tiny_pool(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
