@@ -130,17 +130,19 @@ def _worker_resources(pool: Pool, role: RoleSpec) -> dict[str, Any]:
     return {"requests": requests, "limits": limits}
 
 
-def _volumes(pool: Pool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _volumes(pool: Pool, shm: bool = True) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Volumes and mounts of the pool config and model (and /dev/shm for workers, when ``shm``)."""
     volumes: list[dict[str, Any]] = [
-        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}},
         {"name": "config", "configMap": {"name": config_map_name(pool)}},
         {"name": "model-cache", "emptyDir": {}},
     ]
     mounts: list[dict[str, Any]] = [
-        {"name": "dshm", "mountPath": "/dev/shm"},
         {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
         {"name": "model-cache", "mountPath": "/var/cache/baton"},
     ]
+    if shm:
+        volumes.insert(0, {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}})
+        mounts.insert(0, {"name": "dshm", "mountPath": "/dev/shm"})
     source = pool.spec.model.source
     if source.startswith("pvc://"):
         claim = source[len("pvc://") :].split("/", 1)[0]
@@ -304,9 +306,7 @@ def build_router_deployment(pool: Pool) -> dict[str, Any]:
     router = pool.spec.router
     # The router loads the model's tokenizer (chat template, prompt lengths): it reads the model
     # source from the mounted config and the files from the model volume, but needs no /dev/shm.
-    volumes, mounts = _volumes(pool)
-    volumes = [v for v in volumes if v["name"] != "dshm"]
-    mounts = [m for m in mounts if m["name"] != "dshm"]
+    volumes, mounts = _volumes(pool, shm=False)
     container = {
         "name": "router",
         "image": pool.spec.image,
