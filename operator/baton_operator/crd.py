@@ -68,7 +68,11 @@ def role_autoscaling_schema(role: str) -> S:
                 "Seconds the queue must stay low before scaling down.", default=300, minimum=0
             ),
             "tolerance": number(
-                "Relative change of the recommendation ignored as noise (0.1 = 10%).", default=0.1, minimum=0
+                "Relative change of the recommendation ignored as noise (0.1 = 10%); below 1.",
+                default=0.1,
+                minimum=0,
+                maximum=1,
+                exclusiveMaximum=True,
             ),
             "maxScaleStep": integer("Most replicas added or removed in one step.", default=4, minimum=1),
         },

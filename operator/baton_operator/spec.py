@@ -48,6 +48,8 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class RoleAutoscaling:
+    """`spec.<role>.autoscaling`, validated; windows are whole seconds, as in the CRD."""
+
     enabled: bool = False
     min_replicas: int = 1
     max_replicas: int = 8
@@ -107,6 +109,16 @@ class PoolAutoscaling:
 
 
 @dataclass(frozen=True)
+class AutoscalingSpec:
+    """What the autoscaler reads of a spec: ``spec.autoscaling``, every role's ``autoscaling``
+    (enabled or not) and the router's service port (the default metrics source)."""
+
+    pool: PoolAutoscaling
+    roles: dict[str, RoleAutoscaling]
+    router_port: int
+
+
+@dataclass(frozen=True)
 class PoolSpec:
     model: ModelSpec
     image: str
@@ -163,6 +175,13 @@ def _num(raw: Mapping[str, Any], key: str, path: str, default: float, minimum: f
     return float(value)
 
 
+def _bool(raw: Mapping[str, Any], key: str, path: str, default: bool) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise SpecError(f"{path}.{key}", f"must be true or false, got {value!r}")
+    return value
+
+
 def _str(raw: Mapping[str, Any], key: str, path: str, default: str, choices: tuple[str, ...] = ()) -> str:
     value = raw.get(key, default)
     if not isinstance(value, str):
@@ -175,7 +194,7 @@ def _str(raw: Mapping[str, Any], key: str, path: str, default: str, choices: tup
 def _role_autoscaling(raw: Any, path: str) -> RoleAutoscaling:
     obj = _obj(raw, path)
     result = RoleAutoscaling(
-        enabled=bool(obj.get("enabled", False)),
+        enabled=_bool(obj, "enabled", path, False),
         min_replicas=_int(obj, "minReplicas", path, 1, minimum=0),
         max_replicas=_int(obj, "maxReplicas", path, 8, minimum=1),
         target_queue_depth=_num(obj, "targetQueueDepth", path, 4.0),
@@ -185,16 +204,55 @@ def _role_autoscaling(raw: Any, path: str) -> RoleAutoscaling:
         max_scale_step=_int(obj, "maxScaleStep", path, 4, minimum=1),
     )
     if result.min_replicas > result.max_replicas:
+        # The field to fix and the wording of the CRD's CEL rule for the same condition.
         raise SpecError(
             f"{path}.minReplicas",
-            f"must be <= maxReplicas ({result.min_replicas} > {result.max_replicas})",
+            f"must be <= {path}.maxReplicas ({result.min_replicas} > {result.max_replicas})",
         )
-    if result.target_queue_depth <= 0:
-        raise SpecError(f"{path}.targetQueueDepth", "must be > 0")
+    if not result.target_queue_depth > 0:
+        raise SpecError(f"{path}.targetQueueDepth", f"must be > 0, got {result.target_queue_depth:g}")
+    if not result.tolerance < 1:
+        # At 1 or more an empty queue is "within tolerance" of any count: no scale-down, ever.
+        raise SpecError(f"{path}.tolerance", f"must be < 1, got {result.tolerance:g}")
     return result
 
 
-def _role(raw: Any, role: str) -> RoleSpec:
+def _router_port(spec: Mapping[str, Any]) -> int:
+    router = _obj(spec.get("router"), "spec.router")
+    service = _obj(router.get("service"), "spec.router.service")
+    port = _int(service, "port", "spec.router.service", 8000, minimum=1)
+    if port > 65535:
+        raise SpecError("spec.router.service.port", f"must be <= 65535, got {port}")
+    return port
+
+
+def parse_autoscaling(raw: Any) -> AutoscalingSpec:
+    """Parse the autoscaling fields of an InferencePool ``spec``, applying the CRD's defaults.
+
+    The only parser of these fields: :func:`parse_spec` calls it too, so the operator and the
+    autoscaler accept and refuse the same specs. Fields the autoscaler does not read (the model,
+    GPUs...) are not looked at. Raises SpecError naming the offending field.
+    """
+    spec = _obj(raw, "spec")
+    auto = _obj(spec.get("autoscaling"), "spec.autoscaling")
+    prom = _obj(auto.get("prometheus"), "spec.autoscaling.prometheus")
+    pool = PoolAutoscaling(
+        mode=_str(auto, "mode", "spec.autoscaling", "builtin", AUTOSCALING_MODES),
+        metrics_url=_str(auto, "metricsUrl", "spec.autoscaling", ""),
+        interval_seconds=_int(auto, "intervalSeconds", "spec.autoscaling", 5, minimum=1),
+        prometheus_url=_str(prom, "url", "spec.autoscaling.prometheus", ""),
+        prometheus_query=_str(prom, "query", "spec.autoscaling.prometheus", ""),
+    )
+    roles = {
+        role: _role_autoscaling(
+            _obj(spec.get(role), f"spec.{role}").get("autoscaling"), f"spec.{role}.autoscaling"
+        )
+        for role in ROLES
+    }
+    return AutoscalingSpec(pool=pool, roles=roles, router_port=_router_port(spec))
+
+
+def _role(raw: Any, role: str, autoscaling: RoleAutoscaling) -> RoleSpec:
     path = f"spec.{role}"
     obj = _obj(raw, path)
     defaults = ROLE_DEFAULTS[role]
@@ -220,7 +278,7 @@ def _role(raw: Any, role: str) -> RoleSpec:
         tolerations=[dict(t) for t in tolerations],
         affinity=dict(_obj(obj.get("affinity"), f"{path}.affinity")),
         resources=dict(_obj(obj.get("resources"), f"{path}.resources")),
-        autoscaling=_role_autoscaling(obj.get("autoscaling"), f"{path}.autoscaling"),
+        autoscaling=autoscaling,
     )
 
 
@@ -243,11 +301,7 @@ def parse_spec(raw: Any, pool_name: str, default_image: str) -> PoolSpec:
     router = _obj(spec.get("router"), "spec.router")
     service = _obj(router.get("service"), "spec.router.service")
     kv = _obj(spec.get("kvTransfer"), "spec.kvTransfer")
-    auto = _obj(spec.get("autoscaling"), "spec.autoscaling")
-    prom = _obj(auto.get("prometheus"), "spec.autoscaling.prometheus")
-    port = _int(service, "port", "spec.router.service", 8000, minimum=1)
-    if port > 65535:
-        raise SpecError("spec.router.service.port", f"must be <= 65535, got {port}")
+    auto = parse_autoscaling(spec)
     return PoolSpec(
         model=ModelSpec(
             name=_str(model, "name", "spec.model", "") or pool_name,
@@ -256,24 +310,18 @@ def parse_spec(raw: Any, pool_name: str, default_image: str) -> PoolSpec:
             max_model_len=_int(model, "maxModelLen", "spec.model", 8192, minimum=1),
         ),
         image=_str(spec, "image", "spec", "") or default_image,
-        prefill=_role(spec.get("prefill"), "prefill"),
-        decode=_role(spec.get("decode"), "decode"),
+        prefill=_role(spec.get("prefill"), "prefill", auto.roles["prefill"]),
+        decode=_role(spec.get("decode"), "decode", auto.roles["decode"]),
         router=RouterSpec(
             replicas=_int(router, "replicas", "spec.router", 1, minimum=0),
             service_type=_str(service, "type", "spec.router.service", "ClusterIP", SERVICE_TYPES),
-            port=port,
+            port=auto.router_port,
         ),
         kv_transfer=KvTransferSpec(
             backend=_str(kv, "backend", "spec.kvTransfer", "auto", KV_BACKENDS),
             rdma_resource=_str(kv, "rdmaResource", "spec.kvTransfer", ""),
         ),
-        autoscaling=PoolAutoscaling(
-            mode=_str(auto, "mode", "spec.autoscaling", "builtin", AUTOSCALING_MODES),
-            metrics_url=_str(auto, "metricsUrl", "spec.autoscaling", ""),
-            interval_seconds=_int(auto, "intervalSeconds", "spec.autoscaling", 5, minimum=1),
-            prometheus_url=_str(prom, "url", "spec.autoscaling.prometheus", ""),
-            prometheus_query=_str(prom, "query", "spec.autoscaling.prometheus", ""),
-        ),
+        autoscaling=auto.pool,
     )
 
 

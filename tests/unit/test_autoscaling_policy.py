@@ -190,19 +190,3 @@ def test_autoscaling_prune_keeps_window_proof() -> None:
     assert kept[-1].time == NOW
     # A pruned history gives the same decision as the full one.
     assert decide(kept, 6, SPEC, NOW) == decide(samples, 6, SPEC, NOW)
-
-
-@pytest.mark.parametrize(
-    "spec,field",
-    [
-        (RoleScaling(min_replicas=-1), "minReplicas"),
-        (RoleScaling(min_replicas=3, max_replicas=2), "maxReplicas"),
-        (RoleScaling(target_queue_depth=0), "targetQueueDepth"),
-        (RoleScaling(tolerance=1.5), "tolerance"),
-        (RoleScaling(max_scale_step=0), "maxScaleStep"),
-        (RoleScaling(scale_down_stabilization_s=-1), "scaleDownStabilizationSeconds"),
-    ],
-)
-def test_autoscaling_validate_names_field(spec: RoleScaling, field: str) -> None:
-    with pytest.raises(ValueError, match=field):
-        policy.validate(spec, "spec.prefill.autoscaling")

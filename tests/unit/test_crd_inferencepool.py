@@ -87,6 +87,10 @@ def test_architecture_fields_defaults_and_validation():
         auto["properties"]["tolerance"]["default"] == 0.1
         and auto["properties"]["maxScaleStep"]["default"] == 4
     )
+    tolerance = auto["properties"]["tolerance"]
+    assert (tolerance["minimum"], tolerance["maximum"], tolerance["exclusiveMaximum"]) == (0, 1, True)
+    for window in ("scaleUpStabilizationSeconds", "scaleDownStabilizationSeconds"):
+        assert auto["properties"][window]["type"] == "integer"
     (rule,) = auto["x-kubernetes-validations"]
     assert rule["rule"] == "self.minReplicas <= self.maxReplicas" and rule["fieldPath"] == ".minReplicas"
     assert "spec.prefill.autoscaling.minReplicas" in rule["message"]

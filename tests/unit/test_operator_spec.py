@@ -25,6 +25,7 @@ def test_defaults_match_the_architecture():
     assert s.image == "img"
 
 
+# The autoscaling fields' errors are in test_autoscaling_config_signal.py, through both entry points.
 @pytest.mark.parametrize(
     ("spec", "field"),
     [
@@ -39,13 +40,6 @@ def test_defaults_match_the_architecture():
         ({"model": {"source": "builtin://tiny"}, "decode": {"maxBatchSize": 0}}, "spec.decode.maxBatchSize"),
         ({"model": {"source": "builtin://tiny"}, "decode": {"gpu": {"type": "TPU"}}}, "spec.decode.gpu.type"),
         ({"model": {"source": "builtin://tiny", "dtype": "int3"}}, "spec.model.dtype"),
-        (
-            {
-                "model": {"source": "builtin://tiny"},
-                "prefill": {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}},
-            },
-            "spec.prefill.autoscaling.minReplicas",
-        ),
         (
             {"model": {"source": "builtin://tiny"}, "kvTransfer": {"backend": "rdma"}},
             "spec.kvTransfer.backend",

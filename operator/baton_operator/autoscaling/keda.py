@@ -76,11 +76,11 @@ def _trigger(
     }
 
 
-def _behavior(window_s: float, step: int, period_s: float, tolerance: float) -> dict[str, Any]:
+def _behavior(window_s: int, step: int, period_s: int, tolerance: float) -> dict[str, Any]:
     rules: dict[str, Any] = {
-        "stabilizationWindowSeconds": int(window_s),
+        "stabilizationWindowSeconds": window_s,
         "selectPolicy": "Max",
-        "policies": [{"type": "Pods", "value": step, "periodSeconds": max(1, int(period_s))}],
+        "policies": [{"type": "Pods", "value": step, "periodSeconds": max(1, period_s)}],
     }
     if abs(tolerance - DEFAULT_TOLERANCE) > 1e-9:
         # Beta in Kubernetes 1.34 (HPAConfigurableTolerance); a server without it drops the field.
@@ -133,8 +133,8 @@ def build_scaled_objects(pool: Mapping[str, Any]) -> list[dict[str, Any]]:
                         "kind": KINDS[role],
                         "name": workload_name(name, role),
                     },
-                    "pollingInterval": int(cfg.interval_s),
-                    "cooldownPeriod": int(scaling.scale_down_stabilization_s),
+                    "pollingInterval": cfg.interval_s,
+                    "cooldownPeriod": scaling.scale_down_stabilization_s,
                     "minReplicaCount": scaling.min_replicas,
                     "maxReplicaCount": scaling.max_replicas,
                     "fallback": {

@@ -56,14 +56,18 @@ class Sample:
 
 @dataclass(frozen=True)
 class RoleScaling:
-    """The autoscaling spec of one role, as validated from `spec.<role>.autoscaling`."""
+    """The autoscaling spec of one role, the policy's input.
+
+    Built by ``config.role_scaling`` from `spec.<role>.autoscaling` as spec.py parsed and validated
+    it; the policy trusts these values. Windows are whole seconds, as in the CRD.
+    """
 
     min_replicas: int = 1
     max_replicas: int = 8
     target_queue_depth: float = 4.0
     tolerance: float = 0.1
-    scale_up_stabilization_s: float = 0.0
-    scale_down_stabilization_s: float = 300.0
+    scale_up_stabilization_s: int = 0
+    scale_down_stabilization_s: int = 300
     max_scale_step: int = 4
 
 
@@ -80,26 +84,6 @@ class Decision:
     message: str
     limited_by: str | None = None
     recommendation: int | None = None
-
-
-def validate(spec: RoleScaling, field: str = "autoscaling") -> None:
-    """Raise ValueError naming the field when ``spec`` cannot drive a policy."""
-    if spec.min_replicas < 0:
-        raise ValueError(f"{field}.minReplicas must be >= 0, got {spec.min_replicas}")
-    if spec.max_replicas < max(1, spec.min_replicas):
-        raise ValueError(
-            f"{field}.maxReplicas must be >= max(1, minReplicas={spec.min_replicas}), got {spec.max_replicas}"
-        )
-    if not spec.target_queue_depth > 0:
-        raise ValueError(f"{field}.targetQueueDepth must be > 0, got {spec.target_queue_depth}")
-    if not 0 <= spec.tolerance < 1:
-        raise ValueError(f"{field}.tolerance must be in [0, 1), got {spec.tolerance}")
-    if spec.scale_up_stabilization_s < 0:
-        raise ValueError(f"{field}.scaleUpStabilizationSeconds must be >= 0")
-    if spec.scale_down_stabilization_s < 0:
-        raise ValueError(f"{field}.scaleDownStabilizationSeconds must be >= 0")
-    if spec.max_scale_step < 1:
-        raise ValueError(f"{field}.maxScaleStep must be >= 1, got {spec.max_scale_step}")
 
 
 def recommend(queue_depth: float, current: int, spec: RoleScaling) -> int:

@@ -27,6 +27,7 @@ BAD_SPECS = [
         {"prefill": {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}},
         "spec.prefill.autoscaling.minReplicas",
     ),
+    ({"decode": {"autoscaling": {"tolerance": 1.5}}}, "spec.decode.autoscaling.tolerance"),
     (
         {"prefill": {"replicas": 1, "colour": "blue"}},
         "spec.prefill.colour",
