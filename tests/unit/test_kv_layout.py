@@ -6,7 +6,7 @@ import pytest
 import torch
 from baton_worker.kv.errors import KvTransferError
 from baton_worker.kv.grpc_stream import iter_chunks, plan_chunks, write_chunk
-from baton_worker.kv.layout import PoolGeometry, Run, blocks_needed, merge_runs, plan_runs
+from baton_worker.kv.layout import PoolGeometry, Run, blocks_needed, merge_runs, plan_runs, split_runs
 
 torch.set_num_threads(1)
 
@@ -29,6 +29,68 @@ def geo(blocks: int = 8, heads: int = 4, layers: int = 2, dtype: str = "float32"
 )
 def test_kv_merge_runs(runs: list[Run], want: list[Run]) -> None:
     assert merge_runs(runs) == want
+
+
+K = 4096
+
+
+def _bytes_of(runs: list[Run]) -> list[tuple[int, int]]:
+    """(src, dst) of every byte moved, in order (small inputs only)."""
+    return [(r.src + i, r.dst + i) for r in runs for i in range(r.length)]
+
+
+@pytest.mark.parametrize(
+    ("runs", "lanes", "min_lane", "want"),
+    [
+        ([], 4, K, []),
+        # one lane asked: untouched
+        ([Run(0, 0, 8 * K)], 1, K, [[Run(0, 0, 8 * K)]]),
+        # too small to split: each lane would get less than min_lane
+        ([Run(0, 0, 3 * K)], 2, 2 * K, [[Run(0, 0, 3 * K)]]),
+        # one long run cut in two aligned halves
+        ([Run(0, 100 * K, 8 * K)], 2, K, [[Run(0, 100 * K, 4 * K)], [Run(4 * K, 104 * K, 4 * K)]]),
+        # whole runs dealt out when they fall on the share boundary
+        (
+            [
+                Run(0, 0, 2 * K),
+                Run(10 * K, 20 * K, 2 * K),
+                Run(30 * K, 40 * K, 2 * K),
+                Run(50 * K, 60 * K, 2 * K),
+            ],
+            2,
+            K,
+            [
+                [Run(0, 0, 2 * K), Run(10 * K, 20 * K, 2 * K)],
+                [Run(30 * K, 40 * K, 2 * K), Run(50 * K, 60 * K, 2 * K)],
+            ],
+        ),
+        # lanes capped by total // min_lane (3 asked, 2 fit)
+        ([Run(0, 0, 5 * K)], 3, 2 * K, [[Run(0, 0, 3 * K)], [Run(3 * K, 3 * K, 2 * K)]]),
+        # the cut is page-aligned: the share is 2.5 pages, the first lane takes 3
+        ([Run(0, 0, 5 * K)], 2, K, [[Run(0, 0, 3 * K)], [Run(3 * K, 3 * K, 2 * K)]]),
+        # empty runs dropped
+        ([Run(0, 0, 0), Run(0, 0, 2 * K)], 2, K, [[Run(0, 0, K)], [Run(K, K, K)]]),
+    ],
+)
+def test_kv_split_runs(runs: list[Run], lanes: int, min_lane: int, want: list[list[Run]]) -> None:
+    assert split_runs(runs, lanes, min_lane) == want
+
+
+@pytest.mark.parametrize("lanes", [2, 3, 4, 7])
+def test_kv_split_runs_moves_every_byte_once_and_balances(lanes: int) -> None:
+    runs = [Run(i * 64, 1000 + i * 80, 40 + 13 * i) for i in range(9)]
+    groups = split_runs(runs, lanes, min_lane_bytes=16, align=8)
+    assert len(groups) == lanes
+    assert [b for g in groups for b in _bytes_of(g)] == _bytes_of(runs)
+    sizes = [sum(r.length for r in g) for g in groups]
+    share = -(-sum(sizes) // lanes)
+    assert max(sizes) <= share + 8, sizes
+
+
+@pytest.mark.parametrize(("lanes", "min_lane", "align"), [(0, 1, 1), (2, 0, 1), (2, 1, 0)])
+def test_kv_split_runs_refuses_bad_arguments(lanes: int, min_lane: int, align: int) -> None:
+    with pytest.raises(ValueError, match="must be >= 1"):
+        split_runs([Run(0, 0, 8)], lanes, min_lane, align)
 
 
 def test_kv_offsets_follow_lnkhbd() -> None:

@@ -27,6 +27,8 @@ MIB = 1 << 20
 LAYERS, HEADS, HEAD_DIM, BLOCK = 32, 8, 128, 8
 BLOCK_BYTES = LAYERS * 2 * HEADS * BLOCK * HEAD_DIM * 2  # all layers of one block: 1 MiB
 DEFAULT_SIZES = [1, 4, 16, 64, 256, 512, 1024]
+RTT_MIB = 512  # an 8B model's 4k-token prompt: the size the handle round trip is compared with
+RTT_SAMPLES = 30
 
 
 def _geometry_blocks(nbytes: int) -> int:
@@ -137,6 +139,25 @@ def _memcpy_gbps(nbytes: int, repeats: int) -> float:
     return statistics.median(best)
 
 
+def _handle_round_trips(stub, num_tokens: int, samples: int) -> list[float]:  # noqa: ANN001
+    """Seconds per handle round trip: ``Prefill`` returning a handle, then ``check_handle``."""
+    from baton_worker.kv.handle import check_handle
+    from baton_worker.rpc import pb2
+
+    compat = _compat()
+    out = []
+    for i in range(samples + 3):  # the first calls warm the channel and the server's threads
+        rid = f"rtt{i}"
+        request = pb2.PrefillRequest(request_id=rid, prompt_token_ids=[0] * num_tokens)
+        t0 = time.perf_counter()
+        pre = stub.Prefill(request, timeout=30)
+        check_handle(pre.handle, compat)
+        if i >= 3:
+            out.append(time.perf_counter() - t0)
+        stub.Release(pb2.ReleaseRequest(request_id=rid, engine_id=pre.handle.engine_id), timeout=30)
+    return out
+
+
 def run(sizes_mib: list[int], backends: list[str], repeats: int) -> dict:
     import grpc
     import torch
@@ -176,6 +197,7 @@ def run(sizes_mib: list[int], backends: list[str], repeats: int) -> dict:
         }
         results: list[dict] = []
         meta: dict[str, float] = {}
+        xfer_512: dict[str, list[float]] = {}
         seq = 0
         for size in sizes_mib:
             n = _geometry_blocks(size * MIB)
@@ -195,12 +217,10 @@ def run(sizes_mib: list[int], backends: list[str], repeats: int) -> dict:
                 rates, secs, ok = [], [], True
                 for _ in range(reps):
                     seq += 1
-                    t0 = time.perf_counter()
                     pre = stub.Prefill(
                         pb2.PrefillRequest(request_id=f"b{seq}", prompt_token_ids=[0] * (n * BLOCK)),
                         timeout=30,
                     )
-                    rtt = time.perf_counter() - t0
                     check_handle(pre.handle, _compat())
                     dst[:, dst.shape[1] - n :].zero_()
                     if backend == "nixl" and "agent_first_contact_ms" not in meta:
@@ -214,10 +234,8 @@ def run(sizes_mib: list[int], backends: list[str], repeats: int) -> dict:
                     ok = ok and _expected_ok(dst, n, dst.shape[1] - n, max_blocks)
                     rates.append(nbytes / res.seconds / 1e9)
                     secs.append(res.seconds)
-                    if size == 512:
-                        key = f"handle_rtt_ms_{backend}"
-                        meta[key] = round(min(rtt * 1000, meta.get(key, float("inf"))), 3)
-                        meta[f"transfer_512mib_ms_{backend}"] = round(min(secs) * 1000, 3)
+                    if size == RTT_MIB:
+                        xfer_512[backend] = secs
                 results.append({
                     "backend": backend,
                     "bytes": nbytes,
@@ -228,10 +246,23 @@ def run(sizes_mib: list[int], backends: list[str], repeats: int) -> dict:
                 })  # fmt: skip
                 if not ok:
                     raise AssertionError(f"{backend}: bytes did not arrive intact at {nbytes} bytes")
-        for b in sinks:
-            rtt, xfer = meta.get(f"handle_rtt_ms_{b}"), meta.get(f"transfer_512mib_ms_{b}")
-            if rtt is not None and xfer:
-                meta[f"handle_rtt_fraction_of_512mib_{b}"] = round(rtt / xfer, 5)
+        if xfer_512:
+            # The control plane a request pays before its bytes move: the Prefill call that
+            # returns the handle of a 4k-token prompt, then the decode side's check of it.
+            rtts = _handle_round_trips(stub, _geometry_blocks(RTT_MIB * MIB) * BLOCK, RTT_SAMPLES)
+            meta["handle_rtt_ms"] = round(statistics.median(rtts) * 1000, 3)
+            meta["handle_rtt_ms_best"] = round(min(rtts) * 1000, 3)
+            meta["handle_rtt_samples"] = len(rtts)
+            for b, secs in xfer_512.items():
+                meta[f"transfer_512mib_ms_{b}"] = round(statistics.median(secs) * 1000, 3)
+                meta[f"transfer_512mib_ms_{b}_best"] = round(min(secs) * 1000, 3)
+                # median against median; _best: best against best
+                meta[f"handle_rtt_fraction_of_512mib_{b}"] = round(
+                    statistics.median(rtts) / statistics.median(secs), 5
+                )
+                meta[f"handle_rtt_fraction_of_512mib_{b}_best"] = round(min(rtts) / min(secs), 5)
+        if "nixl" in sinks and sinks["nixl"].endpoint is not None:
+            meta["nixl_read_lanes"] = sinks["nixl"].endpoint.read_lanes
         for sink in sinks.values():
             sink.close()
     finally:

@@ -176,6 +176,7 @@ def validate_handle(handle: pb2.KvHandle) -> None:
         f"(expected {want}; truncated?)",
     )
     _require(len(handle.shards) > 0, "shards", "empty")
+    top = max(handle.block_ids, default=-1)
     next_head = 0
     for i, shard in enumerate(sorted(handle.shards, key=lambda s: s.head_start)):
         f = f"shards[{i}]"
@@ -188,8 +189,7 @@ def validate_handle(handle: pb2.KvHandle) -> None:
         _require(bool(_ADDRESS.match(shard.metadata_address)), f"{f}.metadata_address", "not host:port")
         _require(shard.memory_type in ("DRAM", "VRAM"), f"{f}.memory_type", repr(shard.memory_type))
         geo = shard_geometry(handle, shard)
-        for b in handle.block_ids:
-            _require(b < shard.num_blocks_total, "block_ids", f"block {b} >= {shard.num_blocks_total}")
+        _require(top < shard.num_blocks_total, "block_ids", f"block {top} >= {shard.num_blocks_total}")
         if handle.backend == "nixl":
             _require(bool(shard.agent_name), f"{f}.agent_name", "empty for the nixl backend")
             _require(shard.base_address > 0, f"{f}.base_address", "missing")

@@ -88,6 +88,39 @@ def merge_runs(runs: list[Run]) -> list[Run]:
     return merged
 
 
+def split_runs(runs: list[Run], lanes: int, min_lane_bytes: int, align: int = 4096) -> list[list[Run]]:
+    """Deal ``runs`` out to at most ``lanes`` groups of nearly equal byte counts, for parallel READs.
+
+    Groups are consecutive stretches of ``runs`` (a run is cut where a lane's share ends, at a
+    multiple of ``align`` bytes into it), so together they move exactly the bytes of ``runs``.
+    Fewer lanes are used when a lane would get less than ``min_lane_bytes``; one group (``runs``
+    itself) when a split does not pay. Never returns an empty group.
+    """
+    if lanes < 1 or min_lane_bytes < 1 or align < 1:
+        raise ValueError(f"lanes={lanes}, min_lane_bytes={min_lane_bytes}, align={align}: must be >= 1")
+    runs = [r for r in runs if r.length > 0]
+    total = sum(r.length for r in runs)
+    lanes = max(1, min(lanes, total // min_lane_bytes))
+    if lanes == 1:
+        return [runs] if runs else []
+    share = -(-total // lanes)  # ceil: the last lane gets the remainder
+    groups: list[list[Run]] = [[]]
+    room = share
+    for run in runs:
+        while run.length > 0:
+            if room <= 0 and len(groups) < lanes:
+                groups.append([])
+                room = share
+            take = run.length
+            if len(groups) < lanes and take > room:
+                # Cut at an aligned point at or after the lane's share (keep whole pages).
+                take = min(run.length, -(-room // align) * align)
+            groups[-1].append(Run(run.src, run.dst, take))
+            room -= take
+            run = Run(run.src + take, run.dst + take, run.length - take)
+    return [g for g in groups if g]
+
+
 def plan_runs(
     src: PoolGeometry,
     src_blocks: list[int],

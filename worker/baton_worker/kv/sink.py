@@ -28,7 +28,7 @@ from baton_worker.kv.grpc_stream import GRPC_OPTIONS, write_chunk
 from baton_worker.kv.handle import shard_geometry
 from baton_worker.kv.held import done_message
 from baton_worker.kv.layout import PoolGeometry, plan_runs
-from baton_worker.kv.nixl_agent import NixlEndpoint, Region
+from baton_worker.kv.nixl_agent import NixlEndpoint, Region, default_read_lanes
 from baton_worker.kv.source import storage_region
 from baton_worker.rpc import pb2, pb2_grpc
 
@@ -73,7 +73,8 @@ class KvSink:
         )
         self.endpoint: NixlEndpoint | None = None
         if backend == "nixl":
-            self.endpoint = NixlEndpoint(name, storage_region(storage))
+            region = storage_region(storage)
+            self.endpoint = NixlEndpoint(name, region, read_lanes=default_read_lanes(region.memory_type))
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
 
@@ -147,7 +148,8 @@ class KvSink:
             except ValueError as exc:
                 raise KvHandleError(f"shards[rank {shard.rank}]", str(exc)) from None
             remote = Region(shard.base_address, shard.region_bytes, shard.device_id, shard.memory_type)
-            # The done notification is posted by NIXL once the READ completes: prefill frees then.
+            # The done notification is posted once the READ completes (on the READ itself, or
+            # after every lane of a split READ is DONE): prefill frees the blocks then.
             try:
                 moved += self.endpoint.read(agent, remote, runs, done_message(handle.request_id), deadline)
             except KvTransferError:

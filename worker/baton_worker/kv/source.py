@@ -103,6 +103,7 @@ class KvSource:
             self.endpoint = NixlEndpoint(f"baton-prefill-{self.engine_id[:12]}", self.region)
             self._metadata_sha = hashlib.sha256(self.endpoint.metadata).hexdigest()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._housekeeping, name="baton-kv-source", daemon=True)
         self._thread.start()
 
@@ -121,6 +122,7 @@ class KvSource:
         expires = self._clock_ms() + self.ttl_ms
         self.held.hold(request_id, block_ids, expires)
         self.counters.handles += 1
+        self._wake.set()  # a READ and its notification follow: start the fast polling now
         heads = int(self.storage.shape[3])
         shard = ShardInfo(
             rank=0,
@@ -212,8 +214,14 @@ class KvSource:
     def _housekeeping(self) -> None:
         # While blocks are held a decode worker may be READing them: poll often, since on a
         # host-memory agent without a progress thread this poll is what progresses UCX on the
-        # prefill side. Idle, poll rarely (TTL expiry needs no finer grain).
-        while not self._stop.wait(HOUSEKEEPING_BUSY_S if len(self.held) else HOUSEKEEPING_IDLE_S):
+        # prefill side, and a decode worker's next READ waits for this side to acknowledge its
+        # last notification (measured: 10-18 ms per READ when that waited for a 20 ms idle
+        # tick). Idle, poll rarely (TTL expiry needs no finer grain); issue() wakes it at once.
+        while not self._stop.is_set():
+            self._wake.wait(HOUSEKEEPING_BUSY_S if len(self.held) else HOUSEKEEPING_IDLE_S)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
             try:
                 self.poll()
             except Exception:  # keep freeing on later ticks; one bad notification must not stop it
@@ -222,6 +230,7 @@ class KvSource:
     def close(self) -> None:
         """Stop housekeeping, free everything held, deregister the pool."""
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout=2)
         self.held.release_all()
         if self.endpoint is not None:
