@@ -6,8 +6,6 @@ a patterned Llama-3-8B-shaped pool); this process pulls with a real KvSink.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -28,19 +26,10 @@ POOL_BLOCKS = 48  # 1 MiB per block in this geometry
 
 @pytest.fixture(scope="module")
 def source() -> Iterator[pb2_grpc.PrefillWorkerStub]:
-    child = subprocess.Popen(
-        [sys.executable, "-m", "baton_worker.bench.kv", "--serve-source", str(POOL_BLOCKS)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    child, address, backend = bench.start_source(POOL_BLOCKS)
     try:
-        line = ""
-        while child.stdout and not line.startswith("kv-bench-source ready"):
-            line = child.stdout.readline()
-            assert line, "the source process exited before it was ready"
-        assert line.split()[3] == "nixl", line
-        channel = grpc.insecure_channel(f"127.0.0.1:{line.split()[2]}")
+        assert backend == "nixl"
+        channel = grpc.insecure_channel(address)
         yield pb2_grpc.PrefillWorkerStub(channel)
         channel.close()
     finally:

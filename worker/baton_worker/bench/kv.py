@@ -112,6 +112,27 @@ def serve_source(num_blocks: int) -> int:
     return 0
 
 
+def start_source(num_blocks: int) -> tuple[subprocess.Popen, str, str]:
+    """Start the prefill-side child (:func:`serve_source`); returns it, its gRPC address and its
+    backend (``nixl`` or ``grpc``). It runs until its stdin is closed."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "baton_worker.bench.kv", "--serve-source", str(num_blocks)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    line, seen = "", []
+    while child.stdout and not line.startswith("kv-bench-source ready"):
+        line = child.stdout.readline()
+        if not line:
+            child.kill()
+            child.wait(timeout=30)
+            raise RuntimeError("bench source did not start: " + "".join(seen[-10:]))
+        seen.append(line)
+    _, _, port, backend = line.split()
+    return child, f"127.0.0.1:{port}", backend
+
+
 def _compat():  # noqa: ANN202
     from baton_worker.kv.handle import CompatInfo
 
@@ -172,20 +193,8 @@ def run(sizes_mib: list[int], backends: list[str], repeats: int) -> dict:
     if "nixl" in backends and not nixl_available():
         backends = [b for b in backends if b != "nixl"]
     applied = apply_ucx_defaults(cuda=False) if "nixl" in backends else {}
-    child = subprocess.Popen(
-        [sys.executable, "-m", "baton_worker.bench.kv", "--serve-source", str(max_blocks)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    child, address, _ = start_source(max_blocks)
     try:
-        line, seen = "", []
-        while child.stdout and not line.startswith("kv-bench-source ready"):
-            line = child.stdout.readline()
-            if not line:
-                raise RuntimeError("bench source did not start: " + "".join(seen[-10:]))
-            seen.append(line)
-        address = f"127.0.0.1:{line.split()[2]}"
         stub = pb2_grpc.PrefillWorkerStub(
             grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 * MIB)])
         )
