@@ -22,6 +22,8 @@ def test_server_defaults_depend_on_role() -> None:
     assert parse_options(["--role", "prefill"]).max_batch_size == 1
     d = parse_options(["--role", "decode", "--served-model-name", "llama"])
     assert d.max_batch_size == 64 and d.served_model_name == "llama" and d.kv_backend == "auto"
+    assert d.kv_read_lanes == 0  # auto
+    assert parse_options(["--role", "decode", "--kv-read-lanes", "3"]).kv_read_lanes == 3
 
 
 def test_server_advertise_host_for_wildcard_bind(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -38,6 +40,7 @@ def test_server_advertise_host_for_wildcard_bind(monkeypatch: pytest.MonkeyPatch
         (["--kv-ttl-s", "0"], "--kv-ttl-s"),
         (["--max-batch-size", "0"], "--max-batch-size"),
         (["--tensor-parallel-size", "3"], "--tensor-parallel-size"),
+        (["--kv-read-lanes", "-1"], "--kv-read-lanes"),
     ],
 )
 def test_server_bad_flags(args: list[str], flag: str) -> None:

@@ -149,3 +149,24 @@ def test_kv_read_lanes_env_refused(monkeypatch: pytest.MonkeyPatch, env: str) ->
     monkeypatch.setenv("BATON_KV_READ_LANES", env)
     with pytest.raises(ValueError, match="BATON_KV_READ_LANES"):
         default_read_lanes("DRAM")
+
+
+def test_kv_lane_that_fails_to_start_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    from baton_worker.kv import nixl_agent
+
+    real = nixl_agent._Lane
+
+    def flaky(nixl, name, region, progress_thread):  # noqa: ANN001, ANN202
+        if name.endswith(".lane2"):
+            raise RuntimeError("UCX: out of resources")
+        return real(nixl, name, region, progress_thread)
+
+    monkeypatch.setattr(nixl_agent, "_Lane", flaky)
+    buf = torch.zeros(1 << 20, dtype=torch.uint8)
+    region = nixl_agent.Region(address=buf.data_ptr(), length=buf.numel(), device_id=0, memory_type="DRAM")
+    ep = nixl_agent.NixlEndpoint(f"flaky-{time.monotonic_ns()}", region, read_lanes=4)
+    try:
+        assert ep.read_lanes == 2  # the first lanes work; the rest are dropped, not fatal
+        assert ep.metadata
+    finally:
+        ep.close()

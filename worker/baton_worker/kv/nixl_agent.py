@@ -24,6 +24,8 @@ import numpy as np
 from baton_worker.kv.errors import KvBackendUnavailable, KvTransferError
 from baton_worker.kv.layout import Run, split_runs
 
+log = logging.getLogger("baton.kv")
+
 _MODULES = ("nixl_cu12", "nixl_cu13", "nixl._api")
 _nixl: ModuleType | None = None
 _nixl_error: str | None = None
@@ -179,10 +181,14 @@ class NixlEndpoint:
         self.region = region
         self._lanes = [_Lane(nixl, name, region, progress_thread)]
         for i in range(1, read_lanes):
-            self._lanes.append(_Lane(nixl, f"{name}.lane{i}", region, progress_thread))
+            try:
+                self._lanes.append(_Lane(nixl, f"{name}.lane{i}", region, progress_thread))
+            except Exception as exc:  # extra lanes only add speed: run with the ones we have
+                log.warning("NIXL agent %s.lane%d not created (%s): reading on %d lane(s)", name, i, exc, i)
+                break
         self._pool = (
-            futures.ThreadPoolExecutor(max_workers=read_lanes - 1, thread_name_prefix="baton-kv-read")
-            if read_lanes > 1
+            futures.ThreadPoolExecutor(max_workers=len(self._lanes) - 1, thread_name_prefix="baton-kv-read")
+            if len(self._lanes) > 1
             else None
         )
         # Exported after registration so peers learn about the region.

@@ -58,7 +58,9 @@ def _rpc_error(what: str, exc: grpc.RpcError) -> KvError:
 class KvSink:
     """Pulls KV into one decode rank's pool (TP rank 0 of a TP-1 worker)."""
 
-    def __init__(self, *, storage: torch.Tensor, dtype: str, backend: str, name: str) -> None:
+    def __init__(
+        self, *, storage: torch.Tensor, dtype: str, backend: str, name: str, read_lanes: int | None = None
+    ) -> None:
         if backend not in ("nixl", "grpc"):
             raise ValueError(f"backend must be 'nixl' or 'grpc', got {backend!r}")
         self.storage = storage
@@ -74,7 +76,8 @@ class KvSink:
         self.endpoint: NixlEndpoint | None = None
         if backend == "nixl":
             region = storage_region(storage)
-            self.endpoint = NixlEndpoint(name, region, read_lanes=default_read_lanes(region.memory_type))
+            lanes = read_lanes if read_lanes else default_read_lanes(region.memory_type)
+            self.endpoint = NixlEndpoint(name, region, read_lanes=lanes)
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
 

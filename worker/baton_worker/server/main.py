@@ -44,6 +44,7 @@ class WorkerOptions:
     drain_grace_s: float
     threads: int
     kv_pull_delay_ms: float
+    kv_read_lanes: int = 0  # 0: auto (baton_worker.kv.nixl_agent.default_read_lanes)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
     p.add_argument("--kv-ttl-s", type=float, default=60.0, help="prefill: free unread KV after this long")
     p.add_argument("--kv-timeout-s", type=float, default=30.0, help="decode: deadline of one KV pull")
+    p.add_argument(
+        "--kv-read-lanes",
+        type=int,
+        default=0,
+        help="decode, NIXL: parallel READs a large pull is split across (0 = auto: one per usable core "
+        "up to 4 for host memory, 1 for GPU memory; $BATON_KV_READ_LANES)",
+    )
     p.add_argument("--drain-grace-s", type=float, default=30.0, help="SIGTERM: let running requests finish")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     # Fault injection for tests: pause between PullKv chunks (opens a window to kill mid-transfer).
@@ -87,6 +95,7 @@ def parse_options(argv: list[str]) -> WorkerOptions:
         ("--tensor-parallel-size", a.tensor_parallel_size, 1),
         ("--port", a.port, 0),
         ("--metrics-port", a.metrics_port, 0),
+        ("--kv-read-lanes", a.kv_read_lanes, 0),
     ):
         if value < low:
             raise ValueError(f"{flag}: must be >= {low}, got {value}")
@@ -122,6 +131,7 @@ def parse_options(argv: list[str]) -> WorkerOptions:
         drain_grace_s=a.drain_grace_s,
         threads=a.threads,
         kv_pull_delay_ms=a.kv_pull_delay_ms,
+        kv_read_lanes=a.kv_read_lanes,
     )
 
 
