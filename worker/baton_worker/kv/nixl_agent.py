@@ -118,7 +118,7 @@ def default_read_lanes(memory_type: str) -> int:
         try:
             lanes = int(raw)
         except ValueError:
-            raise ValueError(f"BATON_KV_READ_LANES={raw!r}: expected an integer >= 1") from None
+            lanes = 0  # refused below, with the same message as a number < 1
         if lanes < 1:
             raise ValueError(f"BATON_KV_READ_LANES={raw!r}: expected an integer >= 1")
         return lanes

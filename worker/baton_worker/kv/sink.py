@@ -59,7 +59,7 @@ class KvSink:
     """Pulls KV into one decode rank's pool (TP rank 0 of a TP-1 worker)."""
 
     def __init__(
-        self, *, storage: torch.Tensor, dtype: str, backend: str, name: str, read_lanes: int | None = None
+        self, *, storage: torch.Tensor, dtype: str, backend: str, name: str, read_lanes: int = 0
     ) -> None:
         if backend not in ("nixl", "grpc"):
             raise ValueError(f"backend must be 'nixl' or 'grpc', got {backend!r}")
@@ -76,7 +76,7 @@ class KvSink:
         self.endpoint: NixlEndpoint | None = None
         if backend == "nixl":
             region = storage_region(storage)
-            lanes = read_lanes if read_lanes else default_read_lanes(region.memory_type)
+            lanes = read_lanes or default_read_lanes(region.memory_type)  # 0: auto
             self.endpoint = NixlEndpoint(name, region, read_lanes=lanes)
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
@@ -151,8 +151,8 @@ class KvSink:
             except ValueError as exc:
                 raise KvHandleError(f"shards[rank {shard.rank}]", str(exc)) from None
             remote = Region(shard.base_address, shard.region_bytes, shard.device_id, shard.memory_type)
-            # The done notification is posted once the READ completes (on the READ itself, or
-            # after every lane of a split READ is DONE): prefill frees the blocks then.
+            # read() posts the done notification once every part of the READ is DONE: prefill
+            # frees the blocks then.
             try:
                 moved += self.endpoint.read(agent, remote, runs, done_message(handle.request_id), deadline)
             except KvTransferError:

@@ -108,7 +108,7 @@ def run_worker(opts: WorkerOptions, lifecycle: Lifecycle, stop: threading.Event)
             dtype=model.dtype_name,
             backend=backend if tp is None else "grpc",  # TP: every rank has its own NIXL agent
             name=f"baton-decode-{port}-{time.time_ns():x}",
-            read_lanes=opts.kv_read_lanes or None,
+            read_lanes=opts.kv_read_lanes,
         )
         if tp is not None:
             from baton_worker.server.tp_worker import TpSink
