@@ -123,6 +123,9 @@ def test_router_64_concurrent_requests_equal_single_process_generation(stack) ->
     for name in ('baton_queue_depth{role="prefill"}', 'baton_queue_depth{role="decode"}'):
         assert name in metrics
     assert _metric(metrics, "baton_kv_transfer_bytes_count") > 0
+    # Every remote prefill went over the worker's long-lived PrefillStream, none unary.
+    assert _metric(metrics, 'baton_prefill_calls_total{transport="stream"}') >= 1
+    assert 'baton_prefill_calls_total{transport="unary"}' not in metrics
     assert _metric(metrics, "baton_time_to_first_token_seconds_count") >= 64
 
 

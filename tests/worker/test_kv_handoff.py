@@ -5,11 +5,14 @@ handles, TTL expiry, prefill killed mid-transfer; no leaked blocks on either sid
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import json
+import re
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 
@@ -24,7 +27,8 @@ from baton_worker.engine import (
     SamplingParams,
     load_model,
 )
-from baton_worker.rpc import pb2
+from baton_worker.router.prefill_stream import PrefillCaller
+from baton_worker.rpc import pb2, pb2_grpc
 from kv_worker_procs import WorkerProc, all_blocks_free, generate, wait_for
 
 torch.set_num_threads(1)
@@ -122,6 +126,62 @@ def test_kv_handoff_equals_single_process(
     assert chunks[0].kv_transfer_seconds > 0
     wait_for("prefill blocks freed after the handoff", lambda: all_blocks_free(prefill))
     wait_for("decode blocks freed after the request", lambda: all_blocks_free(decode))
+
+
+def _stream_prefill(worker: WorkerProc, request: pb2.PrefillRequest, timeout: float) -> pb2.PrefillResponse:
+    """Prefill the way the router does: over the worker's PrefillStream (grpc.aio)."""
+
+    async def call() -> pb2.PrefillResponse:
+        async with grpc.aio.insecure_channel(worker.address) as ch:
+            caller = PrefillCaller(pb2_grpc.PrefillWorkerStub(ch), worker.address)
+            try:
+                return await caller.prefill(request, timeout)
+            finally:
+                assert caller.unary_calls == 0  # the worker took the stream
+                await caller.close()
+
+    return asyncio.run(call())
+
+
+@pytest.mark.parametrize("backend", ["nixl", "grpc"])
+def test_kv_handoff_over_the_prefill_stream_equals_single_process(
+    workers: dict[str, WorkerProc], backend: str
+) -> None:
+    prefill, decode = workers[f"prefill-{backend}"], workers[f"decode-{backend}"]
+    rid = f"stream-{backend}-{uuid.uuid4().hex[:6]}"
+    pre = _stream_prefill(
+        prefill, pb2.PrefillRequest(request_id=rid, prompt_token_ids=PROMPT, sampling=SAMPLED), 60
+    )
+    assert pre.handle.request_id == rid and pre.handle.backend == backend
+    tokens, _ = generate(decode, rid, PROMPT, SAMPLED, pre)
+    assert tokens == ref_for(SAMPLED)
+    wait_for("prefill blocks freed after the handoff", lambda: all_blocks_free(prefill))
+    wait_for("decode blocks freed after the request", lambda: all_blocks_free(decode))
+
+
+def test_kv_stream_call_past_its_deadline_leaves_no_blocks(workers: dict[str, WorkerProc]) -> None:
+    """The caller stops waiting before the prefill is done: the worker frees what it issues."""
+    prefill = workers["prefill-nixl"]
+    released = _freed_by_release(prefill)
+    for i in range(3):
+        rid = f"late-{i}-{uuid.uuid4().hex[:6]}"
+        request = pb2.PrefillRequest(request_id=rid, prompt_token_ids=PROMPT * 4, sampling=GREEDY)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            _stream_prefill(prefill, request, 0.002)
+        assert err.value.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+    # Well before the 60 s TTL: freed because nobody waited for the handles.
+    wait_for(
+        "prefill blocks freed after abandoned stream calls", lambda: all_blocks_free(prefill), timeout=10
+    )
+    # ... and they were issued, then freed as abandoned (not refused before running).
+    assert _freed_by_release(prefill) > released
+
+
+def _freed_by_release(worker: WorkerProc) -> float:
+    with urllib.request.urlopen(f"http://{worker.metrics}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    m = re.search(r'^baton_worker_kv_freed\{reason="release",role="prefill"\} (\S+)$', text, re.M)
+    return float(m.group(1)) if m else 0.0
 
 
 @pytest.mark.parametrize("backend", ["nixl", "grpc"])

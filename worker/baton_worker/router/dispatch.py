@@ -196,18 +196,16 @@ class Dispatcher:
         tokens = len(job.prompt_token_ids) + len(resume)
         pw.inflight += 1
         pw.inflight_prompt_tokens += tokens
-        call = pw.stub.Prefill(
-            pb2.PrefillRequest(
-                request_id=sub_id,
-                prompt_token_ids=job.prompt_token_ids,
-                sampling=job.sampling,
-                resume_token_ids=resume,
-            ),
-            timeout=self.cfg.prefill_timeout_s,
+        request = pb2.PrefillRequest(
+            request_id=sub_id,
+            prompt_token_ids=job.prompt_token_ids,
+            sampling=job.sampling,
+            resume_token_ids=resume,
         )
         done = False
         try:
-            resp = await call
+            assert pw.calls is not None  # every prefill worker has one (WorkerPool)
+            resp = await pw.calls.prefill(request, self.cfg.prefill_timeout_s, self._count_prefill)
             done = True
             self.prefill.mark_ok(pw.address)
             return resp
@@ -215,8 +213,11 @@ class Dispatcher:
             pw.inflight -= 1
             pw.inflight_prompt_tokens -= tokens
             if not done:
-                call.cancel()
+                # The stream call already told the worker; Cancel also frees KV issued before.
                 self._spawn(self._cancel(pw, sub_id))
+
+    def _count_prefill(self, transport: str) -> None:
+        self.metrics.prefill_calls.labels(transport).inc()
 
     async def _stream(
         self,

@@ -66,6 +66,13 @@ class RouterMetrics:
             ["decision", "reason"],
             registry=r,
         )
+        self.prefill_calls = Counter(
+            "baton_prefill_calls",
+            "Prefill calls to prefill workers, by transport: one long-lived stream per worker, "
+            "or unary calls to workers without it",
+            ["transport"],
+            registry=r,
+        )
         self.failovers = Counter(
             "baton_decode_resumes",
             "Streams resumed on another decode worker after tokens were sent",

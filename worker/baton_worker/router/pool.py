@@ -20,6 +20,7 @@ import grpc
 from baton_worker.rpc import pb2, pb2_grpc
 
 from .placement import WorkerLoad
+from .prefill_stream import PrefillCaller
 
 log = logging.getLogger("baton.router.pool")
 
@@ -62,6 +63,7 @@ class Worker:
     inflight: int = 0
     inflight_prompt_tokens: int = 0
     down: asyncio.Event = field(default_factory=asyncio.Event)  # set while unreachable
+    calls: PrefillCaller | None = None  # prefill workers: Prefill over one long-lived stream
 
     def usable(self, now: float) -> bool:
         h = self.health
@@ -103,7 +105,7 @@ class WorkerPool:
             if addr not in wanted:
                 w = self.workers.pop(addr)
                 # Streams still open there get a grace period to end on their own.
-                asyncio.get_running_loop().create_task(w.channel.close(grace=30.0))
+                asyncio.get_running_loop().create_task(_close_worker(w, grace=30.0))
         for addr in wanted:
             if addr not in self.workers:
                 ch = grpc.aio.insecure_channel(addr, options=_CHANNEL_OPTIONS)
@@ -111,6 +113,8 @@ class WorkerPool:
                     ch
                 )
                 w = Worker(address=addr, role=self.role, channel=ch, stub=stub)
+                if self.role == "prefill":
+                    w.calls = PrefillCaller(stub, addr)
                 w.down.set()
                 self.workers[addr] = w
         self._changed.set()
@@ -181,6 +185,8 @@ class WorkerPool:
                     return
             if w.reachable:
                 log.warning("%s worker %s unreachable: %s", self.role, w.address, e.code().name)
+            if w.calls is not None:
+                w.calls.reset(f"worker stopped answering Health ({e.code().name})")
             w.reachable = False
             w.down.set()
             return
@@ -205,9 +211,15 @@ class WorkerPool:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await asyncio.gather(*(w.channel.close() for w in self.workers.values()))
+        await asyncio.gather(*(_close_worker(w) for w in self.workers.values()))
 
     def snapshot(self) -> tuple[int, int, int]:
         """(queue depth, usable workers, ejected or unreachable workers) for metrics."""
         usable = self.usable_count()
         return self.queue_depth(), usable, len(self.workers) - usable
+
+
+async def _close_worker(w: Worker, grace: float | None = None) -> None:
+    if w.calls is not None:
+        await w.calls.close()  # half-close: prefills in flight still get their answers
+    await w.channel.close(grace=grace)

@@ -1,4 +1,5 @@
-"""The prefill worker's gRPC service: Prefill, Release, GetAgentMetadata, PullKv, Cancel, Health.
+"""The prefill worker's gRPC service: Prefill (unary and PrefillStream), Release,
+GetAgentMetadata, PullKv, Cancel, Health.
 
 Thin glue: the engine's :class:`PrefillRunner` computes, :class:`KvSource` holds and serves the
 blocks; this module maps requests and errors between them and the wire.
@@ -7,6 +8,7 @@ blocks; this module maps requests and errors between them and the wire.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 
 import grpc
 
@@ -16,6 +18,7 @@ from baton_worker.rpc import pb2, pb2_grpc
 from baton_worker.server.convert import sampling_from_pb, status_for
 from baton_worker.server.lifecycle import Lifecycle, NotAccepting
 from baton_worker.server.metrics import LoadSnapshot, WorkerMetrics
+from baton_worker.server.prefill_stream import CallRefused, CallState, PrefillStreams
 
 # A prefill waits this long at most for KV blocks to free up (within the call's deadline).
 BLOCK_WAIT_S = 30.0
@@ -39,6 +42,11 @@ class PrefillService(pb2_grpc.PrefillWorkerServicer):
         self.metrics = WorkerMetrics("prefill", self.snapshot)
         self._running = 0
         self._lock = threading.Lock()
+        # Calls arriving on PrefillStreams run in a pool as large as the server's (unary) one.
+        self.streams = PrefillStreams(self.serve_prefill, max_calls=max(16, runner.max_batch_size + 16))
+
+    def close(self) -> None:
+        self.streams.close()
 
     def snapshot(self) -> LoadSnapshot:
         stats = self.runner.stats()
@@ -60,20 +68,32 @@ class PrefillService(pb2_grpc.PrefillWorkerServicer):
 
     def Prefill(self, request: pb2.PrefillRequest, context: grpc.ServicerContext) -> pb2.PrefillResponse:  # noqa: N802
         try:
+            return self.serve_prefill(request, context)
+        except CallRefused as exc:
+            context.abort(exc.code, exc.message)
+            raise  # unreachable: abort raises
+
+    def PrefillStream(  # noqa: N802
+        self, request_iterator: Iterator[pb2.PrefillCall], context: grpc.ServicerContext
+    ) -> Iterator[pb2.PrefillReply]:
+        return self.streams.serve(request_iterator, context)
+
+    def serve_prefill(self, request: pb2.PrefillRequest, call: CallState) -> pb2.PrefillResponse:
+        """One Prefill, unary or on a stream; raises CallRefused with the status to fail with."""
+        try:
             with self.lifecycle.request():
                 with self._lock:
                     self._running += 1
                 try:
-                    return self._prefill(request, context)
+                    return self._prefill(request, call)
                 finally:
                     with self._lock:
                         self._running -= 1
         except NotAccepting as exc:
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"not_ready: prefill worker is {exc}")
-            raise  # unreachable: abort raises
+            raise CallRefused(grpc.StatusCode.UNAVAILABLE, f"not_ready: prefill worker is {exc}") from None
 
-    def _prefill(self, request: pb2.PrefillRequest, context: grpc.ServicerContext) -> pb2.PrefillResponse:
-        left = context.time_remaining()
+    def _prefill(self, request: pb2.PrefillRequest, call: CallState) -> pb2.PrefillResponse:
+        left = call.time_remaining()
         wait = BLOCK_WAIT_S if left is None else max(0.0, min(BLOCK_WAIT_S, left - 0.05))
         try:
             sampling = sampling_from_pb(request.sampling)
@@ -87,16 +107,16 @@ class PrefillService(pb2_grpc.PrefillWorkerServicer):
         except Exception as exc:
             self.metrics.request("error")
             status = status_for(exc)
-            context.abort(status.code, status.message)
+            raise CallRefused(status.code, status.message) from None
         try:
             handle = self.source.issue(request.request_id, list(result.block_ids), result.num_tokens)
         except Exception as exc:
             self.runner.release(request.request_id)
             self.metrics.request("error")
             status = status_for(exc)
-            context.abort(status.code, status.message)
-        if not context.is_active():
-            # The caller gave up (deadline, disconnect): nobody will pull these blocks.
+            raise CallRefused(status.code, status.message) from None
+        if not call.is_active():
+            # The caller gave up (deadline, disconnect, cancel): nobody will pull these blocks.
             self.source.release(request.request_id)
         self.metrics.request("ok")
         return pb2.PrefillResponse(

@@ -19,6 +19,7 @@ from baton_worker.rpc import pb2_grpc
 from baton_worker.server.http_side import SideServer
 from baton_worker.server.lifecycle import Lifecycle
 from baton_worker.server.main import WorkerOptions, _hostport
+from baton_worker.server.prefill_stream import MAX_STREAMS
 
 
 def compat_info(model: LoadedModel, opts: WorkerOptions) -> CompatInfo:
@@ -64,9 +65,9 @@ def run_worker(opts: WorkerOptions, lifecycle: Lifecycle, stop: threading.Event)
         model = load_model(opts.model, dtype=opts.dtype, device=opts.device, max_model_len=opts.max_model_len)
         pool = KvBlockPool.for_model(model, num_blocks=opts.kv_blocks, block_size=opts.block_size)
         compat = compat_info(model, opts)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max(16, opts.max_batch_size + 16)), options=GRPC_OPTIONS
-    )
+    # Each open PrefillStream (one per router replica) holds a server thread for its lifetime.
+    threads = max(16, opts.max_batch_size + 16) + (MAX_STREAMS if opts.role == "prefill" else 0)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=GRPC_OPTIONS)
     port = server.add_insecure_port(_hostport(opts.host, opts.port))
     if port == 0:
         raise OSError(f"--port: cannot bind {_hostport(opts.host, opts.port)}")
@@ -94,7 +95,7 @@ def run_worker(opts: WorkerOptions, lifecycle: Lifecycle, stop: threading.Event)
             model=model, runner=runner, source=source, lifecycle=lifecycle, served_name=opts.served_model_name
         )
         pb2_grpc.add_PrefillWorkerServicer_to_server(service, server)
-        closers.append(source.close)
+        closers += [service.close, source.close]
     else:
         from baton_worker.kv.sink import KvSink
         from baton_worker.server.decode import DecodeService
@@ -144,6 +145,8 @@ def run_worker(opts: WorkerOptions, lifecycle: Lifecycle, stop: threading.Event)
             f"baton worker: drain grace over, aborted {aborted} running requests", file=sys.stderr, flush=True
         )
         lifecycle.wait_idle(5.0)
+    if opts.role == "prefill":
+        service.streams.end_all()  # routers' PrefillStreams end cleanly instead of at the grace
     server.stop(grace=2.0).wait(5.0)
     for close in closers:
         close()

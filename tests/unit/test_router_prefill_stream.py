@@ -1,0 +1,80 @@
+"""Pure parts of PrefillStream: reply decoding, the fall-back-to-unary rule, a call's liveness."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+from baton_worker.router.prefill_stream import means_no_stream, reply_outcome
+from baton_worker.rpc import pb2
+from baton_worker.server.prefill_stream import StreamCall, status_reply
+
+
+def test_an_ok_reply_is_the_response() -> None:
+    reply = pb2.PrefillReply(call_id=3, response=pb2.PrefillResponse(first_token=42))
+    out = reply_outcome(reply)
+    assert isinstance(out, pb2.PrefillResponse) and out.first_token == 42
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.INTERNAL,
+    ],
+)
+def test_a_refused_reply_is_the_error_the_unary_call_would_raise(code: grpc.StatusCode) -> None:
+    out = reply_outcome(status_reply(9, code, "why: because"))
+    assert isinstance(out, grpc.aio.AioRpcError)
+    assert (out.code(), out.details()) == (code, "why: because")
+
+
+def test_an_unknown_status_number_is_unknown() -> None:
+    out = reply_outcome(pb2.PrefillReply(call_id=1, status_code=999, status_message="?"))
+    assert isinstance(out, grpc.aio.AioRpcError) and out.code() == grpc.StatusCode.UNKNOWN
+
+
+@pytest.mark.parametrize(
+    ("code", "details", "answered", "expected"),
+    [
+        (grpc.StatusCode.UNIMPLEMENTED, "Method not found!", False, True),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "prefill_streams_exhausted: 8 open", False, True),
+        # Other exhaustion (say, a message over the size limit) may have run calls: not a fallback.
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max", False, False),
+        (grpc.StatusCode.UNAVAILABLE, "connection refused", False, False),
+        (grpc.StatusCode.CANCELLED, "", False, False),
+        # Once the stream served a call, any failure may have cut calls that ran.
+        (grpc.StatusCode.UNIMPLEMENTED, "Method not found!", True, False),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "prefill_streams_exhausted: 8 open", True, False),
+    ],
+)
+def test_which_stream_failures_mean_call_it_unary(
+    code: grpc.StatusCode, details: str, answered: bool, expected: bool
+) -> None:
+    assert means_no_stream(code, details, answered) is expected
+
+
+def test_a_stream_call_is_active_until_cancelled_or_past_its_deadline_or_its_stream_closes() -> None:
+    stream_open = [True]
+    call = StreamCall(60_000, lambda: stream_open[0])
+    assert call.is_active()
+    left = call.time_remaining()
+    assert left is not None and 59 < left <= 60
+    call.cancelled.set()
+    assert not call.is_active()
+
+    closing = StreamCall(0, lambda: stream_open[0])  # 0: no deadline of its own
+    assert closing.time_remaining() is None and closing.is_active()
+    stream_open[0] = False
+    assert not closing.is_active()
+
+    late = StreamCall(1, lambda: True)
+    deadline = time.monotonic() + 5
+    while late.is_active() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert not late.is_active() and late.time_remaining() == 0.0
