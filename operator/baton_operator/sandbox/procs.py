@@ -117,6 +117,9 @@ def stop(rec: ProcRecord, timeout_s: float = 10.0) -> bool:
         while time.monotonic() < deadline:
             _reap(rec.pid)
             if not is_running(rec):
+                # It may have turned zombie just after the reap above: reap it now, or a
+                # child of this process lingers as a zombie (kill -0 still finds it).
+                _reap(rec.pid)
                 return True
             time.sleep(0.05)
     return not is_running(rec)
