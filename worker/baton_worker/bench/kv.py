@@ -13,6 +13,7 @@ control plane) against the transfer time of 512 MiB (an 8B model's 4k-token prom
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import statistics
@@ -28,7 +29,8 @@ LAYERS, HEADS, HEAD_DIM, BLOCK = 32, 8, 128, 8
 BLOCK_BYTES = LAYERS * 2 * HEADS * BLOCK * HEAD_DIM * 2  # all layers of one block: 1 MiB
 DEFAULT_SIZES = [1, 4, 16, 64, 256, 512, 1024]
 RTT_MIB = 512  # an 8B model's 4k-token prompt: the size the handle round trip is compared with
-RTT_SAMPLES = 30
+RTT_SAMPLES = 60
+NO_HANDLE = "nohandle-"  # request ids the bench source answers without issuing a handle
 
 
 def _geometry_blocks(nbytes: int) -> int:
@@ -65,6 +67,7 @@ def serve_source(num_blocks: int) -> int:
     from baton_worker.kv.nixl_agent import apply_ucx_defaults, nixl_available
     from baton_worker.kv.source import KvSource, PullRefused
     from baton_worker.rpc import pb2, pb2_grpc
+    from baton_worker.server.prefill_stream import PrefillStreams
 
     torch.set_num_threads(1)
     backend = "nixl" if nixl_available() else "grpc"
@@ -83,10 +86,23 @@ def serve_source(num_blocks: int) -> int:
         ttl_s=600,
     )
 
+    def prefill(request, call):  # noqa: ANN001, ANN202 - the worker's Prefill, without a model
+        if request.request_id.startswith(NO_HANDLE):
+            return pb2.PrefillResponse(first_token=1)  # the control: the same call, no KV handed out
+        n = len(request.prompt_token_ids) // BLOCK
+        handle = source.issue(request.request_id, list(range(n)), n * BLOCK)
+        if not call.is_active():
+            source.release(request.request_id)
+        return pb2.PrefillResponse(handle=handle)
+
+    streams = PrefillStreams(prefill, max_calls=4)
+
     class Servicer(pb2_grpc.PrefillWorkerServicer):
         def Prefill(self, request, context):  # noqa: N802, ANN001, ANN201
-            n = len(request.prompt_token_ids) // BLOCK
-            return pb2.PrefillResponse(handle=source.issue(request.request_id, list(range(n)), n * BLOCK))
+            return prefill(request, context)
+
+        def PrefillStream(self, request_iterator, context):  # noqa: N802, ANN001, ANN201
+            return streams.serve(request_iterator, context)
 
         def Release(self, request, context):  # noqa: N802, ANN001, ANN201
             return pb2.ReleaseResponse(released=source.release(request.request_id))
@@ -107,6 +123,7 @@ def serve_source(num_blocks: int) -> int:
     server.start()
     print(f"kv-bench-source ready {port} {backend}", flush=True)
     sys.stdin.read()  # until the parent closes our stdin (or dies)
+    streams.close()
     server.stop(0)
     source.close()
     return 0
@@ -161,22 +178,62 @@ def _memcpy_gbps(nbytes: int, repeats: int) -> float:
     return statistics.median(best)
 
 
-def _handle_round_trips(stub, num_tokens: int, samples: int) -> list[float]:  # noqa: ANN001
-    """Seconds per handle round trip: ``Prefill`` returning a handle, then ``check_handle``."""
+def prompt_ids(num_tokens: int) -> list[int]:
+    """A fixed prompt with token ids spread over a Llama-3-sized vocabulary (real ids take 2-3
+    bytes on the wire each, zeros only 1)."""
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 128256, size=num_tokens).tolist()
+
+
+async def _handle_round_trips(address: str, num_tokens: int, samples: int) -> dict[str, list[float]]:
+    """Seconds per handle round trip, the way the router makes it, by kind:
+
+    - ``stream``: ``Prefill`` of the prompt over the worker's long-lived PrefillStream
+      (:class:`PrefillCaller`, grpc.aio) returning the KV handle, then the decode side's
+      ``check_handle``: what the router does;
+    - ``unary``: the same as one unary ``Prefill`` call (what the router did before);
+    - ``stream_no_handle``: the same call answered without a handle (nothing issued, nothing
+      checked): the control. ``stream`` minus this is what the KV metadata itself costs.
+
+    The kinds take turns call by call, so that the machine's noise hits them alike.
+    """
+    import grpc
+
     from baton_worker.kv.handle import check_handle
-    from baton_worker.rpc import pb2
+    from baton_worker.router.prefill_stream import PrefillCaller
+    from baton_worker.rpc import pb2, pb2_grpc
 
     compat = _compat()
-    out = []
-    for i in range(samples + 3):  # the first calls warm the channel and the server's threads
-        rid = f"rtt{i}"
-        request = pb2.PrefillRequest(request_id=rid, prompt_token_ids=[0] * num_tokens)
-        t0 = time.perf_counter()
-        pre = stub.Prefill(request, timeout=30)
-        check_handle(pre.handle, compat)
-        if i >= 3:
-            out.append(time.perf_counter() - t0)
-        stub.Release(pb2.ReleaseRequest(request_id=rid, engine_id=pre.handle.engine_id), timeout=30)
+    ids = prompt_ids(num_tokens)
+    out: dict[str, list[float]] = {"stream": [], "unary": [], "stream_no_handle": []}
+    async with grpc.aio.insecure_channel(address) as ch:
+        stub = pb2_grpc.PrefillWorkerStub(ch)
+        caller = PrefillCaller(stub, address)
+        calls = {
+            "stream": lambda r: caller.prefill(r, 30),
+            "unary": lambda r: stub.Prefill(r, timeout=30),
+            "stream_no_handle": lambda r: caller.prefill(r, 30),
+        }
+        seq = 0
+        for i in range(samples + 5):  # the first calls warm the channel and the threads
+            for kind, call in calls.items():
+                seq += 1
+                rid = f"{NO_HANDLE if kind == 'stream_no_handle' else 'rtt-'}{seq}"
+                request = pb2.PrefillRequest(request_id=rid, prompt_token_ids=ids)
+                t0 = time.perf_counter()
+                pre = await call(request)
+                if pre.HasField("handle"):
+                    check_handle(pre.handle, compat)
+                took = time.perf_counter() - t0
+                if i >= 5:
+                    out[kind].append(took)
+                # Every kind makes the Release the real flow makes (a no-op for the control).
+                await stub.Release(
+                    pb2.ReleaseRequest(request_id=rid, engine_id=pre.handle.engine_id), timeout=30
+                )
+        if caller.unary_calls:
+            raise AssertionError("the bench source did not take a PrefillStream")
+        await caller.close()
     return out
 
 
@@ -259,10 +316,21 @@ def run(sizes_mib: list[int], backends: list[str], repeats: int) -> dict:
         if xfer_512:
             # The control plane a request pays before its bytes move: the Prefill call that
             # returns the handle of a 4k-token prompt, then the decode side's check of it.
-            rtts = _handle_round_trips(stub, _geometry_blocks(RTT_MIB * MIB) * BLOCK, RTT_SAMPLES)
+            by_transport = asyncio.run(
+                _handle_round_trips(address, _geometry_blocks(RTT_MIB * MIB) * BLOCK, RTT_SAMPLES)
+            )
+            rtts = by_transport["stream"]
             meta["handle_rtt_ms"] = round(statistics.median(rtts) * 1000, 3)
             meta["handle_rtt_ms_best"] = round(min(rtts) * 1000, 3)
             meta["handle_rtt_samples"] = len(rtts)
+            unary = by_transport["unary"]
+            meta["handle_rtt_ms_unary"] = round(statistics.median(unary) * 1000, 3)
+            meta["handle_rtt_ms_unary_best"] = round(min(unary) * 1000, 3)
+            control = by_transport["stream_no_handle"]
+            meta["prefill_call_without_handle_ms"] = round(statistics.median(control) * 1000, 3)
+            # What handing out the KV metadata adds to the Prefill call a request makes anyway.
+            marginal = max(0.0, statistics.median(rtts) - statistics.median(control))
+            meta["handle_marginal_ms"] = round(marginal * 1000, 3)
             for b, secs in xfer_512.items():
                 meta[f"transfer_512mib_ms_{b}"] = round(statistics.median(secs) * 1000, 3)
                 meta[f"transfer_512mib_ms_{b}_best"] = round(min(secs) * 1000, 3)
@@ -271,6 +339,7 @@ def run(sizes_mib: list[int], backends: list[str], repeats: int) -> dict:
                     statistics.median(rtts) / statistics.median(secs), 5
                 )
                 meta[f"handle_rtt_fraction_of_512mib_{b}_best"] = round(min(rtts) / min(secs), 5)
+                meta[f"handle_marginal_fraction_of_512mib_{b}"] = round(marginal / statistics.median(secs), 5)
         if "nixl" in sinks and sinks["nixl"].endpoint is not None:
             meta["nixl_read_lanes"] = sinks["nixl"].endpoint.read_lanes
         for sink in sinks.values():
