@@ -44,3 +44,52 @@ def test_kv_bench_refuses_bad_sizes() -> None:
         timeout=60,
     )
     assert proc.returncode == 2 and "--sizes" in proc.stderr
+
+
+def test_kv_bench_ucx_sweep_reports_each_setting_and_survives_a_broken_one() -> None:
+    """`--ucx-tls` runs the bench once per UCX_TLS value; one UCX refuses (shared memory only:
+    no peer failure handler) is reported with UCX's reason, and the others still give rows."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "baton_worker.cli",
+            "bench",
+            "kv",
+            "--json",
+            "--sizes",
+            "1",
+            "--backends",
+            "nixl,memcpy",
+            "--repeats",
+            "1",
+            "--ucx-tls",
+            "default;sm,self",
+            "--setting-timeout-s",
+            "120",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert {(r["backend"], r["ucx_tls"]) for r in out["results"]} == {
+        ("nixl", "default"),
+        ("memcpy", "default"),
+    }
+    assert all(r["verified"] for r in out["results"])
+    by_setting = {run["ucx_tls"]: run for run in out["sweep"]}
+    assert by_setting["default"]["device"] == "cpu" and "metadata" in by_setting["default"]
+    assert "no peer failure handler" in by_setting["sm,self"]["error"]
+
+
+def test_kv_bench_refuses_bad_device_and_ucx_settings() -> None:
+    for args, word in ((["--device", "tpu"], "--device"), (["--ucx-tls", "default;;tcp"], "--ucx-tls")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "baton_worker.cli", "bench", "kv", "--sizes", "1", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 2 and word in proc.stderr, proc.stderr

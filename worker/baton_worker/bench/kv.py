@@ -52,13 +52,13 @@ def _expected_ok(dst, src_blocks: int, dst_start: int, num_blocks: int) -> bool:
     for layer in range(dst.shape[0]):
         got = dst[layer, dst_start : dst_start + src_blocks].reshape(-1).view(torch.int64)
         start = layer * num_blocks * per_block
-        want = torch.arange(start, start + got.numel(), dtype=torch.int64)
+        want = torch.arange(start, start + got.numel(), dtype=torch.int64, device=got.device)
         if not torch.equal(got, want):
             return False
     return True
 
 
-def serve_source(num_blocks: int) -> int:
+def serve_source(num_blocks: int, device: str = "cpu") -> int:
     """The child: hold a patterned pool and serve the prefill side's control plane."""
     import grpc
     import torch
@@ -72,8 +72,8 @@ def serve_source(num_blocks: int) -> int:
     torch.set_num_threads(1)
     backend = "nixl" if nixl_available() else "grpc"
     if backend == "nixl":
-        apply_ucx_defaults(cuda=False)
-    storage = torch.empty(LAYERS, num_blocks, 2, HEADS, BLOCK, HEAD_DIM, dtype=torch.bfloat16)
+        apply_ucx_defaults(cuda=device.startswith("cuda"))
+    storage = torch.empty(LAYERS, num_blocks, 2, HEADS, BLOCK, HEAD_DIM, dtype=torch.bfloat16, device=device)
     _fill_pattern(storage)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=GRPC_OPTIONS)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -129,11 +129,19 @@ def serve_source(num_blocks: int) -> int:
     return 0
 
 
-def start_source(num_blocks: int) -> tuple[subprocess.Popen, str, str]:
+def start_source(num_blocks: int, device: str = "cpu") -> tuple[subprocess.Popen, str, str]:
     """Start the prefill-side child (:func:`serve_source`); returns it, its gRPC address and its
     backend (``nixl`` or ``grpc``). It runs until its stdin is closed."""
     child = subprocess.Popen(
-        [sys.executable, "-m", "baton_worker.bench.kv", "--serve-source", str(num_blocks)],
+        [
+            sys.executable,
+            "-m",
+            "baton_worker.bench.kv",
+            "--serve-source",
+            str(num_blocks),
+            "--device",
+            device,
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -164,7 +172,11 @@ def _compat():  # noqa: ANN202
     )
 
 
-def _memcpy_gbps(nbytes: int, repeats: int) -> float:
+def _memcpy_gbps(nbytes: int, repeats: int, device: str = "cpu") -> float:
+    """The reference: one copy of ``nbytes`` within this process. On the CPU a single-threaded
+    copy (like memcpy); on a GPU a device-to-device copy on that GPU."""
+    if device != "cpu":
+        return _device_copy_gbps(nbytes, repeats, device)
     src = np.arange(nbytes // 8, dtype=np.int64)
     dst = np.zeros_like(src)
     np.copyto(dst, src)  # untimed: the first copy also faults in the destination's pages
@@ -183,6 +195,24 @@ def prompt_ids(num_tokens: int) -> list[int]:
     bytes on the wire each, zeros only 1)."""
     rng = np.random.default_rng(0)
     return rng.integers(0, 128256, size=num_tokens).tolist()
+
+
+def _device_copy_gbps(nbytes: int, repeats: int, device: str) -> float:
+    import torch
+
+    src = torch.arange(nbytes // 8, dtype=torch.int64, device=device)
+    dst = torch.zeros_like(src)
+    dst.copy_(src)  # untimed warm-up
+    torch.cuda.synchronize(device)
+    rates = []
+    for _ in range(max(3, repeats)):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        torch.cuda.synchronize(device)
+        rates.append(nbytes / (time.perf_counter() - t0) / 1e9)
+    if not torch.equal(dst, src):
+        raise AssertionError("device copy reference copied wrong bytes")
+    return statistics.median(rates)
 
 
 async def _handle_round_trips(address: str, num_tokens: int, samples: int) -> dict[str, list[float]]:
@@ -237,12 +267,17 @@ async def _handle_round_trips(address: str, num_tokens: int, samples: int) -> di
     return out
 
 
-def run(sizes_mib: list[int], backends: list[str], repeats: int) -> dict:
+def run(sizes_mib: list[int], backends: list[str], repeats: int, device: str = "cpu") -> dict:
     import grpc
     import torch
 
     from baton_worker.kv.handle import check_handle
-    from baton_worker.kv.nixl_agent import UCX_DEFAULTS_CPU, apply_ucx_defaults, nixl_available
+    from baton_worker.kv.nixl_agent import (
+        UCX_DEFAULTS_CPU,
+        UCX_DEFAULTS_CUDA,
+        apply_ucx_defaults,
+        nixl_available,
+    )
     from baton_worker.kv.sink import KvSink
     from baton_worker.rpc import pb2, pb2_grpc
 
@@ -250,13 +285,14 @@ def run(sizes_mib: list[int], backends: list[str], repeats: int) -> dict:
     max_blocks = _geometry_blocks(max(sizes_mib) * MIB)
     if "nixl" in backends and not nixl_available():
         backends = [b for b in backends if b != "nixl"]
-    applied = apply_ucx_defaults(cuda=False) if "nixl" in backends else {}
-    child, address, _ = start_source(max_blocks)
+    cuda = device.startswith("cuda")
+    applied = apply_ucx_defaults(cuda=cuda) if "nixl" in backends else {}
+    child, address, _ = start_source(max_blocks, device)
     try:
         stub = pb2_grpc.PrefillWorkerStub(
             grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 * MIB)])
         )
-        dst = torch.zeros(LAYERS, max_blocks, 2, HEADS, BLOCK, HEAD_DIM, dtype=torch.bfloat16)
+        dst = torch.zeros(LAYERS, max_blocks, 2, HEADS, BLOCK, HEAD_DIM, dtype=torch.bfloat16, device=device)
         sinks = {
             b: KvSink(storage=dst, dtype="bfloat16", backend=b, name=f"bench-sink-{b}-{os.getpid()}")
             for b in backends
@@ -276,7 +312,7 @@ def run(sizes_mib: list[int], backends: list[str], repeats: int) -> dict:
                         {
                             "backend": "memcpy",
                             "bytes": nbytes,
-                            "gbps": round(_memcpy_gbps(nbytes, reps), 3),
+                            "gbps": round(_memcpy_gbps(nbytes, reps, device), 3),
                             "verified": True,
                         }
                     )
@@ -354,10 +390,54 @@ def run(sizes_mib: list[int], backends: list[str], repeats: int) -> dict:
         "metadata": meta,
         "ucx_env": ucx,
         "ucx_defaults_applied": applied,
-        "ucx_defaults": UCX_DEFAULTS_CPU,
+        "ucx_defaults": UCX_DEFAULTS_CUDA if cuda else UCX_DEFAULTS_CPU,
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu",
         "cpus": os.cpu_count(),
         "load_avg": list(os.getloadavg()),
     }
+
+
+def parse_ucx_settings(text: str) -> list[str]:
+    """``--ucx-tls``: UCX_TLS values separated by ``;`` (``default``: UCX's own choice)."""
+    settings = [t.strip() for t in text.split(";")]
+    if not text.strip() or any(not t or " " in t for t in settings):
+        raise ValueError(f"--ucx-tls: expected UCX_TLS values separated by ';', got {text!r}")
+    return list(dict.fromkeys(settings))
+
+
+def why_failed(stderr: str, code: int) -> str:
+    """The line of a failed run's stderr that says why: its last error line, else its last line."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if "ERROR" in line or "Error" in line]
+    return (errors[-1] if errors else lines[-1] if lines else f"exit code {code}")[-600:]
+
+
+def sweep(settings: list[str], bench_args: list[str], timeout_s: float) -> dict:
+    """Run the whole bench once per UCX_TLS setting, each in a process of its own (UCX reads its
+    environment once), and gather the rows, each marked with its ``ucx_tls``. A setting that
+    fails or hangs (UCX wire-up can hang on a transport list it cannot use) is reported as such
+    and the sweep goes on."""
+    rows: list[dict] = []
+    runs: list[dict] = []
+    for setting in settings:
+        env = {k: v for k, v in os.environ.items() if k != "UCX_TLS"}
+        if setting != "default":
+            env["UCX_TLS"] = setting
+        cmd = [sys.executable, "-m", "baton_worker.bench.kv", "--json", *bench_args]
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            runs.append({"ucx_tls": setting, "error": f"no result within {timeout_s:.0f}s (hung?)"})
+            continue
+        if proc.returncode != 0:
+            runs.append(
+                {"ucx_tls": setting, "error": proc.stderr.strip()[-1500:] or f"exit {proc.returncode}"}
+            )
+            continue
+        out = json.loads(proc.stdout)
+        rows += [{**row, "ucx_tls": setting} for row in out["results"]]
+        runs.append({"ucx_tls": setting, "metadata": out["metadata"], "device": out.get("device")})
+    return {"results": rows, "sweep": runs}
 
 
 def main(argv: list[str]) -> int:
@@ -367,6 +447,19 @@ def main(argv: list[str]) -> int:
     p.add_argument("--no-1g", action="store_true", help="skip the 1 GiB case (memory: 3 GiB)")
     p.add_argument("--backends", default="nixl,grpc,memcpy")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="where both pools live: cpu (host memory) or cuda[:N] (GPU memory, both processes on "
+        "that GPU; the memcpy reference is then a device-to-device copy)",
+    )
+    p.add_argument(
+        "--ucx-tls",
+        default="",
+        help="run the bench once per UCX_TLS value, ';'-separated (default: UCX's own choice), "
+        "e.g. 'default;cuda_ipc,cuda_copy,tcp,self'",
+    )
+    p.add_argument("--setting-timeout-s", type=float, default=300.0, help="--ucx-tls: limit per setting")
     p.add_argument("--serve-source", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument(
         "--tp", default="", help="instead: per-rank pull bandwidth, prefill TP N -> decode TP M, e.g. 2:1,4:2"
@@ -377,7 +470,7 @@ def main(argv: list[str]) -> int:
 
         return kv_main(a.tp, repeats=max(1, a.repeats), as_json=a.json)
     if a.serve_source:
-        return serve_source(a.serve_source)
+        return serve_source(a.serve_source, a.device)
     try:
         sizes = sorted({int(s) for s in a.sizes.split(",") if s})
     except ValueError:
@@ -390,13 +483,33 @@ def main(argv: list[str]) -> int:
     if bad or not sizes or any(s < 1 for s in sizes):
         print(f"baton bench kv: bad --backends {bad} or --sizes {sizes}", file=sys.stderr)
         return 2
-    out = run(sizes, backends, max(1, a.repeats))
+    if a.device != "cpu":
+        import torch
+
+        if not a.device.startswith("cuda") or not torch.cuda.is_available():
+            print(
+                f"baton bench kv: --device {a.device}: expected cpu, or cuda[:N] on a machine with a GPU",
+                file=sys.stderr,
+            )
+            return 2
+    if a.ucx_tls:
+        try:
+            settings = parse_ucx_settings(a.ucx_tls)
+        except ValueError as exc:
+            print(f"baton bench kv: {exc}", file=sys.stderr)
+            return 2
+        args = ["--sizes", ",".join(map(str, sizes)), "--backends", ",".join(backends)]
+        args += ["--repeats", str(max(1, a.repeats)), "--device", a.device]
+        out = sweep(settings, args, a.setting_timeout_s)
+    else:
+        out = run(sizes, backends, max(1, a.repeats), a.device)
     if a.json:
         print(json.dumps(out))
     else:
         for r in out["results"]:
-            print(f"{r['backend']:>7} {r['bytes'] / MIB:>7.0f} MiB {r['gbps']:>8.2f} GB/s")
-        print(json.dumps(out["metadata"]))
+            tls = f"  UCX_TLS={r['ucx_tls']}" if "ucx_tls" in r else ""
+            print(f"{r['backend']:>7} {r['bytes'] / MIB:>7.0f} MiB {r['gbps']:>8.2f} GB/s{tls}")
+        print(json.dumps(out.get("metadata", out.get("sweep"))))
     return 0
 
 
