@@ -7,24 +7,14 @@ import subprocess
 import sys
 
 
+def bench_kv(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    """`baton bench kv ARGS` in a process of its own."""
+    cmd = [sys.executable, "-m", "baton_worker.cli", "bench", "kv", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
 def test_kv_bench_json_small_sizes() -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "baton_worker.cli",
-            "bench",
-            "kv",
-            "--json",
-            "--sizes",
-            "1,4",
-            "--repeats",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    proc = bench_kv("--json", "--sizes", "1,4", "--repeats", "1", timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)  # exactly one JSON document on stdout
     rows = out["results"]
@@ -37,39 +27,16 @@ def test_kv_bench_json_small_sizes() -> None:
 
 
 def test_kv_bench_refuses_bad_sizes() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "baton_worker.cli", "bench", "kv", "--sizes", "big"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = bench_kv("--sizes", "big", timeout=60)
     assert proc.returncode == 2 and "--sizes" in proc.stderr
 
 
 def test_kv_bench_ucx_sweep_reports_each_setting_and_survives_a_broken_one() -> None:
     """`--ucx-tls` runs the bench once per UCX_TLS value; one UCX refuses (shared memory only:
     no peer failure handler) is reported with UCX's reason, and the others still give rows."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "baton_worker.cli",
-            "bench",
-            "kv",
-            "--json",
-            "--sizes",
-            "1",
-            "--backends",
-            "nixl,memcpy",
-            "--repeats",
-            "1",
-            "--ucx-tls",
-            "default;sm,self",
-            "--setting-timeout-s",
-            "120",
-        ],
-        capture_output=True,
-        text=True,
+    proc = bench_kv(
+        *("--json", "--sizes", "1", "--backends", "nixl,memcpy", "--repeats", "1"),
+        *("--ucx-tls", "default;sm,self", "--setting-timeout-s", "120"),
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -86,10 +53,5 @@ def test_kv_bench_ucx_sweep_reports_each_setting_and_survives_a_broken_one() -> 
 
 def test_kv_bench_refuses_bad_device_and_ucx_settings() -> None:
     for args, word in ((["--device", "tpu"], "--device"), (["--ucx-tls", "default;;tcp"], "--ucx-tls")):
-        proc = subprocess.run(
-            [sys.executable, "-m", "baton_worker.cli", "bench", "kv", "--sizes", "1", *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        proc = bench_kv("--sizes", "1", *args, timeout=60)
         assert proc.returncode == 2 and word in proc.stderr, proc.stderr
