@@ -16,7 +16,7 @@ from concurrent import futures
 
 import grpc
 import pytest
-from baton_worker.router.prefill_stream import PrefillCaller
+from baton_worker.router.prefill_stream import FALLBACK_S, PrefillCaller
 from baton_worker.rpc import pb2, pb2_grpc
 from baton_worker.server.prefill_stream import CallRefused, CallState, PrefillStreams
 from router_stack import wait_until
@@ -56,6 +56,7 @@ class Servicer(pb2_grpc.PrefillWorkerServicer):
         self.engine = engine
         self.streams = streams
         self.unary = 0
+        self.streams_opened = 0
 
     def Prefill(self, request, context):  # noqa: N802, ANN001, ANN201
         self.unary += 1
@@ -65,16 +66,21 @@ class Servicer(pb2_grpc.PrefillWorkerServicer):
             context.abort(exc.code, exc.message)
 
     def PrefillStream(self, request_iterator, context):  # noqa: N802, ANN001, ANN201
+        self.streams_opened += 1
         if self.streams is None:  # a worker of an older version
             return super().PrefillStream(request_iterator, context)
         return self.streams.serve(request_iterator, context)
 
 
 class Worker:
-    def __init__(self, *, with_streams: bool = True, max_streams: int = 8, port: int = 0) -> None:
+    def __init__(
+        self, *, with_streams: bool = True, max_streams: int = 8, max_calls: int = 32, port: int = 0
+    ) -> None:
         self.engine = Engine()
         self.streams = (
-            PrefillStreams(self.engine, max_calls=32, max_streams=max_streams) if with_streams else None
+            PrefillStreams(self.engine, max_calls=max_calls, max_streams=max_streams)
+            if with_streams
+            else None
         )
         self.servicer = Servicer(self.engine, self.streams)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
@@ -158,7 +164,6 @@ def test_a_call_past_its_deadline_fails_and_the_worker_knows_nobody_waits(worker
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await caller.prefill(request("block-deadline"), 0.3)
         took = time.monotonic() - t0
-        worker.engine.release.set()
         # The stream still serves the next call.
         nxt = await caller.prefill(request("sleep-1-after"), 10)
         return err.value, took, nxt
@@ -173,22 +178,63 @@ def test_a_call_past_its_deadline_fails_and_the_worker_knows_nobody_waits(worker
     )
 
 
-def test_a_cancelled_caller_tells_the_worker(worker: Worker) -> None:
-    async def body(caller: PrefillCaller) -> None:
+def test_a_cancelled_caller_tells_the_worker_over_the_open_stream(worker: Worker) -> None:
+    async def body(caller: PrefillCaller) -> tuple[bool, bool]:
         task = asyncio.create_task(caller.prefill(request("block-cancel"), 30))
-        await asyncio.sleep(0)
         wait = time.monotonic() + 10
         while "block-cancel" not in worker.engine.remaining and time.monotonic() < wait:
             await asyncio.sleep(0.01)  # until the worker runs the call
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        # Keep the stream open until the worker has seen the cancel message.
+        # The cancel message, not the end of the stream, must stop the call: the stream stays open.
+        wait = time.monotonic() + 5
         while "block-cancel" not in worker.engine.seen_inactive and time.monotonic() < wait:
             await asyncio.sleep(0.01)
+        return "block-cancel" in worker.engine.seen_inactive, caller.streaming
 
-    run_client(worker.address, body)
-    wait_until(lambda: "block-cancel" in worker.engine.seen_inactive, 10, "the cancelled call to be inactive")
+    seen, still_streaming = run_client(worker.address, body)
+    assert seen and still_streaming
+
+
+def test_calls_waiting_for_a_serving_slot_past_their_deadline_never_run() -> None:
+    w = Worker(max_calls=2)
+    try:
+
+        async def body(caller: PrefillCaller) -> list:
+            jobs = [caller.prefill(request(f"block-slot-{i}"), 0.5) for i in range(6)]
+            return await asyncio.gather(*jobs, return_exceptions=True)
+
+        outcomes = run_client(w.address, body)
+        assert all(isinstance(o, grpc.aio.AioRpcError) for o in outcomes), outcomes
+        assert {o.code() for o in outcomes} == {grpc.StatusCode.DEADLINE_EXCEEDED}
+        # Two ran (and gave up at the deadline); the four that waited for a slot were answered
+        # without running once one freed: their deadlines had passed by then.
+        wait_until(lambda: len(w.engine.seen_inactive) == 2, 10, "the two running calls to give up")
+        assert sorted(w.engine.remaining) == sorted(w.engine.seen_inactive)
+        assert len(w.engine.remaining) == 2
+    finally:
+        w.stop()
+
+
+def test_cancelling_one_caller_mid_send_leaves_the_others_and_the_stream_alone(worker: Worker) -> None:
+    async def body(caller: PrefillCaller) -> tuple:
+        # Prompts of 200k tokens (~1 MB each) fill HTTP/2's flow-control window: sends queue.
+        jobs = [
+            asyncio.create_task(caller.prefill(request(f"sleep-1-big-{i}", 200_000), 60)) for i in range(12)
+        ]
+        await asyncio.sleep(0)
+        jobs[5].cancel()
+        outcomes = await asyncio.gather(*jobs, return_exceptions=True)
+        return outcomes
+
+    outcomes = run_client(worker.address, body)
+    assert isinstance(outcomes[5], asyncio.CancelledError)
+    ok = [o for i, o in enumerate(outcomes) if i != 5]
+    assert all(isinstance(o, pb2.PrefillResponse) for o in ok), [
+        o for o in ok if not isinstance(o, pb2.PrefillResponse)
+    ]
+    assert worker.servicer.streams_opened == 1
 
 
 def test_a_broken_stream_fails_calls_in_flight_unavailable_and_the_next_call_reconnects() -> None:
@@ -249,11 +295,11 @@ def test_reset_fails_calls_in_flight_at_once(worker: Worker) -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "sticky"),
-    [({"with_streams": False}, True), ({"max_streams": 0}, False)],
+    "kwargs",
+    [{"with_streams": False}, {"max_streams": 0}],
     ids=["older-worker-unimplemented", "stream-slots-exhausted"],
 )
-def test_a_worker_taking_no_stream_is_called_unary(kwargs: dict, sticky: bool) -> None:
+def test_a_worker_taking_no_stream_is_called_unary_for_a_while(kwargs: dict) -> None:
     w = Worker(**kwargs)
     try:
 
@@ -267,7 +313,8 @@ def test_a_worker_taking_no_stream_is_called_unary(kwargs: dict, sticky: bool) -
         assert (a.handle.request_id, b.handle.request_id) == ("sleep-1-a", "sleep-1-b")
         assert used == ["unary", "unary"]
         assert w.servicer.unary == 2  # each call ran exactly once
-        assert (unary_until == float("inf")) is sticky
+        # ... for FALLBACK_S, then the stream is tried again (the worker may have been upgraded).
+        assert time.monotonic() + FALLBACK_S - 5 < unary_until <= time.monotonic() + FALLBACK_S
     finally:
         w.stop()
 
@@ -276,18 +323,28 @@ def test_end_all_ends_streams_and_callers_reconnect(worker: Worker) -> None:
     async def body(caller: PrefillCaller) -> tuple:
         await caller.prefill(request("sleep-1-a"), 5)
         assert worker.streams is not None and worker.streams.open_streams == 1
+        inflight = asyncio.create_task(caller.prefill(request("block-at-end"), 30))
+        wait = time.monotonic() + 10
+        while "block-at-end" not in worker.engine.remaining and time.monotonic() < wait:
+            await asyncio.sleep(0.01)
         worker.streams.end_all()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await asyncio.wait_for(inflight, 10)
         wait = time.monotonic() + 10
         while caller.streaming and time.monotonic() < wait:
             await asyncio.sleep(0.01)
         streaming_after_end = caller.streaming
         b = await caller.prefill(request("sleep-1-b"), 5)
-        return streaming_after_end, b, caller.stream_calls
+        return err.value, streaming_after_end, b, worker.servicer.streams_opened
 
-    streaming_after_end, b, stream_calls = run_client(worker.address, body)
+    err, streaming_after_end, b, opened = run_client(worker.address, body)
+    # A call in flight when the worker ends its streams fails retryable, and the worker knows
+    # nobody waits for it.
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    wait_until(lambda: "block-at-end" in worker.engine.seen_inactive, 10, "the cut call to be inactive")
     assert streaming_after_end is False
     assert b.handle.request_id == "sleep-1-b"
-    assert stream_calls == 2
+    assert opened == 2
 
 
 def test_closing_the_caller_still_delivers_calls_in_flight(worker: Worker) -> None:

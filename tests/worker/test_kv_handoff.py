@@ -135,10 +135,11 @@ def _stream_prefill(worker: WorkerProc, request: pb2.PrefillRequest, timeout: fl
         async with grpc.aio.insecure_channel(worker.address) as ch:
             caller = PrefillCaller(pb2_grpc.PrefillWorkerStub(ch), worker.address)
             try:
-                return await caller.prefill(request, timeout)
+                resp = await caller.prefill(request, timeout)
             finally:
-                assert caller.unary_calls == 0  # the worker took the stream
                 await caller.close()
+            assert caller.unary_calls == 0  # the worker took the stream
+            return resp
 
     return asyncio.run(call())
 
@@ -160,19 +161,33 @@ def test_kv_handoff_over_the_prefill_stream_equals_single_process(
 
 
 def test_kv_stream_call_past_its_deadline_leaves_no_blocks(workers: dict[str, WorkerProc]) -> None:
-    """The caller stops waiting before the prefill is done: the worker frees what it issues."""
+    """Calls on one long-lived stream whose caller stops waiting before the prefill is done: the
+    worker frees what it issues for them while the stream stays open (the deadline freed them,
+    not the end of the stream)."""
     prefill = workers["prefill-nixl"]
     released = _freed_by_release(prefill)
-    for i in range(3):
-        rid = f"late-{i}-{uuid.uuid4().hex[:6]}"
-        request = pb2.PrefillRequest(request_id=rid, prompt_token_ids=PROMPT * 4, sampling=GREEDY)
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            _stream_prefill(prefill, request, 0.002)
-        assert err.value.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
-    # Well before the 60 s TTL: freed because nobody waited for the handles.
-    wait_for(
-        "prefill blocks freed after abandoned stream calls", lambda: all_blocks_free(prefill), timeout=10
-    )
+
+    async def body() -> tuple[list[grpc.StatusCode], bool]:
+        async with grpc.aio.insecure_channel(prefill.address) as ch:
+            caller = PrefillCaller(pb2_grpc.PrefillWorkerStub(ch), prefill.address)
+            codes = []
+            for i in range(3):
+                rid = f"late-{i}-{uuid.uuid4().hex[:6]}"
+                request = pb2.PrefillRequest(request_id=rid, prompt_token_ids=PROMPT * 4, sampling=GREEDY)
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await caller.prefill(request, 0.002)
+                codes.append(err.value.code())
+            # Well before the 60 s TTL, with the stream still open.
+            await asyncio.to_thread(
+                wait_for, "prefill blocks freed after abandoned calls", lambda: all_blocks_free(prefill), 10
+            )
+            still_open = caller.streaming
+            await caller.close()
+            return codes, still_open
+
+    codes, still_open = asyncio.run(body())
+    assert set(codes) <= {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+    assert still_open
     # ... and they were issued, then freed as abandoned (not refused before running).
     assert _freed_by_release(prefill) > released
 

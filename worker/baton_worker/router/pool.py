@@ -185,8 +185,10 @@ class WorkerPool:
                     return
             if w.reachable:
                 log.warning("%s worker %s unreachable: %s", self.role, w.address, e.code().name)
-            if w.calls is not None:
-                w.calls.reset(f"worker stopped answering Health ({e.code().name})")
+            if w.calls is not None and e.code() == grpc.StatusCode.UNAVAILABLE:
+                # Unreachable: its prefills in flight fail now, not at their deadline. (A worker
+                # that is only slow to answer Health keeps them running.)
+                w.calls.reset(f"worker unreachable ({e.details()})")
             w.reachable = False
             w.down.set()
             return

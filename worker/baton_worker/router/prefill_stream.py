@@ -1,25 +1,25 @@
 """The router's side of ``PrefillStream``: one long-lived stream per prefill worker.
 
-Every Prefill goes over the worker's stream instead of a unary call of its own, which halves
-the round trip in Python gRPC (docs/kv-transfer.md). A call gets a ``call_id``; its reply is
+Every Prefill goes over the worker's stream instead of a unary call of its own, which saves the
+per-call setup of gRPC (0.01-0.2 ms per call measured, more for short prompts; docs/kv-transfer.md). A call gets a ``call_id``; its reply is
 matched by that id; its deadline is enforced here and sent along, so the worker gives up too.
 
 Failures keep the unary call's contract, so the dispatcher cannot tell the two apart:
 - a call the worker refuses fails with the same status code and message as unary ``Prefill``;
-- a call that outlives its timeout fails DEADLINE_EXCEEDED, and the worker is told to free its
-  KV if it ever issues it (the same as a cancelled call);
-- when the stream breaks (worker died, restarted, stopped answering Health), every call in flight
-  on it fails UNAVAILABLE, which is retryable, and the next call opens a new stream.
+- a call that outlives its timeout (counted from when it was queued to be sent) fails
+  DEADLINE_EXCEEDED, and the worker is told to free its KV if it ever issues it (the same as a
+  cancelled call);
+- when the stream breaks (worker died, restarted, unreachable), every call in flight on it fails
+  UNAVAILABLE, which is retryable, and the next call opens a new stream.
 
-A worker without ``PrefillStream`` (UNIMPLEMENTED: an older version during a rolling upgrade) is
-called with unary ``Prefill`` from then on; one whose stream slots are all taken
-(``prefill_streams_exhausted``) for :data:`FALLBACK_S`.
+A worker without ``PrefillStream`` (UNIMPLEMENTED: an older version during a rolling upgrade) or
+with all its stream slots taken (``prefill_streams_exhausted``) is called with unary ``Prefill``
+for :data:`FALLBACK_S`, then the stream is tried again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import math
@@ -64,14 +64,21 @@ class _NoStream(Exception):
     """This worker takes no stream from us now: call it unary."""
 
 
+_CLOSE = object()  # in a stream's outbox: half-close after what is queued before it
+
+
 class _Stream:
-    """One open PrefillStream and the calls waiting for their replies on it."""
+    """One open PrefillStream: its outbox (one writer task writes it, so that no caller's
+    cancellation can cancel the RPC: grpc.aio cancels the whole call when a write is cancelled),
+    and the calls waiting for their replies."""
 
     def __init__(self, call: Any) -> None:
         self.call = call  # grpc.aio.StreamStreamCall
         self.pending: dict[int, asyncio.Future] = {}
+        self.outbox: asyncio.Queue = asyncio.Queue()
         self.answered = False
-        self.reader: asyncio.Task | None = None
+        self.ended = False
+        self.tasks: list[asyncio.Task] = []
         self.closed_why = "was closed"
 
 
@@ -83,9 +90,7 @@ class PrefillCaller:
         self.address = address
         self._stream: _Stream | None = None
         self._ids = itertools.count(1)
-        self._write_lock = asyncio.Lock()
-        self._unary_until = 0.0  # time.monotonic(); math.inf: the worker has no PrefillStream
-        self._background: set[asyncio.Task] = set()
+        self._unary_until = 0.0  # time.monotonic() until which this worker is called unary
         self.stream_calls = 0
         self.unary_calls = 0
 
@@ -115,14 +120,18 @@ class PrefillCaller:
         self, request: pb2.PrefillRequest, timeout: float, record: Callable[[str], None] | None
     ) -> pb2.PrefillResponse:
         call_id = next(self._ids)
+        stream = self._stream or self._open()
         fut = asyncio.get_running_loop().create_future()
+        stream.pending[call_id] = fut
         msg = pb2.PrefillCall(call_id=call_id, request=request, timeout_ms=max(1, math.ceil(timeout * 1000)))
-        stream = await self._send(call_id, fut, msg)
+        stream.outbox.put_nowait(msg)
         on_stream = True
         try:
             async with asyncio.timeout(timeout):
                 return await fut
         except TimeoutError:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                return fut.result()  # the reply won the race against the deadline
             raise rpc_error(
                 grpc.StatusCode.DEADLINE_EXCEEDED, f"prefill did not answer within {timeout:.1f}s"
             ) from None
@@ -131,47 +140,33 @@ class PrefillCaller:
             raise
         finally:
             if on_stream:
-                self._count(record)
-            if stream.pending.pop(call_id, None) is not None:
-                # Given up (timeout, or our caller was cancelled): the worker frees its KV.
-                self._spawn(self._cancel(stream, call_id))
-
-    def _count(self, record: Callable[[str], None] | None) -> None:
-        self.stream_calls += 1
-        if record is not None:
-            record("stream")
-
-    async def _send(self, call_id: int, fut: asyncio.Future, msg: pb2.PrefillCall) -> _Stream:
-        """Write the call on the open stream (opening one first); a stream found broken before
-        the call went out is replaced once."""
-        last = "no stream"
-        for _ in range(2):
-            if time.monotonic() < self._unary_until:
-                raise _NoStream()
-            stream = self._stream or self._open()
-            stream.pending[call_id] = fut
-            try:
-                async with self._write_lock:
-                    await stream.call.write(msg)
-                return stream
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as e:
-                stream.pending.pop(call_id, None)
-                if self._stream is stream:
-                    self._stream = None
-                if isinstance(e, grpc.aio.AioRpcError):
-                    if means_no_stream(e.code(), e.details() or "", stream.answered):
-                        self._no_stream(e)
-                        raise _NoStream() from None
-                    last = f"{e.code().name} {e.details()}"
-                else:
-                    last = str(e) or "stream already finished"
-        raise rpc_error(grpc.StatusCode.UNAVAILABLE, f"prefill stream to {self.address} broke: {last}")
+                self.stream_calls += 1
+                if record is not None:
+                    record("stream")
+            if stream.pending.pop(call_id, None) is not None and not stream.ended:
+                # Given up (timeout, or our caller was cancelled): the worker frees its KV. The
+                # writer skips the call itself if it has not gone out yet.
+                stream.outbox.put_nowait(pb2.PrefillCall(call_id=call_id, cancel=True))
 
     def _open(self) -> _Stream:
         stream = _Stream(self._stub.PrefillStream())
-        stream.reader = asyncio.get_running_loop().create_task(self._read(stream))
+        loop = asyncio.get_running_loop()
+        stream.tasks = [loop.create_task(self._write(stream)), loop.create_task(self._read(stream))]
         self._stream = stream
         return stream
+
+    async def _write(self, stream: _Stream) -> None:
+        try:
+            while True:
+                msg = await stream.outbox.get()
+                if msg is _CLOSE:
+                    await stream.call.done_writing()
+                    return
+                if not msg.cancel and msg.call_id not in stream.pending:
+                    continue  # given up before it went out: the worker never sees it
+                await stream.call.write(msg)
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            pass  # the stream is over: the reader fails what waits on it
 
     async def _read(self, stream: _Stream) -> None:
         error: grpc.aio.AioRpcError | _NoStream | None = None
@@ -199,11 +194,12 @@ class PrefillCaller:
                     f"prefill stream to {self.address} broke: {e.code().name} {e.details()}",
                 )
         except asyncio.CancelledError:
+            # grpc.aio raises this when the call was cancelled locally (reset), or our task was.
             error = rpc_error(
                 grpc.StatusCode.UNAVAILABLE, f"prefill stream to {self.address} {stream.closed_why}"
             )
-            raise
         finally:
+            stream.ended = True
             if self._stream is stream:
                 self._stream = None
             if error is None:
@@ -212,27 +208,22 @@ class PrefillCaller:
                 if not fut.done():
                     fut.set_exception(error)
             stream.pending.clear()
+            for task in stream.tasks:
+                if task is not asyncio.current_task():
+                    task.cancel()
 
     def _no_stream(self, e: grpc.aio.AioRpcError) -> None:
-        if e.code() == grpc.StatusCode.UNIMPLEMENTED:
-            self._unary_until = math.inf
-            log.warning(
-                "prefill worker %s has no PrefillStream (older version?): calling it unary", self.address
-            )
-        else:
-            self._unary_until = time.monotonic() + FALLBACK_S
-            log.warning(
-                "prefill worker %s: %s; calling it unary for %.0fs", self.address, e.details(), FALLBACK_S
-            )
-
-    async def _cancel(self, stream: _Stream, call_id: int) -> None:
-        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, asyncio.CancelledError):
-            async with self._write_lock:
-                await stream.call.write(pb2.PrefillCall(call_id=call_id, cancel=True))
+        self._unary_until = time.monotonic() + FALLBACK_S
+        why = (
+            "has no PrefillStream (older version?)"
+            if e.code() == grpc.StatusCode.UNIMPLEMENTED
+            else e.details()
+        )
+        log.warning("prefill worker %s %s: calling it unary for %.0fs", self.address, why, FALLBACK_S)
 
     def reset(self, why: str) -> None:
-        """Break the open stream now (say, the worker stopped answering Health): calls in flight
-        on it fail UNAVAILABLE at once instead of at their deadline."""
+        """Break the open stream now (the worker stopped answering): calls in flight on it fail
+        UNAVAILABLE at once instead of at their deadline."""
         stream, self._stream = self._stream, None
         if stream is not None:
             stream.closed_why = f"was reset: {why}"
@@ -242,11 +233,4 @@ class PrefillCaller:
         """Half-close the stream: calls in flight still get their replies, then it ends."""
         stream, self._stream = self._stream, None
         if stream is not None:
-            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-                async with self._write_lock:
-                    await stream.call.done_writing()
-
-    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+            stream.outbox.put_nowait(_CLOSE)

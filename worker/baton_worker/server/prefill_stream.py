@@ -1,12 +1,11 @@
 """Serving ``PrefillStream``: many Prefill calls multiplexed over one long-lived gRPC stream.
 
 The router keeps one stream open per prefill worker instead of making one unary call per
-request, which saves the per-call setup of gRPC (docs/kv-transfer.md). On the worker, pool
-threads take turns reading the stream; each serves the call it read, so calls on one stream run
-concurrently (the engine batches them); replies go back in completion order, matched by
-``call_id``.
+request, which saves the per-call setup of gRPC (docs/kv-transfer.md). On the worker, calls on
+one stream run concurrently (the engine batches them) and replies go back in completion order,
+matched by ``call_id``; :class:`PrefillStreams` says which threads do what.
 
-A worker holds its open streams in :class:`PrefillStreams`. Each call has its own deadline (``timeout_ms``, counted from its arrival). A call is *active*
+Each call has its own deadline (``timeout_ms``, counted from its arrival). A call is *active*
 while its stream is open, its caller has not cancelled it and its deadline has not passed; the
 function that serves it checks that before handing out KV, exactly as the unary ``Prefill``
 checks ``context.is_active()``, so a call nobody waits for never strands blocks.
@@ -14,6 +13,7 @@ checks ``context.is_active()``, so a call nobody waits for never strands blocks.
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
@@ -78,22 +78,53 @@ _READ_DONE = object()
 _END = object()
 
 
+class _Queued:
+    """A call read off a stream while every serving slot was taken: served when one frees."""
+
+    __slots__ = ("call_id", "request", "state", "answer")
+
+    def __init__(
+        self,
+        call_id: int,
+        request: pb2.PrefillRequest,
+        state: StreamCall,
+        answer: Callable[[int, pb2.PrefillRequest, StreamCall], None],
+    ) -> None:
+        self.call_id = call_id
+        self.request = request
+        self.state = state
+        self.answer = answer
+
+
 class PrefillStreams:
-    """The open ``PrefillStream`` RPCs of one worker; ``run`` serves each call in a pool.
+    """The open ``PrefillStream`` RPCs of one worker; ``run`` serves each call.
 
     ``run`` returns the response or raises :class:`CallRefused`; anything else it raises is
-    answered INTERNAL. Each open stream holds one of the gRPC server's threads for as long as it
-    lives, so at most ``max_streams`` are accepted (more get RESOURCE_EXHAUSTED and the router
-    falls back to unary Prefill for a while): they can never starve unary calls.
+    answered INTERNAL. At most ``max_calls`` calls are served at once (over all streams).
+
+    Reading never waits for serving: each stream always has one pool thread reading it, so a
+    cancel is seen at once and a call's deadline counts from when it was sent, not from when a
+    serving slot freed. When a slot is free, the thread that read a call serves it itself after
+    handing the reading on to another thread (leader/follower: no thread hop between a call's
+    arrival and its start; a hop to an idle thread costs 0.1-0.4 ms on a busy 2-core machine,
+    a quarter of the whole round trip). When none is free, the call waits in a queue and the
+    reader reads on; a call that is no longer active by the time a slot frees is answered
+    without being run.
+
+    Each open stream also holds one of the gRPC server's threads for as long as it lives, so at
+    most ``max_streams`` are accepted (more get RESOURCE_EXHAUSTED and the router falls back to
+    unary Prefill for a while): they can never starve unary calls.
     """
 
     def __init__(self, run: PrefillFn, *, max_calls: int, max_streams: int = MAX_STREAMS) -> None:
         self.run = run
         self.max_streams = max_streams
-        # Each open stream keeps one pool thread reading it; max_calls threads serve calls.
-        self._calls = ThreadPoolExecutor(
+        # Threads: at most max_calls serving (the slots) plus one reading each open stream.
+        self._pool = ThreadPoolExecutor(
             max_workers=max_calls + max_streams, thread_name_prefix="prefill-call"
         )
+        self._slots = threading.Semaphore(max_calls)
+        self._queued: collections.deque[_Queued] = collections.deque()
         self._lock = threading.Lock()
         self._open: set[queue.SimpleQueue] = set()
 
@@ -109,7 +140,30 @@ class PrefillStreams:
 
     def close(self) -> None:
         self.end_all()
-        self._calls.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _serve_queued(self) -> None:
+        """Hand queued calls to free slots (each in a pool thread of its own)."""
+        while True:
+            with self._lock:
+                if not self._queued:
+                    return
+                if not self._slots.acquire(blocking=False):
+                    return
+                item = self._queued.popleft()
+            try:
+                self._pool.submit(self._run_queued, item)
+            except RuntimeError:  # shutting down
+                self._slots.release()
+                item.answer(item.call_id, item.request, item.state)
+                return
+
+    def _run_queued(self, item: _Queued) -> None:
+        try:
+            item.answer(item.call_id, item.request, item.state)
+        finally:
+            self._slots.release()
+        self._serve_queued()
 
     def serve(
         self, calls: Iterator[pb2.PrefillCall], context: grpc.ServicerContext
@@ -139,25 +193,30 @@ class PrefillStreams:
         lock = threading.Lock()
         sent = [0]  # calls that will get a reply (written by the reader only)
 
-        def one(call_id: int, request: pb2.PrefillRequest, state: StreamCall) -> None:
-            try:
-                reply = pb2.PrefillReply(call_id=call_id, response=self.run(request, state))
-            except CallRefused as exc:
-                reply = status_reply(call_id, exc.code, exc.message)
-            except Exception as exc:  # a bug: answer it rather than leave the caller waiting
-                log.exception("prefill call %d (%s) failed", call_id, request.request_id)
-                reply = status_reply(
-                    call_id, grpc.StatusCode.INTERNAL, f"internal: {type(exc).__name__}: {exc}"
+        def answer(call_id: int, request: pb2.PrefillRequest, state: StreamCall) -> None:
+            if not state.is_active():
+                # Given up (cancelled, past its deadline, stream gone) while it waited for a
+                # slot: not run at all, so nothing is held for it.
+                code = (
+                    grpc.StatusCode.CANCELLED
+                    if state.cancelled.is_set()
+                    else grpc.StatusCode.DEADLINE_EXCEEDED
                 )
+                reply = status_reply(call_id, code, "prefill call given up before it ran")
+            else:
+                try:
+                    reply = pb2.PrefillReply(call_id=call_id, response=self.run(request, state))
+                except CallRefused as exc:
+                    reply = status_reply(call_id, exc.code, exc.message)
+                except Exception as exc:  # a bug: answer it rather than leave the caller waiting
+                    log.exception("prefill call %d (%s) failed", call_id, request.request_id)
+                    why = f"internal: {type(exc).__name__}: {exc}"
+                    reply = status_reply(call_id, grpc.StatusCode.INTERNAL, why)
             with lock:
                 inflight.pop(call_id, None)
             replies.put(reply)
 
         def read() -> None:
-            # Leader/follower: the pool thread that takes a call off the stream serves it itself,
-            # after handing the reading on to another pool thread. No thread hop sits between a
-            # call's arrival and its start (measured: a hop to an idle pool thread costs 0.1-0.4 ms
-            # on a busy 2-core machine, a quarter of the whole round trip).
             try:
                 for call in calls:
                     if call.cancel:
@@ -175,26 +234,35 @@ class PrefillStreams:
                         why = f"invalid_request: call_id {call.call_id} is already in flight on this stream"
                         replies.put(status_reply(call.call_id, grpc.StatusCode.INVALID_ARGUMENT, why))
                         continue
-                    try:
-                        self._calls.submit(read)  # the next reader
-                    except RuntimeError:  # the pool is shut down: the worker is stopping
-                        with lock:
-                            inflight.pop(call.call_id, None)
-                        stopping = status_reply(
-                            call.call_id, grpc.StatusCode.UNAVAILABLE, "not_ready: stopping"
-                        )
-                        replies.put(stopping)
-                        break
-                    one(call.call_id, call.request, state)
-                    return
+                    if self._slots.acquire(blocking=False):
+                        try:
+                            self._pool.submit(read)  # the next reader
+                        except RuntimeError:  # the pool is shut down: the worker is stopping
+                            self._slots.release()
+                            with lock:
+                                inflight.pop(call.call_id, None)
+                            stopping = status_reply(
+                                call.call_id, grpc.StatusCode.UNAVAILABLE, "not_ready: stopping"
+                            )
+                            replies.put(stopping)
+                            break
+                        try:
+                            answer(call.call_id, call.request, state)
+                        finally:
+                            self._slots.release()
+                        self._serve_queued()
+                        return
+                    with self._lock:
+                        self._queued.append(_Queued(call.call_id, call.request, state, answer))
+                    self._serve_queued()  # a slot may have freed meanwhile
             except grpc.RpcError:
-                pass  # the stream broke: calls still running see is_active() turn false
+                pass  # the stream broke: calls still running or queued see is_active() turn false
             except Exception:  # a malformed message, say: end the stream rather than hang it
                 log.exception("prefill stream reader failed")
             replies.put(_READ_DONE)  # this thread stopped reading for good, and nobody reads on
 
         try:
-            self._calls.submit(read)
+            self._pool.submit(read)
         except RuntimeError:
             context.abort(grpc.StatusCode.UNAVAILABLE, "not_ready: prefill worker is stopping")
         reading, answered = True, 0
