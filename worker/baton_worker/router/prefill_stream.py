@@ -78,6 +78,7 @@ class _Stream:
         self.outbox: asyncio.Queue = asyncio.Queue()
         self.answered = False
         self.ended = False
+        self.closing = False  # close() was called: half-close once no call waits any more
         self.tasks: list[asyncio.Task] = []
         self.closed_why = "was closed"
 
@@ -147,6 +148,8 @@ class PrefillCaller:
                 # Given up (timeout, or our caller was cancelled): the worker frees its KV. The
                 # writer skips the call itself if it has not gone out yet.
                 stream.outbox.put_nowait(pb2.PrefillCall(call_id=call_id, cancel=True))
+            if stream.closing and not stream.pending and not stream.ended:
+                stream.outbox.put_nowait(_CLOSE)  # the last call of a closed stream is done
 
     def _open(self) -> _Stream:
         stream = _Stream(self._stub.PrefillStream())
@@ -157,6 +160,10 @@ class PrefillCaller:
 
     async def _write(self, stream: _Stream) -> None:
         try:
+            # The worker accepts the stream (or refuses it) before anything is written: a write
+            # racing a refusal fails inside gRPC with INTERNAL and hides the worker's real status
+            # (UNIMPLEMENTED, prefill_streams_exhausted), which says to go unary instead.
+            await stream.call.initial_metadata()
             while True:
                 msg = await stream.outbox.get()
                 if msg is _CLOSE:
@@ -167,6 +174,9 @@ class PrefillCaller:
                 await stream.call.write(msg)
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
             pass  # the stream is over: the reader fails what waits on it
+        except Exception:  # a bug: end the stream, so the reader fails what waits on it
+            log.exception("prefill stream writer to %s failed", self.address)
+            stream.call.cancel()
 
     async def _read(self, stream: _Stream) -> None:
         error: grpc.aio.AioRpcError | _NoStream | None = None
@@ -230,7 +240,10 @@ class PrefillCaller:
             stream.call.cancel()
 
     async def close(self) -> None:
-        """Half-close the stream: calls in flight still get their replies, then it ends."""
+        """Half-close the stream once no call waits on it any more: calls in flight still get their
+        replies (and a caller giving up still tells the worker), then it ends."""
         stream, self._stream = self._stream, None
         if stream is not None:
-            stream.outbox.put_nowait(_CLOSE)
+            stream.closing = True
+            if not stream.pending:
+                stream.outbox.put_nowait(_CLOSE)

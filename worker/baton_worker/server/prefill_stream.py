@@ -153,9 +153,13 @@ class PrefillStreams:
                 item = self._queued.popleft()
             try:
                 self._pool.submit(self._run_queued, item)
-            except RuntimeError:  # shutting down
+            except RuntimeError:  # shutting down: answer every queued call without running it
                 self._slots.release()
-                item.answer(item.call_id, item.request, item.state)
+                with self._lock:
+                    left, self._queued = [item, *self._queued], collections.deque()
+                for it in left:
+                    it.state.cancelled.set()
+                    it.answer(it.call_id, it.request, it.state)
                 return
 
     def _run_queued(self, item: _Queued) -> None:
@@ -180,6 +184,9 @@ class PrefillStreams:
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"prefill_streams_exhausted: {self.max_streams} PrefillStreams are open already",
             )
+        # Accepted: say so before reading. The router writes nothing until then, so a refusal
+        # (above, or UNIMPLEMENTED from a worker without streams) reaches it intact.
+        context.send_initial_metadata(())
         try:
             yield from self._serve(calls, context, replies)
         finally:
