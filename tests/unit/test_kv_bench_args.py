@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from baton_worker.bench.kv import parse_ucx_settings, why_failed
+from baton_worker.bench.kv_sweep import parse_ucx_settings, why_failed
 
 
 @pytest.mark.parametrize(

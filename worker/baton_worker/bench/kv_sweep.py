@@ -1,0 +1,56 @@
+"""`baton bench kv --ucx-tls 'default;A;B'`: the KV bench once per UCX_TLS setting.
+
+UCX reads its environment once per process, so each setting runs the whole bench in a process
+of its own; a setting UCX cannot use fails (or hangs) there, is reported with UCX's reason, and
+the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+
+def parse_ucx_settings(text: str) -> list[str]:
+    """``--ucx-tls``: UCX_TLS values separated by ``;`` (``default``: UCX's own choice)."""
+    settings = [t.strip() for t in text.split(";")]
+    if not text.strip() or any(not t or " " in t for t in settings):
+        raise ValueError(f"--ucx-tls: expected UCX_TLS values separated by ';', got {text!r}")
+    return list(dict.fromkeys(settings))
+
+
+def why_failed(stderr: str, code: int) -> str:
+    """The line of a failed run's stderr that says why: its last error line, else its last line."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if "ERROR" in line or "Error" in line]
+    return (errors[-1] if errors else lines[-1] if lines else f"exit code {code}")[-600:]
+
+
+def sweep(settings: list[str], bench_args: list[str], timeout_s: float) -> dict:
+    """Run the whole bench once per UCX_TLS setting, each in a process of its own (UCX reads its
+    environment once), and gather the rows, each marked with its ``ucx_tls``. A setting that
+    fails or hangs (UCX wire-up can hang on a transport list it cannot use) is reported as such
+    and the sweep goes on."""
+    rows: list[dict] = []
+    runs: list[dict] = []
+    for setting in settings:
+        env = {k: v for k, v in os.environ.items() if k != "UCX_TLS"}
+        if setting != "default":
+            env["UCX_TLS"] = setting
+        cmd = [sys.executable, "-m", "baton_worker.bench.kv", "--json", *bench_args]
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            runs.append({"ucx_tls": setting, "error": f"no result within {timeout_s:.0f}s (hung?)"})
+            continue
+        if proc.returncode != 0:
+            runs.append(
+                {"ucx_tls": setting, "error": proc.stderr.strip()[-1500:] or f"exit {proc.returncode}"}
+            )
+            continue
+        out = json.loads(proc.stdout)
+        rows += [{**row, "ucx_tls": setting} for row in out["results"]]
+        runs.append({"ucx_tls": setting, "metadata": out["metadata"], "device": out.get("device")})
+    return {"results": rows, "sweep": runs}
