@@ -377,7 +377,7 @@ def test_a_duplicate_call_id_is_refused_without_ending_the_stream(worker: Worker
         second = next(replies)
         release.set()
         rest = list(replies)
-    assert (first.call_id, first.status_code) == (7, grpc.StatusCode.INVALID_ARGUMENT.value[0])
+    assert (first.call_id, first.status_code) == (7, grpc.StatusCode.INTERNAL.value[0])
     assert "call_id 7 is already in flight" in first.status_message
     assert (second.call_id, second.status_code, second.response.handle.request_id) == (7, 0, "sleep-300-x")
     assert rest == []

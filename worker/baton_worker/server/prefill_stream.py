@@ -238,8 +238,10 @@ class PrefillStreams:
                         if not duplicate:
                             state = inflight[call.call_id] = StreamCall(call.timeout_ms, context.is_active)
                     if duplicate:
-                        why = f"invalid_request: call_id {call.call_id} is already in flight on this stream"
-                        replies.put(status_reply(call.call_id, grpc.StatusCode.INVALID_ARGUMENT, why))
+                        # A bug of the caller's, not of the request: INTERNAL (retried elsewhere),
+                        # not INVALID_ARGUMENT (which the router would answer 400 to the user).
+                        why = f"internal: call_id {call.call_id} is already in flight on this stream"
+                        replies.put(status_reply(call.call_id, grpc.StatusCode.INTERNAL, why))
                         continue
                     if self._slots.acquire(blocking=False):
                         try:
