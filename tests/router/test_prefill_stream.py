@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 
 import grpc
@@ -107,6 +107,15 @@ def request(rid: str, tokens: int = 3) -> pb2.PrefillRequest:
     return pb2.PrefillRequest(request_id=rid, prompt_token_ids=list(range(tokens)))
 
 
+async def until(pred: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Poll ``pred`` from inside the event loop; AssertionError naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
 def run_client(address: str, body) -> object:  # noqa: ANN001
     """Run ``await body(caller)`` with a PrefillCaller on a fresh grpc.aio channel."""
 
@@ -181,16 +190,16 @@ def test_a_call_past_its_deadline_fails_and_the_worker_knows_nobody_waits(worker
 def test_a_cancelled_caller_tells_the_worker_over_the_open_stream(worker: Worker) -> None:
     async def body(caller: PrefillCaller) -> tuple[bool, bool]:
         task = asyncio.create_task(caller.prefill(request("block-cancel"), 30))
-        wait = time.monotonic() + 10
-        while "block-cancel" not in worker.engine.remaining and time.monotonic() < wait:
-            await asyncio.sleep(0.01)  # until the worker runs the call
+        await until(lambda: "block-cancel" in worker.engine.remaining, "the worker to start block-cancel")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         # The cancel message, not the end of the stream, must stop the call: the stream stays open.
-        wait = time.monotonic() + 5
-        while "block-cancel" not in worker.engine.seen_inactive and time.monotonic() < wait:
-            await asyncio.sleep(0.01)
+        await until(
+            lambda: "block-cancel" in worker.engine.seen_inactive,
+            "the worker to see block-cancel given up",
+            5,
+        )
         return "block-cancel" in worker.engine.seen_inactive, caller.streaming
 
     seen, still_streaming = run_client(worker.address, body)
@@ -205,9 +214,7 @@ def test_calls_waiting_for_a_serving_slot_past_their_deadline_never_run() -> Non
             # Two calls take both slots until their deadline (1 s); four more wait for a slot, and
             # their own deadline (0.3 s) passes while they wait.
             running = [asyncio.create_task(caller.prefill(request(f"block-run-{i}"), 1.0)) for i in range(2)]
-            wait = time.monotonic() + 10
-            while len(w.engine.remaining) < 2 and time.monotonic() < wait:
-                await asyncio.sleep(0.01)
+            await until(lambda: len(w.engine.remaining) >= 2, "two calls to run")
             waiting = [caller.prefill(request(f"block-wait-{i}"), 0.3) for i in range(4)]
             return await asyncio.gather(*running, *waiting, return_exceptions=True)
 
@@ -247,9 +254,7 @@ def test_a_broken_stream_fails_calls_in_flight_unavailable_and_the_next_call_rec
 
     async def body(caller: PrefillCaller) -> tuple:
         task = asyncio.create_task(caller.prefill(request("block-dies"), 30))
-        wait = time.monotonic() + 10
-        while "block-dies" not in first.engine.remaining and time.monotonic() < wait:
-            await asyncio.sleep(0.01)
+        await until(lambda: "block-dies" in first.engine.remaining, "the worker to start block-dies")
         t0 = time.monotonic()
         await asyncio.to_thread(first.stop)  # the worker dies mid-call
         with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -284,9 +289,7 @@ def test_a_broken_stream_fails_calls_in_flight_unavailable_and_the_next_call_rec
 def test_reset_fails_calls_in_flight_at_once(worker: Worker) -> None:
     async def body(caller: PrefillCaller) -> grpc.aio.AioRpcError:
         task = asyncio.create_task(caller.prefill(request("block-reset"), 30))
-        wait = time.monotonic() + 10
-        while "block-reset" not in worker.engine.remaining and time.monotonic() < wait:
-            await asyncio.sleep(0.01)
+        await until(lambda: "block-reset" in worker.engine.remaining, "the worker to start block-reset")
         caller.reset("worker stopped answering Health (DEADLINE_EXCEEDED)")
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await asyncio.wait_for(task, 5)
@@ -328,15 +331,11 @@ def test_end_all_ends_streams_and_callers_reconnect(worker: Worker) -> None:
         await caller.prefill(request("sleep-1-a"), 5)
         assert worker.streams is not None and worker.streams.open_streams == 1
         inflight = asyncio.create_task(caller.prefill(request("block-at-end"), 30))
-        wait = time.monotonic() + 10
-        while "block-at-end" not in worker.engine.remaining and time.monotonic() < wait:
-            await asyncio.sleep(0.01)
+        await until(lambda: "block-at-end" in worker.engine.remaining, "the worker to start block-at-end")
         worker.streams.end_all()
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await asyncio.wait_for(inflight, 10)
-        wait = time.monotonic() + 10
-        while caller.streaming and time.monotonic() < wait:
-            await asyncio.sleep(0.01)
+        await until(lambda: not caller.streaming, "the stream to end")
         streaming_after_end = caller.streaming
         b = await caller.prefill(request("sleep-1-b"), 5)
         return err.value, streaming_after_end, b, worker.servicer.streams_opened
@@ -354,9 +353,9 @@ def test_end_all_ends_streams_and_callers_reconnect(worker: Worker) -> None:
 def test_closing_the_caller_still_delivers_calls_in_flight(worker: Worker) -> None:
     async def body(caller: PrefillCaller) -> str:
         task = asyncio.create_task(caller.prefill(request("sleep-300-inflight"), 10))
-        wait = time.monotonic() + 10
-        while "sleep-300-inflight" not in worker.engine.remaining and time.monotonic() < wait:
-            await asyncio.sleep(0.01)
+        await until(
+            lambda: "sleep-300-inflight" in worker.engine.remaining, "the worker to start sleep-300-inflight"
+        )
         await caller.close()  # half-close: the worker finishes what it has
         return (await task).handle.request_id
 
