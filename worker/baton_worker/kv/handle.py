@@ -104,8 +104,23 @@ def build_handle(
     backend: str,
 ) -> pb2.KvHandle:
     """Return the KvHandle message announcing a request's blocks held by a prefill worker."""
+    handle = pb2.KvHandle.FromString(
+        _handle_template(engine_id, compat, tuple(shards), prefill_address, backend)
+    )
+    handle.request_id = request_id
+    handle.layout.num_tokens = num_tokens
+    handle.block_ids.extend(block_ids)
+    handle.expires_unix_ms = expires_unix_ms
+    return handle
+
+
+# What a worker's handles share (all but the request, its blocks and its expiry), encoded once:
+# parsing it back is cheaper than building the nested messages for every handle.
+@functools.lru_cache(maxsize=64)
+def _handle_template(
+    engine_id: str, compat: CompatInfo, shards: tuple[ShardInfo, ...], prefill_address: str, backend: str
+) -> bytes:
     return pb2.KvHandle(
-        request_id=request_id,
         engine_id=engine_id,
         compat_hash=compat.hash(),
         protocol_version=compat.protocol_version,
@@ -115,7 +130,6 @@ def build_handle(
             head_dim=compat.head_dim,
             dtype=compat.dtype,
             block_size=compat.block_size,
-            num_tokens=num_tokens,
             layout=compat.layout,
         ),
         shards=[
@@ -133,12 +147,10 @@ def build_handle(
             )
             for s in shards
         ],
-        block_ids=block_ids,
         prefill_address=prefill_address,
-        expires_unix_ms=expires_unix_ms,
         backend=backend,
         compat_fields=compat.fields_json(),
-    )
+    ).SerializeToString()
 
 
 def compat_differences(theirs: dict[str, object], ours: CompatInfo) -> dict[str, tuple[object, object]]:
