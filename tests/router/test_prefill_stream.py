@@ -121,7 +121,7 @@ def run_client(address: str, body) -> object:  # noqa: ANN001
 
     async def main() -> object:
         async with grpc.aio.insecure_channel(address) as ch:
-            caller = PrefillCaller(pb2_grpc.PrefillWorkerStub(ch), address)
+            caller = PrefillCaller(ch, address)
             try:
                 return await body(caller)
             finally:

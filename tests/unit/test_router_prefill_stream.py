@@ -6,7 +6,12 @@ import time
 
 import grpc
 import pytest
-from baton_worker.router.prefill_stream import means_no_stream, reply_outcome
+from baton_worker.router.prefill_stream import (
+    PREFILL_STREAM_METHOD,
+    encode_call,
+    means_no_stream,
+    reply_outcome,
+)
 from baton_worker.rpc import pb2
 from baton_worker.server.prefill_stream import StreamCall, status_reply
 
@@ -78,3 +83,28 @@ def test_a_stream_call_is_active_until_cancelled_or_past_its_deadline_or_its_str
     while late.is_active() and time.monotonic() < deadline:
         time.sleep(0.001)
     assert not late.is_active() and late.time_remaining() == 0.0
+
+
+@pytest.mark.parametrize("call_id", [1, 127, 128, 300, 2**32 + 5, 2**63 + 1])
+@pytest.mark.parametrize("timeout_ms", [1, 127, 128, 120_000, 2**32 - 1])
+def test_an_encoded_call_parses_as_the_prefill_call_it_stands_for(call_id: int, timeout_ms: int) -> None:
+    request = pb2.PrefillRequest(
+        request_id="req-é",
+        prompt_token_ids=[0, 1, 127, 128, 131_071, 2**31 - 1],
+        sampling=pb2.SamplingParams(max_tokens=16, temperature=0.5),
+        resume_token_ids=[7, 8],
+    )
+    data = encode_call(call_id, request, timeout_ms)
+    want = pb2.PrefillCall(call_id=call_id, request=request, timeout_ms=timeout_ms)
+    got = pb2.PrefillCall.FromString(data)
+    assert got == want and not got.cancel
+    assert data == want.SerializeToString()
+
+
+def test_an_empty_request_still_encodes_its_field() -> None:
+    got = pb2.PrefillCall.FromString(encode_call(5, pb2.PrefillRequest(), 10))
+    assert got.HasField("request") and (got.call_id, got.timeout_ms) == (5, 10)
+
+
+def test_the_stream_method_is_the_generated_stubs() -> None:
+    assert PREFILL_STREAM_METHOD == "/baton.v1.PrefillWorker/PrefillStream"

@@ -26,6 +26,28 @@ def test_kv_bench_json_small_sizes() -> None:
     assert out["metadata"]["agent_first_contact_ms"] > 0
 
 
+def test_kv_bench_reports_the_handle_round_trip_beside_its_grpc_floor() -> None:
+    """At 512 MiB the bench also times the handle round trip (four kinds of call in turns) against
+    the transfer: every figure is there, positive, and consistent with the others."""
+    proc = bench_kv("--json", "--sizes", "512", "--backends", "grpc", "--repeats", "1", timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads(proc.stdout)["metadata"]
+    for key in (
+        "handle_rtt_ms",
+        "handle_rtt_ms_unary",
+        "prefill_call_without_handle_ms",
+        "grpc_floor_rtt_ms",
+        "transfer_512mib_ms_grpc",
+    ):
+        assert meta[key] > 0, (key, meta)
+    assert meta["handle_rtt_samples"] == 60
+    assert meta["handle_marginal_ms"] >= 0
+    assert meta["grpc_floor_rtt_ms_best"] <= meta["grpc_floor_rtt_ms"]
+    fraction = meta["grpc_floor_rtt_ms"] / meta["transfer_512mib_ms_grpc"]
+    assert abs(meta["grpc_floor_fraction_of_512mib_grpc"] - fraction) < 1e-3
+    assert 0 < meta["handle_rtt_fraction_of_512mib_grpc"] < 1
+
+
 def test_kv_bench_refuses_bad_sizes() -> None:
     proc = bench_kv("--sizes", "big", timeout=60)
     assert proc.returncode == 2 and "--sizes" in proc.stderr

@@ -28,7 +28,7 @@ from baton_worker.engine import (
     load_model,
 )
 from baton_worker.router.prefill_stream import PrefillCaller
-from baton_worker.rpc import pb2, pb2_grpc
+from baton_worker.rpc import pb2
 from kv_worker_procs import WorkerProc, all_blocks_free, generate, wait_for
 
 torch.set_num_threads(1)
@@ -133,7 +133,7 @@ def _stream_prefill(worker: WorkerProc, request: pb2.PrefillRequest, timeout: fl
 
     async def call() -> pb2.PrefillResponse:
         async with grpc.aio.insecure_channel(worker.address) as ch:
-            caller = PrefillCaller(pb2_grpc.PrefillWorkerStub(ch), worker.address)
+            caller = PrefillCaller(ch, worker.address)
             try:
                 resp = await caller.prefill(request, timeout)
             finally:
@@ -169,7 +169,7 @@ def test_kv_stream_call_past_its_deadline_leaves_no_blocks(workers: dict[str, Wo
 
     async def body() -> tuple[list[grpc.StatusCode], bool]:
         async with grpc.aio.insecure_channel(prefill.address) as ch:
-            caller = PrefillCaller(pb2_grpc.PrefillWorkerStub(ch), prefill.address)
+            caller = PrefillCaller(ch, prefill.address)
             codes = []
             for i in range(3):
                 rid = f"late-{i}-{uuid.uuid4().hex[:6]}"

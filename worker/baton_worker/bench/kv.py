@@ -120,6 +120,7 @@ def serve_source(num_blocks: int, device: str = "cpu") -> int:
                 context.abort(getattr(grpc.StatusCode, exc.status), str(exc))
 
     pb2_grpc.add_PrefillWorkerServicer_to_server(Servicer(), server)
+    server.add_generic_rpc_handlers((_echo_handler(source),))
     server.start()
     print(f"kv-bench-source ready {port} {backend}", flush=True)
     sys.stdin.read()  # until the parent closes our stdin (or dies)
@@ -127,6 +128,34 @@ def serve_source(num_blocks: int, device: str = "cpu") -> int:
     server.stop(0)
     source.close()
     return 0
+
+
+ECHO_METHOD = "/baton.bench.Echo/Stream"
+
+
+def _echo_handler(source):  # noqa: ANN001, ANN202 - a KvSource; a grpc.GenericRpcHandler
+    """The gRPC floor: a bare bidi stream of bytes that answers every message with the bytes of a
+    PrefillReply carrying a real 4k-token handle. No protobuf, no framework: what any Python
+    gRPC round trip of the same sizes costs on this machine."""
+    import grpc
+
+    from baton_worker.rpc import pb2
+
+    n = _geometry_blocks(RTT_MIB * MIB)
+    reply = pb2.PrefillReply(
+        call_id=1, response=pb2.PrefillResponse(handle=source.issue("echo", list(range(n)), n * BLOCK))
+    )
+    source.release("echo")
+    reply_bytes = reply.SerializeToString()
+
+    def echo(messages, _context):  # noqa: ANN001, ANN202
+        for _ in messages:
+            yield reply_bytes
+
+    same = lambda b: b  # noqa: E731
+    return grpc.method_handlers_generic_handler(
+        ECHO_METHOD.split("/")[1], {"Stream": grpc.stream_stream_rpc_method_handler(echo, same, same)}
+    )
 
 
 def start_source(num_blocks: int, device: str = "cpu") -> tuple[subprocess.Popen, str, str]:
@@ -223,7 +252,10 @@ async def _handle_round_trips(address: str, num_tokens: int, samples: int) -> di
       ``check_handle``: what the router does;
     - ``unary``: the same as one unary ``Prefill`` call (what the router did before);
     - ``stream_no_handle``: the same call answered without a handle (nothing issued, nothing
-      checked): the control. ``stream`` minus this is what the KV metadata itself costs.
+      checked): the control. ``stream`` minus this is what the KV metadata itself costs;
+    - ``grpc_floor``: the bytes of the same call and of a reply with a handle, echoed over a bare
+      bidi stream (:func:`_echo_handler`): no protobuf work, no framework, no handle issued or
+      checked. What Python gRPC alone costs for this round trip on this machine.
 
     The kinds take turns call by call, so that the machine's noise hits them alike.
     """
@@ -235,14 +267,26 @@ async def _handle_round_trips(address: str, num_tokens: int, samples: int) -> di
 
     compat = _compat()
     ids = prompt_ids(num_tokens)
-    out: dict[str, list[float]] = {"stream": [], "unary": [], "stream_no_handle": []}
+    out: dict[str, list[float]] = {"stream": [], "unary": [], "stream_no_handle": [], "grpc_floor": []}
     async with grpc.aio.insecure_channel(address) as ch:
         stub = pb2_grpc.PrefillWorkerStub(ch)
-        caller = PrefillCaller(stub, address)
+        caller = PrefillCaller(ch, address)
+        same = lambda b: b  # noqa: E731
+        echo = ch.stream_stream(ECHO_METHOD, request_serializer=same, response_deserializer=same)()
+        floor_call = pb2.PrefillCall(
+            call_id=1, request=pb2.PrefillRequest(request_id="floor", prompt_token_ids=ids), timeout_ms=30000
+        ).SerializeToString()
+
+        async def floor(_request: pb2.PrefillRequest) -> pb2.PrefillResponse:
+            await echo.write(floor_call)
+            await echo.read()
+            return pb2.PrefillResponse()  # nothing to check or release: the bytes were all it cost
+
         calls = {
             "stream": lambda r: caller.prefill(r, 30),
             "unary": lambda r: stub.Prefill(r, timeout=30),
             "stream_no_handle": lambda r: caller.prefill(r, 30),
+            "grpc_floor": floor,
         }
         seq = 0
         for i in range(samples + 5):  # the first calls warm the channel and the threads
@@ -264,6 +308,7 @@ async def _handle_round_trips(address: str, num_tokens: int, samples: int) -> di
         if caller.unary_calls:
             raise AssertionError("the bench source did not take a PrefillStream")
         await caller.close()
+        await echo.done_writing()
     return out
 
 
@@ -367,6 +412,9 @@ def run(sizes_mib: list[int], backends: list[str], repeats: int, device: str = "
             # What handing out the KV metadata adds to the Prefill call a request makes anyway.
             marginal = max(0.0, statistics.median(rtts) - statistics.median(control))
             meta["handle_marginal_ms"] = round(marginal * 1000, 3)
+            floor = by_transport["grpc_floor"]
+            meta["grpc_floor_rtt_ms"] = round(statistics.median(floor) * 1000, 3)
+            meta["grpc_floor_rtt_ms_best"] = round(min(floor) * 1000, 3)
             for b, secs in xfer_512.items():
                 meta[f"transfer_512mib_ms_{b}"] = round(statistics.median(secs) * 1000, 3)
                 meta[f"transfer_512mib_ms_{b}_best"] = round(min(secs) * 1000, 3)
@@ -376,6 +424,9 @@ def run(sizes_mib: list[int], backends: list[str], repeats: int, device: str = "
                 )
                 meta[f"handle_rtt_fraction_of_512mib_{b}_best"] = round(min(rtts) / min(secs), 5)
                 meta[f"handle_marginal_fraction_of_512mib_{b}"] = round(marginal / statistics.median(secs), 5)
+                meta[f"grpc_floor_fraction_of_512mib_{b}"] = round(
+                    statistics.median(floor) / statistics.median(secs), 5
+                )
         if "nixl" in sinks and sinks["nixl"].endpoint is not None:
             meta["nixl_read_lanes"] = sinks["nixl"].endpoint.read_lanes
         for sink in sinks.values():

@@ -114,7 +114,7 @@ class WorkerPool:
                 )
                 w = Worker(address=addr, role=self.role, channel=ch, stub=stub)
                 if self.role == "prefill":
-                    w.calls = PrefillCaller(stub, addr)
+                    w.calls = PrefillCaller(ch, addr)
                 w.down.set()
                 self.workers[addr] = w
         self._changed.set()
