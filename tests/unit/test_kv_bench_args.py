@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from baton_worker.bench.kv_sweep import parse_ucx_settings, why_failed
+from baton_worker.bench.kv_sweep import parse_ucx_settings, ucx_env, why_failed
+from baton_worker.kv import nixl_agent
 
 
 @pytest.mark.parametrize(
@@ -13,13 +14,32 @@ from baton_worker.bench.kv_sweep import parse_ucx_settings, why_failed
         ("default;cuda_ipc,cuda_copy,tcp,self", ["default", "cuda_ipc,cuda_copy,tcp,self"]),
         (" tcp,self ; default ", ["tcp,self", "default"]),
         ("tcp,self;tcp,self", ["tcp,self"]),  # a repeat runs once
+        (
+            "default+UCX_CUDA_IPC_ENABLE_GET_ZCOPY=auto;default",
+            ["default+UCX_CUDA_IPC_ENABLE_GET_ZCOPY=auto", "default"],
+        ),
     ],
 )
 def test_ucx_settings(text: str, expected: list[str]) -> None:
     assert parse_ucx_settings(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", " ", "default;;tcp", "tcp, self", ";"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        " ",
+        "default;;tcp",
+        "tcp, self",
+        ";",
+        "default+",
+        "default+UCX_X",
+        "default+UCX_X=",
+        "default+PATH=/x",  # only UCX variables
+        "+UCX_X=1",
+        "UCX_TLS=tcp",
+    ],
+)
 def test_bad_ucx_settings_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="--ucx-tls"):
         parse_ucx_settings(text)
@@ -42,3 +62,35 @@ def test_bad_ucx_settings_are_refused(text: str) -> None:
 )
 def test_why_a_setting_failed(stderr: str, expected: str) -> None:
     assert why_failed(stderr, 3) == expected
+
+
+@pytest.mark.parametrize(
+    ("setting", "env"),
+    [
+        ("default", {}),
+        ("cuda_ipc,cuda_copy,tcp,self", {"UCX_TLS": "cuda_ipc,cuda_copy,tcp,self"}),
+        ("default+UCX_CUDA_IPC_ENABLE_GET_ZCOPY=auto", {"UCX_CUDA_IPC_ENABLE_GET_ZCOPY": "auto"}),
+        (
+            "tcp,self+UCX_RNDV_THRESH=8192+UCX_RNDV_SCHEME=get_zcopy",
+            {"UCX_TLS": "tcp,self", "UCX_RNDV_THRESH": "8192", "UCX_RNDV_SCHEME": "get_zcopy"},
+        ),
+    ],
+)
+def test_ucx_env_of_a_setting(setting: str, env: dict[str, str]) -> None:
+    assert ucx_env(setting) == env
+
+
+def test_gpu_defaults_turn_cuda_ipc_get_on_and_never_override_the_user(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Decode pulls with READ (a UCX get): on GPUs without NVLink UCX leaves cuda_ipc's get off and
+    emulates it over tcp unless this is set. A value the user set wins."""
+    monkeypatch.delenv("UCX_CUDA_IPC_ENABLE_GET_ZCOPY", raising=False)
+    assert nixl_agent.apply_ucx_defaults(cuda=True) == {"UCX_CUDA_IPC_ENABLE_GET_ZCOPY": "y"}
+    assert nixl_agent.os.environ["UCX_CUDA_IPC_ENABLE_GET_ZCOPY"] == "y"
+    monkeypatch.setenv("UCX_CUDA_IPC_ENABLE_GET_ZCOPY", "auto")
+    assert nixl_agent.apply_ucx_defaults(cuda=True) == {}
+    assert nixl_agent.os.environ["UCX_CUDA_IPC_ENABLE_GET_ZCOPY"] == "auto"
+    monkeypatch.delenv("UCX_CUDA_IPC_ENABLE_GET_ZCOPY")
+    assert nixl_agent.apply_ucx_defaults(cuda=False) == {}  # host memory: nothing of the kind
+    assert "UCX_CUDA_IPC_ENABLE_GET_ZCOPY" not in nixl_agent.os.environ

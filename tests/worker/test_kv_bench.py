@@ -58,18 +58,26 @@ def test_kv_bench_ucx_sweep_reports_each_setting_and_survives_a_broken_one() -> 
     no peer failure handler) is reported with UCX's reason, and the others still give rows."""
     proc = bench_kv(
         *("--json", "--sizes", "1", "--backends", "nixl,memcpy", "--repeats", "1"),
-        *("--ucx-tls", "default;sm,self", "--setting-timeout-s", "120"),
+        *("--ucx-tls", "default;sm,self;tcp,self+UCX_RNDV_THRESH=8192", "--setting-timeout-s", "120"),
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
+    assigned = "tcp,self+UCX_RNDV_THRESH=8192"
     assert {(r["backend"], r["ucx_tls"]) for r in out["results"]} == {
         ("nixl", "default"),
         ("memcpy", "default"),
+        ("nixl", assigned),
+        ("memcpy", assigned),
     }
     assert all(r["verified"] for r in out["results"])
     by_setting = {run["ucx_tls"]: run for run in out["sweep"]}
     assert by_setting["default"]["device"] == "cpu" and "metadata" in by_setting["default"]
+    assert "UCX_TLS" not in by_setting["default"]["ucx_env"]
+    assert (
+        by_setting[assigned]["ucx_env"] | {"UCX_TLS": "tcp,self", "UCX_RNDV_THRESH": "8192"}
+        == (by_setting[assigned]["ucx_env"])
+    )
     assert "no peer failure handler" in by_setting["sm,self"]["error"]
 
 

@@ -34,7 +34,15 @@ _lock = threading.Lock()
 # Environment UCX reads when the first agent starts. Only values the user has not set are
 # applied, so an operator can always override them. See docs/kv-transfer.md for the figures.
 UCX_DEFAULTS_CPU: dict[str, str] = {}
-UCX_DEFAULTS_CUDA: dict[str, str] = {}
+# GPU memory. Decode pulls with NIXL READ, which is a UCX get. UCX's cuda_ipc transport turns
+# its get off on GPUs without an active NVLink (a single GPU, PCIe-only nodes: "cuda-ipc get
+# zcopy disabled as no nvlinks detected"), so a READ between two processes on one node falls
+# back to software emulation over tcp: the 0.5 GB/s measured on one H100 in ../shared/anchors.md
+# (a device copy there: 1273 GB/s). With get on, cuda_ipc maps the peer's VRAM and copies
+# device to device. Cross-node transfers (RDMA) never use cuda_ipc and are unaffected. From
+# UCX's source and NIXL's upstream fix for the same problem; not yet measured here (no GPU was
+# lent to this work): `bash e2e/gpu_kv_check.sh run` measures it against UCX's own choice.
+UCX_DEFAULTS_CUDA: dict[str, str] = {"UCX_CUDA_IPC_ENABLE_GET_ZCOPY": "y"}
 
 
 def apply_ucx_defaults(cuda: bool) -> dict[str, str]:
