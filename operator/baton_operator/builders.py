@@ -162,6 +162,9 @@ def _env(pool: Pool, role: str) -> list[dict[str, Any]]:
         {"name": "BATON_POOL", "value": pool.name},
         {"name": "BATON_ROLE", "value": role},
         {"name": "BATON_CONFIG", "value": f"{CONFIG_MOUNT}/{CONFIG_FILE}"},
+        # The workers' UCX settings (the router moves no KV). The worker applies its own UCX
+        # defaults only to variables left unset, so these win.
+        *({"name": k, "value": v} for k, v in (pool.spec.kv_transfer.ucx if role != "router" else ())),
     ]
 
 

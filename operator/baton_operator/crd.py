@@ -35,10 +35,12 @@ from baton_operator.spec import (
     KIND,
     KV_BACKENDS,
     MAX_POOL_NAME,
+    MAX_UCX_VARS,
     PLURAL,
     ROLE_DEFAULTS,
     SERVICE_TYPES,
     TENSOR_PARALLEL_SIZES,
+    UCX_VAR_PATTERN,
     VERSION,
 )
 
@@ -160,6 +162,27 @@ def _tp_divides_kv_heads(role: str, tp: int) -> S:
     }
 
 
+def ucx_env_schema() -> S:
+    """``spec.kvTransfer.ucx``: UCX variables for every worker pod (name -> value)."""
+    schema = string_map(
+        "UCX settings of the NIXL data path, set in the environment of every prefill and decode pod, "
+        "e.g. UCX_NET_DEVICES: mlx5_0:1 (the NIC next to the GPU) or UCX_TLS. They take precedence over "
+        "baton's own UCX defaults (on GPUs: UCX_CUDA_IPC_ENABLE_GET_ZCOPY=y, which lets decode READ "
+        "same-node GPU memory over cuda_ipc instead of tcp; set it to auto for UCX's stock behaviour). "
+        "Keys are UCX_ variable names."
+    )
+    schema["maxProperties"] = MAX_UCX_VARS
+    schema["x-kubernetes-validations"] = [
+        {
+            "rule": f"self.all(k, k.matches('{UCX_VAR_PATTERN}'))",
+            "message": "spec.kvTransfer.ucx: every key must be a UCX environment variable name "
+            "(UCX_ then capital letters, digits and underscores), e.g. UCX_NET_DEVICES",
+            "reason": "FieldValueInvalid",
+        }
+    ]
+    return schema
+
+
 def spec_schema() -> S:
     return obj(
         "Desired state of a disaggregated serving pool: one model, a prefill pool, a decode pool and a router.",
@@ -216,6 +239,7 @@ def spec_schema() -> S:
                         default="",
                         pattern=r"^$|^[A-Za-z0-9.-]+/[A-Za-z0-9_.-]+$",
                     ),
+                    "ucx": ucx_env_schema(),
                 },
             ),
             "autoscaling": obj(

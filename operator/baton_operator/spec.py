@@ -7,6 +7,7 @@ defaults and raises :class:`SpecError` naming the field when something is wrong.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,8 @@ GPU_PRODUCTS: dict[str, str] = {
 TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
 DTYPES = ("bfloat16", "float16", "float32")
 KV_BACKENDS = ("auto", "nixl", "grpc")
+UCX_VAR_PATTERN = "^UCX_[A-Z0-9_]+$"  # spec.kvTransfer.ucx keys
+MAX_UCX_VARS = 32
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
 AUTOSCALING_MODES = ("builtin", "keda")
 ROLES = ("prefill", "decode")
@@ -97,6 +100,7 @@ class RouterSpec:
 class KvTransferSpec:
     backend: str = "auto"
     rdma_resource: str = ""
+    ucx: tuple[tuple[str, str], ...] = ()  # spec.kvTransfer.ucx, sorted by name
 
 
 @dataclass(frozen=True)
@@ -189,6 +193,18 @@ def _str(raw: Mapping[str, Any], key: str, path: str, default: str, choices: tup
     if choices and value not in choices:
         raise SpecError(f"{path}.{key}", f"must be one of {', '.join(choices)}; got {value!r}")
     return value
+
+
+def _ucx_env(raw: Any, path: str) -> tuple[tuple[str, str], ...]:
+    env = _obj(raw, path)
+    if len(env) > MAX_UCX_VARS:
+        raise SpecError(path, f"at most {MAX_UCX_VARS} variables, got {len(env)}")
+    for key, value in env.items():
+        if not isinstance(key, str) or not re.fullmatch(UCX_VAR_PATTERN, key):
+            raise SpecError(path, f"{key!r} is not a UCX environment variable name (UCX_[A-Z0-9_]+)")
+        if not isinstance(value, str):
+            raise SpecError(f"{path}.{key}", f"must be a string, got {value!r}")
+    return tuple(sorted(env.items()))
 
 
 def _role_autoscaling(raw: Any, path: str) -> RoleAutoscaling:
@@ -320,6 +336,7 @@ def parse_spec(raw: Any, pool_name: str, default_image: str) -> PoolSpec:
         kv_transfer=KvTransferSpec(
             backend=_str(kv, "backend", "spec.kvTransfer", "auto", KV_BACKENDS),
             rdma_resource=_str(kv, "rdmaResource", "spec.kvTransfer", ""),
+            ucx=_ucx_env(kv.get("ucx"), "spec.kvTransfer.ucx"),
         ),
         autoscaling=auto.pool,
     )

@@ -210,3 +210,19 @@ def test_builders_are_pure_and_deterministic():
     assert ("Deployment", "demo-router") in kinds
     assert [k for k, _ in kinds].count("PodDisruptionBudget") == 3
     assert ("ConfigMap", "demo-config") in kinds
+
+
+def test_ucx_settings_go_to_both_worker_roles_and_not_the_router():
+    pool = make_pool(
+        kvTransfer={"ucx": {"UCX_NET_DEVICES": "mlx5_0:1", "UCX_CUDA_IPC_ENABLE_GET_ZCOPY": "auto"}}
+    )
+
+    def env(obj):
+        return [(e["name"], e.get("value")) for e in obj["spec"]["template"]["spec"]["containers"][0]["env"]]
+
+    want = [("UCX_CUDA_IPC_ENABLE_GET_ZCOPY", "auto"), ("UCX_NET_DEVICES", "mlx5_0:1")]
+    for obj in (builders.build_prefill_statefulset(pool), builders.build_decode_deployment(pool)):
+        assert [kv for kv in env(obj) if kv[0].startswith("UCX_")] == want
+    assert not [kv for kv in env(builders.build_router_deployment(pool)) if kv[0].startswith("UCX_")]
+    plain = builders.build_prefill_statefulset(make_pool())
+    assert not [kv for kv in env(plain) if kv[0].startswith("UCX_")]

@@ -49,6 +49,29 @@ def test_defaults_match_the_architecture():
             "spec.router.service.port",
         ),
         ({"model": {"source": "builtin://tiny"}, "prefill": "big"}, "spec.prefill"),
+        (
+            {"model": {"source": "builtin://tiny"}, "kvTransfer": {"ucx": {"PATH": "/x"}}},
+            "spec.kvTransfer.ucx",
+        ),
+        (
+            {"model": {"source": "builtin://tiny"}, "kvTransfer": {"ucx": {"ucx_tls": "tcp"}}},
+            "spec.kvTransfer.ucx",
+        ),
+        (
+            {"model": {"source": "builtin://tiny"}, "kvTransfer": {"ucx": {"UCX_TLS": 1}}},
+            "spec.kvTransfer.ucx.UCX_TLS",
+        ),
+        (
+            {
+                "model": {"source": "builtin://tiny"},
+                "kvTransfer": {"ucx": {f"UCX_V{i}": "1" for i in range(33)}},
+            },
+            "spec.kvTransfer.ucx",
+        ),
+        (
+            {"model": {"source": "builtin://tiny"}, "kvTransfer": {"ucx": ["UCX_TLS=tcp"]}},
+            "spec.kvTransfer.ucx",
+        ),
     ],
 )
 def test_bad_specs_name_the_field(spec, field):
@@ -62,3 +85,13 @@ def test_long_names_are_refused():
     with pytest.raises(SpecError) as err:
         parse_pool(body({"model": {"source": "builtin://tiny"}}, name="x" * 41), "img")
     assert err.value.field == "metadata.name"
+
+
+def test_ucx_settings_are_kept_sorted_by_name():
+    spec = {
+        "model": {"source": "builtin://tiny"},
+        "kvTransfer": {"ucx": {"UCX_TLS": "tcp,cuda_ipc", "UCX_NET_DEVICES": "mlx5_0:1"}},
+    }
+    s = parse_pool(body(spec), "img").spec
+    assert s.kv_transfer.ucx == (("UCX_NET_DEVICES", "mlx5_0:1"), ("UCX_TLS", "tcp,cuda_ipc"))
+    assert parse_pool(body({"model": {"source": "builtin://tiny"}}), "img").spec.kv_transfer.ucx == ()

@@ -109,7 +109,15 @@ def check_example_placement(sandbox, namespace, name):
 def test_operator_spec_update_rolls_out(sandbox, operator_process, namespace):
     apply(sandbox, tiny_pool("p", namespace))
     wait_for(lambda: is_ready(sandbox, namespace, "p"), READY_TIMEOUT_S, "pool p Ready")
-    apply(sandbox, tiny_pool("p", namespace, decode={"replicas": 2, "maxBatchSize": 32}))
+    ucx = {"UCX_LOG_LEVEL": "warn"}
+    apply(
+        sandbox,
+        tiny_pool("p", namespace, decode={"replicas": 2, "maxBatchSize": 32}, kvTransfer={"ucx": ucx}),
+    )
+
+    def env(kind: str, name: str) -> dict[str, str]:
+        obj = get(sandbox, kind, namespace, name)
+        return {e["name"]: e.get("value") for e in obj["spec"]["template"]["spec"]["containers"][0]["env"]}
 
     def rolled_out():
         deploy = get(sandbox, "deployment", namespace, "p-decode")
@@ -117,6 +125,10 @@ def test_operator_spec_update_rolls_out(sandbox, operator_process, namespace):
         return deploy["spec"]["replicas"] == 2 and cmd[cmd.index("--max-batch-size") + 1] == "32"
 
     wait_for(rolled_out, 30, "decode Deployment updated to 2 replicas, batch 32")
+    # spec.kvTransfer.ucx reaches both worker roles' environment, and not the router's.
+    wait_for(lambda: env("statefulset", "p-prefill").get("UCX_LOG_LEVEL") == "warn", 30, "prefill UCX env")
+    assert env("deployment", "p-decode")["UCX_LOG_LEVEL"] == "warn"
+    assert "UCX_LOG_LEVEL" not in env("deployment", "p-router")
     pool = get(sandbox, "inferencepool", namespace, "p")
 
     def converged():

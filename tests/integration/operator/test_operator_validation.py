@@ -33,6 +33,8 @@ BAD_SPECS = [
         "spec.prefill.colour",
     ),  # unknown field, strict validation
     ({"autoscaling": {"mode": "hpa"}}, "spec.autoscaling.mode"),
+    ({"kvTransfer": {"ucx": {"LD_PRELOAD": "/tmp/x.so"}}}, "spec.kvTransfer.ucx"),  # only UCX_ variables
+    ({"kvTransfer": {"ucx": {"UCX_TLS": 5}}}, "spec.kvTransfer.ucx.UCX_TLS"),
 ]
 
 
