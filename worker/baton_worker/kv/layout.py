@@ -159,9 +159,12 @@ def plan_runs(
     if n_heads == src.num_kv_heads == dst.num_kv_heads:
         # Whole (layer, block)s: one run per layer and stretch of consecutive blocks, computed
         # directly (a 4k-token prompt of an 8B model would otherwise be 32k tiny runs in Python).
+        # offset(layer, b, 0, 0) == (layer * num_blocks + b) * block_bytes, strides hoisted.
+        size = src.block_bytes  # == dst.block_bytes: same heads, head_dim, block size and dtype
+        src_layer, dst_layer = src.num_blocks * size, dst.num_blocks * size
         return merge_runs(
             [
-                Run(src.offset(layer, sb, 0, 0), dst.offset(layer, db, 0, 0), count * src.block_bytes)
+                Run(layer * src_layer + sb * size, layer * dst_layer + db * size, count * size)
                 for layer in range(src.num_layers)
                 for sb, db, count in pairs
             ]

@@ -332,6 +332,13 @@ def _remove_remote(lane: _Lane, name: str) -> None:
             pass
 
 
+# Checks of a READ's state, each after a bare yield, before polling backs off to sleeps. A READ
+# of a short prompt's KV (1 MiB: 8 tokens of an 8B model) is seldom DONE when posted but nearly
+# always a few microseconds later, while the first 0.1 ms sleep takes ~0.25 ms on a busy
+# machine: measured 0.68 -> 0.57 ms per 1 MiB pull on the 2-core VM.
+READ_POLL_SPINS = 20
+
+
 def _read_on(
     lane: _Lane,
     remote_agent: str,
@@ -353,12 +360,16 @@ def _read_on(
         except Exception as exc:
             raise KvTransferError(f"NIXL READ from {remote_agent} could not start: {exc}") from exc
     try:
-        pause = 0.0001
+        pause, spins = 0.0001, READ_POLL_SPINS
         while state == "PROC":
             if time.monotonic() > deadline:
                 raise KvTransferError(f"NIXL READ from {remote_agent} timed out")
-            time.sleep(pause)
-            pause = min(pause * 2, 0.002)
+            if spins:
+                spins -= 1
+                time.sleep(0)  # yield only: the last part of a small READ lands within microseconds
+            else:
+                time.sleep(pause)
+                pause = min(pause * 2, 0.002)
             with lane.lock:
                 state = agent.check_xfer_state(handle)
         if state != "DONE":
