@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SIZES=${SIZES:-16,64,256,1024}
-# UCX's stock behaviour first (baton's GPU default, UCX_CUDA_IPC_ENABLE_GET_ZCOPY=y, undone), then
+# UCX's stock behaviour first (baton's GPU default, UCX_CUDA_IPC_ENABLE_GET_ZCOPY=on, undone), then
 # baton's default, then transport lists with and without it.
 STOCK=UCX_CUDA_IPC_ENABLE_GET_ZCOPY=auto
 SETTINGS=${SETTINGS:-"default+$STOCK;default;cuda_ipc,cuda_copy,tcp,self;cuda_ipc,cuda_copy,tcp,self+$STOCK;cuda_ipc,cuda_copy,tcp,sm,self;cuda_copy,tcp,self"}

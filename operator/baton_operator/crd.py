@@ -167,11 +167,14 @@ def ucx_env_schema() -> S:
     schema = string_map(
         "UCX settings of the NIXL data path, set in the environment of every prefill and decode pod, "
         "e.g. UCX_NET_DEVICES: mlx5_0:1 (the NIC next to the GPU) or UCX_TLS. They take precedence over "
-        "baton's own UCX defaults (on GPUs: UCX_CUDA_IPC_ENABLE_GET_ZCOPY=y, which lets decode READ "
+        "baton's own UCX defaults (on GPUs: UCX_CUDA_IPC_ENABLE_GET_ZCOPY=on, which lets decode READ "
         "same-node GPU memory over cuda_ipc instead of tcp; set it to auto for UCX's stock behaviour). "
         "Keys are UCX_ variable names."
     )
     schema["maxProperties"] = MAX_UCX_VARS
+    # An empty value would be stored without its "value" (the live pod template would never
+    # match the desired one) and would hand UCX "": refused.
+    schema["additionalProperties"]["minLength"] = 1
     schema["x-kubernetes-validations"] = [
         {
             "rule": f"self.all(k, k.matches('{UCX_VAR_PATTERN}'))",

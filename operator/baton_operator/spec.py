@@ -202,8 +202,8 @@ def _ucx_env(raw: Any, path: str) -> tuple[tuple[str, str], ...]:
     for key, value in env.items():
         if not isinstance(key, str) or not re.fullmatch(UCX_VAR_PATTERN, key):
             raise SpecError(path, f"{key!r} is not a UCX environment variable name (UCX_[A-Z0-9_]+)")
-        if not isinstance(value, str):
-            raise SpecError(f"{path}.{key}", f"must be a string, got {value!r}")
+        if not isinstance(value, str) or not value:
+            raise SpecError(f"{path}.{key}", f"must be a non-empty string, got {value!r}")
     return tuple(sorted(env.items()))
 
 

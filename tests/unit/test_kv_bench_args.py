@@ -86,8 +86,8 @@ def test_gpu_defaults_turn_cuda_ipc_get_on_and_never_override_the_user(
     """Decode pulls with READ (a UCX get): on GPUs without NVLink UCX leaves cuda_ipc's get off and
     emulates it over tcp unless this is set. A value the user set wins."""
     monkeypatch.delenv("UCX_CUDA_IPC_ENABLE_GET_ZCOPY", raising=False)
-    assert nixl_agent.apply_ucx_defaults(cuda=True) == {"UCX_CUDA_IPC_ENABLE_GET_ZCOPY": "y"}
-    assert nixl_agent.os.environ["UCX_CUDA_IPC_ENABLE_GET_ZCOPY"] == "y"
+    assert nixl_agent.apply_ucx_defaults(cuda=True) == {"UCX_CUDA_IPC_ENABLE_GET_ZCOPY": "on"}
+    assert nixl_agent.os.environ["UCX_CUDA_IPC_ENABLE_GET_ZCOPY"] == "on"
     monkeypatch.setenv("UCX_CUDA_IPC_ENABLE_GET_ZCOPY", "auto")
     assert nixl_agent.apply_ucx_defaults(cuda=True) == {}
     assert nixl_agent.os.environ["UCX_CUDA_IPC_ENABLE_GET_ZCOPY"] == "auto"

@@ -72,6 +72,10 @@ def test_defaults_match_the_architecture():
             {"model": {"source": "builtin://tiny"}, "kvTransfer": {"ucx": ["UCX_TLS=tcp"]}},
             "spec.kvTransfer.ucx",
         ),
+        (
+            {"model": {"source": "builtin://tiny"}, "kvTransfer": {"ucx": {"UCX_TLS": ""}}},
+            "spec.kvTransfer.ucx.UCX_TLS",
+        ),
     ],
 )
 def test_bad_specs_name_the_field(spec, field):

@@ -7,10 +7,12 @@ import time
 import grpc
 import pytest
 from baton_worker.router.prefill_stream import (
+    MAX_TIMEOUT_MS,
     PREFILL_STREAM_METHOD,
     encode_call,
     means_no_stream,
     reply_outcome,
+    timeout_ms,
 )
 from baton_worker.rpc import pb2
 from baton_worker.server.prefill_stream import StreamCall, status_reply
@@ -108,3 +110,29 @@ def test_an_empty_request_still_encodes_its_field() -> None:
 
 def test_the_stream_method_is_the_generated_stubs() -> None:
     assert PREFILL_STREAM_METHOD == "/baton.v1.PrefillWorker/PrefillStream"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "ms"),
+    [
+        (120, 120_000),
+        (0.0001, 1),  # 0 would mean no deadline
+        (0, 1),
+        (2.5e-3, 3),
+        (2**32 / 1000, MAX_TIMEOUT_MS),  # 2**32 ms would wrap to 0 (no deadline) on the worker
+        (1e12, MAX_TIMEOUT_MS),
+        (float("inf"), MAX_TIMEOUT_MS),
+        (float("nan"), MAX_TIMEOUT_MS),
+    ],
+)
+def test_a_call_timeout_fits_the_uint32_field(seconds: float, ms: int) -> None:
+    assert timeout_ms(seconds) == ms
+    assert (
+        pb2.PrefillCall.FromString(encode_call(1, pb2.PrefillRequest(), timeout_ms(seconds))).timeout_ms == ms
+    )
+
+
+@pytest.mark.parametrize("bad", [-1, 2**32])
+def test_encode_call_refuses_a_timeout_the_field_cannot_hold(bad: int) -> None:
+    with pytest.raises(ValueError, match="uint32"):
+        encode_call(1, pb2.PrefillRequest(), bad)

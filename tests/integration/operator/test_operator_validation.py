@@ -35,6 +35,7 @@ BAD_SPECS = [
     ({"autoscaling": {"mode": "hpa"}}, "spec.autoscaling.mode"),
     ({"kvTransfer": {"ucx": {"LD_PRELOAD": "/tmp/x.so"}}}, "spec.kvTransfer.ucx"),  # only UCX_ variables
     ({"kvTransfer": {"ucx": {"UCX_TLS": 5}}}, "spec.kvTransfer.ucx.UCX_TLS"),
+    ({"kvTransfer": {"ucx": {"UCX_NET_DEVICES": ""}}}, "spec.kvTransfer.ucx.UCX_NET_DEVICES"),
 ]
 
 

@@ -279,7 +279,8 @@ async def _handle_round_trips(address: str, num_tokens: int, samples: int) -> di
 
         async def floor(_request: pb2.PrefillRequest) -> pb2.PrefillResponse:
             await echo.write(floor_call)
-            await echo.read()
+            if await echo.read() == grpc.aio.EOF:
+                raise AssertionError("the bench source's echo stream ended: no floor to measure")
             return pb2.PrefillResponse()  # nothing to check or release: the bytes were all it cost
 
         calls = {

@@ -42,7 +42,7 @@ UCX_DEFAULTS_CPU: dict[str, str] = {}
 # device to device. Cross-node transfers (RDMA) never use cuda_ipc and are unaffected. From
 # UCX's source and NIXL's upstream fix for the same problem; not yet measured here (no GPU was
 # lent to this work): `bash e2e/gpu_kv_check.sh run` measures it against UCX's own choice.
-UCX_DEFAULTS_CUDA: dict[str, str] = {"UCX_CUDA_IPC_ENABLE_GET_ZCOPY": "y"}
+UCX_DEFAULTS_CUDA: dict[str, str] = {"UCX_CUDA_IPC_ENABLE_GET_ZCOPY": "on"}
 
 
 def apply_ucx_defaults(cuda: bool) -> dict[str, str]:

@@ -48,10 +48,36 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
+def _check_call_wire() -> None:
+    """encode_call writes PrefillCall's fields 1-3 by hand: fail at import, not on the wire, if
+    the message ever changes under it."""
+    fields = pb2.PrefillCall.DESCRIPTOR.fields_by_number
+    want = {1: ("call_id", "uint64"), 2: ("request", "message"), 3: ("timeout_ms", "uint32")}
+    types = {4: "uint64", 11: "message", 13: "uint32"}  # FieldDescriptor.TYPE_* numbers
+    got = {n: (fields[n].name, types.get(fields[n].type, str(fields[n].type))) for n in want if n in fields}
+    if got != want:
+        raise ImportError(f"PrefillCall changed: fields {got}, encode_call writes {want}")
+
+
+_check_call_wire()
+MAX_TIMEOUT_MS = 0xFFFFFFFF  # timeout_ms is a uint32
+
+
+def timeout_ms(timeout_s: float) -> int:
+    """A call's deadline as PrefillCall.timeout_ms: at least 1 ms (0 means none), at most what a
+    uint32 holds (a hand-written varint would not stop a larger value: the worker would keep
+    its low 32 bits)."""
+    ms = timeout_s * 1000
+    return MAX_TIMEOUT_MS if not ms < MAX_TIMEOUT_MS else max(1, math.ceil(ms))
+
+
 def encode_call(call_id: int, request: pb2.PrefillRequest, timeout_ms: int) -> bytes:
     """The wire bytes of ``PrefillCall(call_id=, request=, timeout_ms=)``, written around the
     request's own bytes: building the message would copy the request first (a 4k-token prompt:
-    ~135 us for copy plus serialize, against ~50 us for this), on the router's one event loop."""
+    ~135 us for copy plus serialize, against ~50 us for this), on the router's one event loop.
+    ``timeout_ms`` must fit a uint32 (see :func:`timeout_ms`)."""
+    if not 0 <= timeout_ms <= MAX_TIMEOUT_MS:
+        raise ValueError(f"timeout_ms {timeout_ms} does not fit a uint32")
     body = request.SerializeToString()
     return b"".join(
         (b"\x08", _varint(call_id), b"\x12", _varint(len(body)), body, b"\x18", _varint(timeout_ms))
@@ -164,10 +190,10 @@ class PrefillCaller:
         self, request: pb2.PrefillRequest, timeout: float, record: Callable[[str], None] | None
     ) -> pb2.PrefillResponse:
         call_id = next(self._ids)
+        data = encode_call(call_id, request, timeout_ms(timeout))  # before anything is registered
         stream = self._stream or self._open()
         fut = asyncio.get_running_loop().create_future()
         stream.pending[call_id] = fut
-        data = encode_call(call_id, request, max(1, math.ceil(timeout * 1000)))
         stream.outbox.put_nowait(_Out(call_id, False, data))
         on_stream = True
         try:
