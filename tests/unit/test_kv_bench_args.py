@@ -84,13 +84,15 @@ def test_gpu_defaults_turn_cuda_ipc_get_on_and_never_override_the_user(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Decode pulls with READ (a UCX get): on GPUs without NVLink UCX leaves cuda_ipc's get off and
-    emulates it over tcp unless this is set. A value the user set wins."""
-    monkeypatch.delenv("UCX_CUDA_IPC_ENABLE_GET_ZCOPY", raising=False)
-    assert nixl_agent.apply_ucx_defaults(cuda=True) == {"UCX_CUDA_IPC_ENABLE_GET_ZCOPY": "on"}
-    assert nixl_agent.os.environ["UCX_CUDA_IPC_ENABLE_GET_ZCOPY"] == "on"
-    monkeypatch.setenv("UCX_CUDA_IPC_ENABLE_GET_ZCOPY", "auto")
+    emulates it over tcp unless this is set. A value the user set wins. UCX logs to stderr."""
+    env: dict[str, str] = {}
+    monkeypatch.setattr(nixl_agent.os, "environ", env)  # this test's own environment, nothing leaks
+    got = nixl_agent.apply_ucx_defaults(cuda=True)
+    assert got == {"UCX_CUDA_IPC_ENABLE_GET_ZCOPY": "on", "UCX_LOG_FILE": "stderr"} == env
+    env.clear()
+    env.update(UCX_CUDA_IPC_ENABLE_GET_ZCOPY="auto", UCX_LOG_FILE="/var/log/ucx.log")
     assert nixl_agent.apply_ucx_defaults(cuda=True) == {}
-    assert nixl_agent.os.environ["UCX_CUDA_IPC_ENABLE_GET_ZCOPY"] == "auto"
-    monkeypatch.delenv("UCX_CUDA_IPC_ENABLE_GET_ZCOPY")
-    assert nixl_agent.apply_ucx_defaults(cuda=False) == {}  # host memory: nothing of the kind
-    assert "UCX_CUDA_IPC_ENABLE_GET_ZCOPY" not in nixl_agent.os.environ
+    assert env == {"UCX_CUDA_IPC_ENABLE_GET_ZCOPY": "auto", "UCX_LOG_FILE": "/var/log/ucx.log"}
+    env.clear()
+    assert nixl_agent.apply_ucx_defaults(cuda=False) == {"UCX_LOG_FILE": "stderr"}  # host memory
+    assert "UCX_CUDA_IPC_ENABLE_GET_ZCOPY" not in env

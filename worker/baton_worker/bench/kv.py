@@ -19,6 +19,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent import futures
 
@@ -173,6 +174,7 @@ def start_source(num_blocks: int, device: str = "cpu") -> tuple[subprocess.Popen
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
+        stderr=(errors := tempfile.TemporaryFile("w+")),  # UCX and NIXL log there: kept for errors
         text=True,
     )
     line, seen = "", []
@@ -181,8 +183,14 @@ def start_source(num_blocks: int, device: str = "cpu") -> tuple[subprocess.Popen
         if not line:
             child.kill()
             child.wait(timeout=30)
-            raise RuntimeError("bench source did not start: " + "".join(seen[-10:]))
+            errors.seek(0)
+            said = [x for x in errors.read().splitlines() if x.strip()]
+            why = [x for x in said if "ERROR" in x or "Error" in x][-5:] or said[-5:]
+            raise RuntimeError(
+                "bench source did not start: " + " | ".join([*map(str.strip, seen[-5:]), *why])
+            )
         seen.append(line)
+    errors.close()  # the child keeps writing to its own copy of the file
     _, _, port, backend = line.split()
     return child, f"127.0.0.1:{port}", backend
 

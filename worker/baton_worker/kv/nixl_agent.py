@@ -45,10 +45,18 @@ UCX_DEFAULTS_CPU: dict[str, str] = {}
 UCX_DEFAULTS_CUDA: dict[str, str] = {"UCX_CUDA_IPC_ENABLE_GET_ZCOPY": "on"}
 
 
+# Whatever the memory: UCX logs (warnings such as "unused environment variable") go to stderr.
+# By default UCX prints them on stdout, which belongs to the program: the worker's ready line,
+# `baton bench ... --json`.
+UCX_DEFAULTS_ALWAYS: dict[str, str] = {"UCX_LOG_FILE": "stderr"}
+
+
 def apply_ucx_defaults(cuda: bool) -> dict[str, str]:
-    """Set the measured-best UCX settings not already in the environment; returns what was set."""
+    """Set baton's UCX settings not already in the environment (before the first agent starts:
+    UCX reads them when it loads); returns what was set."""
     applied = {}
-    for key, value in (UCX_DEFAULTS_CUDA if cuda else UCX_DEFAULTS_CPU).items():
+    chosen = UCX_DEFAULTS_CUDA if cuda else UCX_DEFAULTS_CPU
+    for key, value in {**UCX_DEFAULTS_ALWAYS, **chosen}.items():
         if key not in os.environ:
             os.environ[key] = value
             applied[key] = value
