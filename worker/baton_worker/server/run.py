@@ -53,7 +53,15 @@ def run_worker(opts: WorkerOptions, lifecycle: Lifecycle, stop: threading.Event)
     t0 = time.monotonic()
     backend = choose_backend(opts.kv_backend, nixl_available, _why_nixl_not)
     if backend == "nixl":
-        apply_ucx_defaults(cuda=opts.device.startswith("cuda"))
+        applied = apply_ucx_defaults(cuda=opts.device.startswith("cuda"))
+        if applied:
+            # On stderr, so that an operator debugging a slow transfer sees what baton chose.
+            said = " ".join(f"{k}={v}" for k, v in sorted(applied.items()))
+            print(
+                f"baton worker: UCX settings applied (unset in the environment): {said}",
+                file=sys.stderr,
+                flush=True,
+            )
     tp = None
     if opts.tensor_parallel_size > 1:
         from baton_worker.server.tp_worker import global_model, launch_worker_group
