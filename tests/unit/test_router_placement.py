@@ -96,6 +96,61 @@ def test_decide_prefill(tokens, workers, exclude, remote, reason, worker) -> Non
 
 
 @pytest.mark.parametrize(
+    ("workers", "decode_compat", "exclude", "remote", "reason", "worker"),
+    [
+        # the least-loaded prefill worker is skipped when the decode worker cannot use its KV
+        (
+            [P("old", kv_compat="h1"), P("new", kv_compat="h2", queued_prompt_tokens=500)],
+            "h2",
+            (),
+            True,
+            "disaggregated",
+            "new",
+        ),
+        (
+            [P("old", kv_compat="h1", queued_prompt_tokens=500), P("new", kv_compat="h2")],
+            "h1",
+            (),
+            True,
+            "disaggregated",
+            "old",
+        ),
+        # none compatible: the decode worker prefills locally, with its own reason
+        ([P("a", kv_compat="h1"), P("b", kv_compat="h1")], "h2", (), False, "kv_incompatible", None),
+        # the compatible one is excluded (failed this request before), the rest are not compatible
+        ([P("a", kv_compat="h1"), P("b", kv_compat="h2")], "h2", ("b",), False, "kv_incompatible", None),
+        # unhealthy compatible, healthy incompatible: still incompatible, not "no worker"
+        (
+            [P("a", kv_compat="h1"), P("b", kv_compat="h2", healthy=False)],
+            "h2",
+            (),
+            False,
+            "kv_incompatible",
+            None,
+        ),
+        ([P("a", kv_compat="h1", healthy=False)], "h2", (), False, "no_prefill_worker", None),
+        # unknown hashes (workers of an older version) count as compatible on either side
+        ([P("a"), P("b", kv_compat="h1", queued_prompt_tokens=1)], "h2", (), True, "disaggregated", "a"),
+        ([P("a", kv_compat="h1")], "", (), True, "disaggregated", "a"),
+        # compatibility comes before saturation: the compatible worker's load decides
+        (
+            [P("a", kv_compat="h1"), P("b", kv_compat="h2", queued_prompt_tokens=1000)],
+            "h2",
+            (),
+            False,
+            "prefill_saturated",
+            None,
+        ),
+    ],
+)
+def test_decide_prefill_pairs_only_kv_compatible_workers(
+    workers, decode_compat, exclude, remote, reason, worker
+) -> None:
+    d = decide_prefill(500, workers, CFG, exclude, decode_compat=decode_compat)
+    assert (d.remote, d.reason, d.worker) == (remote, reason, worker)
+
+
+@pytest.mark.parametrize(
     ("ids", "total", "known", "new", "gap"),
     [
         ([7], 1, 1, [], 0),  # decode echoes the prefill worker's first token: dropped

@@ -128,7 +128,11 @@ class Dispatcher:
         Appends every token it yields to ``known``.
         """
         decision = decide_prefill(
-            len(job.prompt_token_ids) + len(known), self.prefill.loads(), self.cfg.disagg, excluded["prefill"]
+            len(job.prompt_token_ids) + len(known),
+            self.prefill.loads(),
+            self.cfg.disagg,
+            excluded["prefill"],
+            decode_compat=dw.health.kv_compat_hash if dw.health is not None else "",
         )
         self.metrics.placements.labels("remote" if decision.remote else "local", decision.reason).inc()
         handle = None

@@ -16,6 +16,7 @@ DISAGGREGATED = "disaggregated"
 SHORT_PROMPT = "short_prompt"
 PREFILL_SATURATED = "prefill_saturated"
 NO_PREFILL_WORKER = "no_prefill_worker"
+KV_INCOMPATIBLE = "kv_incompatible"  # healthy prefill workers exist, none whose KV the decode worker can use
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class WorkerLoad:
     max_batch_size: int = 1  # reported
     inflight: int = 0  # this router's requests there now
     inflight_prompt_tokens: int = 0  # this router's prompt tokens waiting there (prefill)
+    kv_compat: str = ""  # reported KV compatibility hash ("" = unknown: an older worker)
 
     @property
     def pending_tokens(self) -> int:
@@ -93,17 +95,31 @@ def choose_decode(workers: Sequence[WorkerLoad], exclude: Collection[str] = ()) 
     return min(pool, key=lambda w: (w.load >= 1.0, w.load - w.free_fraction, w.inflight, w.address))
 
 
+def kv_compatible(prefill: WorkerLoad, decode_compat: str) -> bool:
+    """Whether the decode worker (of KV hash ``decode_compat``) can use this prefill worker's KV.
+    An unknown hash on either side (a worker that predates it) counts as compatible: the decode
+    worker's own check of the handle still refuses a mismatch, and the router retries."""
+    return not prefill.kv_compat or not decode_compat or prefill.kv_compat == decode_compat
+
+
 def decide_prefill(
     prompt_tokens: int,
     prefill_workers: Sequence[WorkerLoad],
     cfg: DisaggConfig,
     exclude: Collection[str] = (),
+    decode_compat: str = "",
 ) -> PrefillDecision:
-    """Prefill remotely (on the chosen prefill worker) or locally on the decode worker, and why."""
+    """Prefill remotely (on the chosen prefill worker) or locally on the decode worker, and why.
+
+    Only prefill workers whose KV the decode worker can use are candidates (during a rolling
+    update of the model, new prefill workers pair with new decode workers, old with old)."""
     if prompt_tokens <= cfg.local_prefill_max_tokens:
         return PrefillDecision(False, SHORT_PROMPT)
-    best = choose_prefill(prefill_workers, exclude)
+    usable = [w for w in prefill_workers if kv_compatible(w, decode_compat)]
+    best = choose_prefill(usable, exclude)
     if best is None:
+        if choose_prefill(prefill_workers, exclude) is not None:
+            return PrefillDecision(False, KV_INCOMPATIBLE)
         return PrefillDecision(False, NO_PREFILL_WORKER)
     if best.pending_tokens >= cfg.prefill_saturation_tokens:
         return PrefillDecision(False, PREFILL_SATURATED)

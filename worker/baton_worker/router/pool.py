@@ -80,6 +80,7 @@ class Worker:
             free_blocks=h.free_blocks if h else 0,
             total_blocks=h.total_blocks if h else 0,
             max_batch_size=(h.max_batch_size if h else 0) or 1,
+            kv_compat=h.kv_compat_hash if h else "",
             inflight=self.inflight,
             inflight_prompt_tokens=self.inflight_prompt_tokens,
         )

@@ -163,6 +163,7 @@ class PrefillService(pb2_grpc.PrefillWorkerServicer):
             free_blocks=stats.free_blocks,
             total_blocks=stats.total_blocks,
             engine_id=self.source.engine_id,
+            kv_compat_hash=self.source.compat.hash(),
             model=self.served_name,
             max_model_len=self.model.max_model_len,
             max_batch_size=self.runner.max_batch_size,
