@@ -96,6 +96,46 @@ def test_decide_prefill(tokens, workers, exclude, remote, reason, worker) -> Non
 
 
 @pytest.mark.parametrize(
+    ("decode", "prefill", "want"),
+    [
+        # "new" has more free KV, but only "old" has a prefill worker of its generation left
+        (
+            [P("old", kv_compat="h1"), P("new", kv_compat="h2", free_blocks=9, total_blocks=10)],
+            [P("p", kv_compat="h1")],
+            "old",
+        ),
+        # an unhealthy prefill worker pairs nobody
+        (
+            [P("old", kv_compat="h1"), P("new", kv_compat="h2", free_blocks=9, total_blocks=10)],
+            [P("p", kv_compat="h1", healthy=False)],
+            "new",
+        ),
+        # no prefill worker at all, or all compatible: load alone decides
+        ([P("old", kv_compat="h1"), P("new", kv_compat="h2", free_blocks=9, total_blocks=10)], [], "new"),
+        (
+            [P("a", kv_compat="h1"), P("b", kv_compat="h1", free_blocks=9, total_blocks=10)],
+            [P("p", kv_compat="h1")],
+            "b",
+        ),
+        # a full batch still ranks last, paired or not
+        (
+            [P("old", kv_compat="h1", running=4, max_batch_size=4), P("new", kv_compat="h2")],
+            [P("p", kv_compat="h1")],
+            "new",
+        ),
+        # unknown hashes pair with anything
+        (
+            [P("old"), P("new", kv_compat="h2", free_blocks=9, total_blocks=10)],
+            [P("p", kv_compat="h1")],
+            "old",
+        ),
+    ],
+)
+def test_choose_decode_prefers_workers_a_prefill_worker_can_pair_with(decode, prefill, want) -> None:
+    assert choose_decode(decode, (), prefill).address == want
+
+
+@pytest.mark.parametrize(
     ("workers", "decode_compat", "exclude", "remote", "reason", "worker"),
     [
         # the least-loaded prefill worker is skipped when the decode worker cannot use its KV

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -72,9 +73,15 @@ def test_workers_report_their_kv_compat_hash(workers: dict[str, WorkerProc]) -> 
 def test_router_sends_prefills_only_where_decode_can_use_the_kv(
     workers: dict[str, WorkerProc], prefill: tuple[str, ...], placed: str, reason: str
 ) -> None:
+    # The compatible worker is named localhost:PORT, which sorts after 127.0.0.1:PORT: on a tie
+    # of load the router would pick the other one, so only the pairing sends prefills there.
+    addresses = [
+        workers[k].address.replace("127.0.0.1:", "localhost:") if k == "prefill-same" else workers[k].address
+        for k in prefill
+    ]
     proc, base = start_router(
         "--prefill",
-        ",".join(workers[k].address for k in prefill),
+        ",".join(addresses),
         "--decode",
         workers["decode"].address,
         "--health-interval",
@@ -99,7 +106,11 @@ def test_router_sends_prefills_only_where_decode_can_use_the_kv(
         assert counter(text, "baton_retries", role="prefill", reason="kv_handle_refused") == 0, text
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 def _usable(base: str) -> tuple[int, int]:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
 import statistics
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 from concurrent import futures
 
@@ -174,23 +175,34 @@ def start_source(num_blocks: int, device: str = "cpu") -> tuple[subprocess.Popen
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        stderr=(errors := tempfile.TemporaryFile("w+")),  # UCX and NIXL log there: kept for errors
+        stderr=subprocess.PIPE,
         text=True,
     )
+    # The child's stderr (UCX and NIXL log there) is passed on to ours, and its last lines kept
+    # to say why, should it fail to start.
+    tail: collections.deque[str] = collections.deque(maxlen=200)
+
+    def pump() -> None:
+        assert child.stderr is not None
+        for text in child.stderr:
+            tail.append(text)
+            sys.stderr.write(text)
+
+    pumping = threading.Thread(target=pump, name="kv-bench-source-stderr", daemon=True)
+    pumping.start()
     line, seen = "", []
     while child.stdout and not line.startswith("kv-bench-source ready"):
         line = child.stdout.readline()
         if not line:
             child.kill()
             child.wait(timeout=30)
-            errors.seek(0)
-            said = [x for x in errors.read().splitlines() if x.strip()]
+            pumping.join(timeout=5)
+            said = [x.strip() for x in tail if x.strip()]
             why = [x for x in said if "ERROR" in x or "Error" in x][-5:] or said[-5:]
             raise RuntimeError(
                 "bench source did not start: " + " | ".join([*map(str.strip, seen[-5:]), *why])
             )
         seen.append(line)
-    errors.close()  # the child keeps writing to its own copy of the file
     _, _, port, backend = line.split()
     return child, f"127.0.0.1:{port}", backend
 
@@ -327,6 +339,7 @@ def run(sizes_mib: list[int], backends: list[str], repeats: int, device: str = "
 
     from baton_worker.kv.handle import check_handle
     from baton_worker.kv.nixl_agent import (
+        UCX_DEFAULTS_ALWAYS,
         UCX_DEFAULTS_CPU,
         UCX_DEFAULTS_CUDA,
         apply_ucx_defaults,
@@ -450,7 +463,7 @@ def run(sizes_mib: list[int], backends: list[str], repeats: int, device: str = "
         "metadata": meta,
         "ucx_env": ucx,
         "ucx_defaults_applied": applied,
-        "ucx_defaults": UCX_DEFAULTS_CUDA if cuda else UCX_DEFAULTS_CPU,
+        "ucx_defaults": {**UCX_DEFAULTS_ALWAYS, **(UCX_DEFAULTS_CUDA if cuda else UCX_DEFAULTS_CPU)},
         "device": torch.cuda.get_device_name(device) if cuda else "cpu",
         "cpus": os.cpu_count(),
         "load_avg": list(os.getloadavg()),

@@ -184,14 +184,15 @@ class Dispatcher:
         raise _Retry(why)
 
     async def _pick_decode(self, excluded: set[str]) -> Worker:
-        best = choose_decode(self.decode.loads(), excluded)
+        prefill = self.prefill.loads()
+        best = choose_decode(self.decode.loads(), excluded, prefill)
         if best is None and excluded:
             excluded.clear()  # every worker failed once: let back-offs and health decide
-            best = choose_decode(self.decode.loads())
+            best = choose_decode(self.decode.loads(), (), prefill)
         if best is None:
             if not await self.decode.wait_usable(self.cfg.worker_wait_s):
                 raise unavailable(f"no ready decode worker (known: {sorted(self.decode.workers) or 'none'})")
-            best = choose_decode(self.decode.loads())
+            best = choose_decode(self.decode.loads(), (), self.prefill.loads())
             if best is None:
                 raise unavailable("no ready decode worker")
         return self.decode.workers[best.address]

@@ -83,16 +83,31 @@ def choose_prefill(workers: Sequence[WorkerLoad], exclude: Collection[str] = ())
     return min(pool, key=lambda w: (w.pending_tokens, w.inflight, w.address))
 
 
-def choose_decode(workers: Sequence[WorkerLoad], exclude: Collection[str] = ()) -> WorkerLoad | None:
+def choose_decode(
+    workers: Sequence[WorkerLoad],
+    exclude: Collection[str] = (),
+    prefill_workers: Sequence[WorkerLoad] = (),
+) -> WorkerLoad | None:
     """The healthy decode worker with the most free KV memory relative to its load.
 
     Score: free fraction of KV blocks minus load (requests per batch slot); a worker whose
-    batch is full ranks below any that still has a free slot.
+    batch is full ranks below any that still has a free slot. Next comes whether a healthy
+    prefill worker of ``prefill_workers`` can hand it KV (:func:`kv_compatible`): during a
+    rolling update of the model, a decode worker whose generation has no prefill worker left
+    would prefill every prompt itself.
     """
     pool = _candidates(workers, exclude)
     if not pool:
         return None
-    return min(pool, key=lambda w: (w.load >= 1.0, w.load - w.free_fraction, w.inflight, w.address))
+    prefill = [p for p in prefill_workers if p.healthy]
+    if prefill:
+        lonely = {w.address for w in pool if not any(kv_compatible(p, w.kv_compat) for p in prefill)}
+    else:
+        lonely = set()  # nobody can disaggregate now: compatibility decides nothing
+    return min(
+        pool,
+        key=lambda w: (w.load >= 1.0, w.address in lonely, w.load - w.free_fraction, w.inflight, w.address),
+    )
 
 
 def kv_compatible(prefill: WorkerLoad, decode_compat: str) -> bool:
