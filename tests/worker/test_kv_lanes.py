@@ -53,7 +53,7 @@ def _prefill(stub: pb2_grpc.PrefillWorkerStub, rid: str, blocks: int) -> pb2.KvH
     pre = stub.Prefill(
         pb2.PrefillRequest(request_id=rid, prompt_token_ids=[0] * (blocks * bench.BLOCK)), timeout=30
     )
-    check_handle(pre.handle, bench._compat())
+    check_handle(pre.handle, bench.bench_compat())
     return pre.handle
 
 

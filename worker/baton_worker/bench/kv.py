@@ -1,6 +1,6 @@
 """`baton bench kv [--json]`: KV transfer bandwidth between two processes (nixl, grpc, memcpy).
 
-A child process plays the prefill side without a model: it holds a Llama-3-8B-shaped KV pool
+A child process (:mod:`.kv_source`) plays the prefill side without a model: it holds a Llama-3-8B-shaped KV pool
 (32 layers, 8 KV heads of dim 128, bfloat16: 128 KiB per token) filled with a known pattern,
 and serves the real control plane (``Prefill`` returns a real KvHandle, ``GetAgentMetadata``,
 ``PullKv``, ``Release``) through :class:`KvSource`. This process is the decode side: it pulls
@@ -14,36 +14,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import json
 import os
 import statistics
-import subprocess
 import sys
-import threading
 import time
-from concurrent import futures
 
 import numpy as np
 
-MIB = 1 << 20
-LAYERS, HEADS, HEAD_DIM, BLOCK = 32, 8, 128, 8
-BLOCK_BYTES = LAYERS * 2 * HEADS * BLOCK * HEAD_DIM * 2  # all layers of one block: 1 MiB
+from baton_worker.bench.kv_source import (
+    BLOCK,
+    BLOCK_BYTES,
+    ECHO_METHOD,
+    HEAD_DIM,
+    HEADS,
+    LAYERS,
+    MIB,
+    NO_HANDLE,
+    RTT_MIB,
+    bench_compat,
+    geometry_blocks,
+    serve_source,
+    start_source,
+)
+
 DEFAULT_SIZES = [1, 4, 16, 64, 256, 512, 1024]
-RTT_MIB = 512  # an 8B model's 4k-token prompt: the size the handle round trip is compared with
 RTT_SAMPLES = 60
-NO_HANDLE = "nohandle-"  # request ids the bench source answers without issuing a handle
-
-
-def _geometry_blocks(nbytes: int) -> int:
-    return max(1, nbytes // BLOCK_BYTES)
-
-
-def _fill_pattern(storage) -> None:  # noqa: ANN001 - a torch tensor
-    import torch
-
-    flat = storage.view(-1).view(torch.int64)
-    torch.arange(flat.numel(), dtype=torch.int64, out=flat)
 
 
 def _expected_ok(dst, src_blocks: int, dst_start: int, num_blocks: int) -> bool:  # noqa: ANN001
@@ -58,167 +54,6 @@ def _expected_ok(dst, src_blocks: int, dst_start: int, num_blocks: int) -> bool:
         if not torch.equal(got, want):
             return False
     return True
-
-
-def serve_source(num_blocks: int, device: str = "cpu") -> int:
-    """The child: hold a patterned pool and serve the prefill side's control plane."""
-    import grpc
-    import torch
-
-    from baton_worker.kv.grpc_stream import GRPC_OPTIONS
-    from baton_worker.kv.nixl_agent import apply_ucx_defaults, nixl_available
-    from baton_worker.kv.source import KvSource, PullRefused
-    from baton_worker.rpc import pb2, pb2_grpc
-    from baton_worker.server.prefill_stream import PrefillStreams
-
-    torch.set_num_threads(1)
-    backend = "nixl" if nixl_available() else "grpc"
-    if backend == "nixl":
-        apply_ucx_defaults(cuda=device.startswith("cuda"))
-    storage = torch.empty(LAYERS, num_blocks, 2, HEADS, BLOCK, HEAD_DIM, dtype=torch.bfloat16, device=device)
-    _fill_pattern(storage)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=GRPC_OPTIONS)
-    port = server.add_insecure_port("127.0.0.1:0")
-    source = KvSource(
-        storage=storage,
-        compat=_compat(),
-        free=lambda _rid, _blocks: None,
-        backend=backend,
-        address=f"127.0.0.1:{port}",
-        ttl_s=600,
-    )
-
-    def prefill(request, call):  # noqa: ANN001, ANN202 - the worker's Prefill, without a model
-        if request.request_id.startswith(NO_HANDLE):
-            return pb2.PrefillResponse(first_token=1)  # the control: the same call, no KV handed out
-        n = len(request.prompt_token_ids) // BLOCK
-        handle = source.issue(request.request_id, list(range(n)), n * BLOCK)
-        if not call.is_active():
-            source.release(request.request_id)
-        return pb2.PrefillResponse(handle=handle)
-
-    streams = PrefillStreams(prefill, max_calls=4)
-
-    class Servicer(pb2_grpc.PrefillWorkerServicer):
-        def Prefill(self, request, context):  # noqa: N802, ANN001, ANN201
-            return prefill(request, context)
-
-        def PrefillStream(self, request_iterator, context):  # noqa: N802, ANN001, ANN201
-            return streams.serve(request_iterator, context)
-
-        def Release(self, request, context):  # noqa: N802, ANN001, ANN201
-            return pb2.ReleaseResponse(released=source.release(request.request_id))
-
-        def GetAgentMetadata(self, request, context):  # noqa: N802, ANN001, ANN201
-            try:
-                return source.agent_metadata(request.rank)
-            except PullRefused as exc:
-                context.abort(getattr(grpc.StatusCode, exc.status), str(exc))
-
-        def PullKv(self, request, context):  # noqa: N802, ANN001, ANN201
-            try:
-                yield from source.pull(request)
-            except PullRefused as exc:
-                context.abort(getattr(grpc.StatusCode, exc.status), str(exc))
-
-    pb2_grpc.add_PrefillWorkerServicer_to_server(Servicer(), server)
-    server.add_generic_rpc_handlers((_echo_handler(source),))
-    server.start()
-    print(f"kv-bench-source ready {port} {backend}", flush=True)
-    sys.stdin.read()  # until the parent closes our stdin (or dies)
-    streams.close()
-    server.stop(0)
-    source.close()
-    return 0
-
-
-ECHO_METHOD = "/baton.bench.Echo/Stream"
-
-
-def _echo_handler(source):  # noqa: ANN001, ANN202 - a KvSource; a grpc.GenericRpcHandler
-    """The gRPC floor: a bare bidi stream of bytes that answers every message with the bytes of a
-    PrefillReply carrying a real 4k-token handle. No protobuf, no framework: what any Python
-    gRPC round trip of the same sizes costs on this machine."""
-    import grpc
-
-    from baton_worker.rpc import pb2
-
-    n = _geometry_blocks(RTT_MIB * MIB)
-    reply = pb2.PrefillReply(
-        call_id=1, response=pb2.PrefillResponse(handle=source.issue("echo", list(range(n)), n * BLOCK))
-    )
-    source.release("echo")
-    reply_bytes = reply.SerializeToString()
-
-    def echo(messages, _context):  # noqa: ANN001, ANN202
-        for _ in messages:
-            yield reply_bytes
-
-    same = lambda b: b  # noqa: E731
-    return grpc.method_handlers_generic_handler(
-        ECHO_METHOD.split("/")[1], {"Stream": grpc.stream_stream_rpc_method_handler(echo, same, same)}
-    )
-
-
-def start_source(num_blocks: int, device: str = "cpu") -> tuple[subprocess.Popen, str, str]:
-    """Start the prefill-side child (:func:`serve_source`); returns it, its gRPC address and its
-    backend (``nixl`` or ``grpc``). It runs until its stdin is closed."""
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "baton_worker.bench.kv",
-            "--serve-source",
-            str(num_blocks),
-            "--device",
-            device,
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    # The child's stderr (UCX and NIXL log there) is passed on to ours, and its last lines kept
-    # to say why, should it fail to start.
-    tail: collections.deque[str] = collections.deque(maxlen=200)
-
-    def pump() -> None:
-        assert child.stderr is not None
-        for text in child.stderr:
-            tail.append(text)
-            sys.stderr.write(text)
-
-    pumping = threading.Thread(target=pump, name="kv-bench-source-stderr", daemon=True)
-    pumping.start()
-    line, seen = "", []
-    while child.stdout and not line.startswith("kv-bench-source ready"):
-        line = child.stdout.readline()
-        if not line:
-            child.kill()
-            child.wait(timeout=30)
-            pumping.join(timeout=5)
-            said = [x.strip() for x in tail if x.strip()]
-            why = [x for x in said if "ERROR" in x or "Error" in x][-5:] or said[-5:]
-            raise RuntimeError(
-                "bench source did not start: " + " | ".join([*map(str.strip, seen[-5:]), *why])
-            )
-        seen.append(line)
-    _, _, port, backend = line.split()
-    return child, f"127.0.0.1:{port}", backend
-
-
-def _compat():  # noqa: ANN202
-    from baton_worker.kv.handle import CompatInfo
-
-    return CompatInfo(
-        model="bench/llama-3-8b-shape",
-        revision="pattern",
-        dtype="bfloat16",
-        num_layers=LAYERS,
-        num_kv_heads=HEADS,
-        head_dim=HEAD_DIM,
-        block_size=BLOCK,
-    )
 
 
 def _memcpy_gbps(nbytes: int, repeats: int, device: str = "cpu") -> float:
@@ -285,7 +120,7 @@ async def _handle_round_trips(address: str, num_tokens: int, samples: int) -> di
     from baton_worker.router.prefill_stream import PrefillCaller
     from baton_worker.rpc import pb2, pb2_grpc
 
-    compat = _compat()
+    compat = bench_compat()
     ids = prompt_ids(num_tokens)
     out: dict[str, list[float]] = {"stream": [], "unary": [], "stream_no_handle": [], "grpc_floor": []}
     async with grpc.aio.insecure_channel(address) as ch:
@@ -349,7 +184,7 @@ def run(sizes_mib: list[int], backends: list[str], repeats: int, device: str = "
     from baton_worker.rpc import pb2, pb2_grpc
 
     torch.set_num_threads(1)
-    max_blocks = _geometry_blocks(max(sizes_mib) * MIB)
+    max_blocks = geometry_blocks(max(sizes_mib) * MIB)
     if "nixl" in backends and not nixl_available():
         backends = [b for b in backends if b != "nixl"]
     cuda = device.startswith("cuda")
@@ -370,7 +205,7 @@ def run(sizes_mib: list[int], backends: list[str], repeats: int, device: str = "
         xfer_512: dict[str, list[float]] = {}
         seq = 0
         for size in sizes_mib:
-            n = _geometry_blocks(size * MIB)
+            n = geometry_blocks(size * MIB)
             nbytes = n * BLOCK_BYTES
             reps = repeats if size < 256 else max(2, repeats // 2)
             for backend in backends:
@@ -391,7 +226,7 @@ def run(sizes_mib: list[int], backends: list[str], repeats: int, device: str = "
                         pb2.PrefillRequest(request_id=f"b{seq}", prompt_token_ids=[0] * (n * BLOCK)),
                         timeout=30,
                     )
-                    check_handle(pre.handle, _compat())
+                    check_handle(pre.handle, bench_compat())
                     dst[:, dst.shape[1] - n :].zero_()
                     if backend == "nixl" and "agent_first_contact_ms" not in meta:
                         t1 = time.perf_counter()
@@ -420,7 +255,7 @@ def run(sizes_mib: list[int], backends: list[str], repeats: int, device: str = "
             # The control plane a request pays before its bytes move: the Prefill call that
             # returns the handle of a 4k-token prompt, then the decode side's check of it.
             by_transport = asyncio.run(
-                _handle_round_trips(address, _geometry_blocks(RTT_MIB * MIB) * BLOCK, RTT_SAMPLES)
+                _handle_round_trips(address, geometry_blocks(RTT_MIB * MIB) * BLOCK, RTT_SAMPLES)
             )
             rtts = by_transport["stream"]
             meta["handle_rtt_ms"] = round(statistics.median(rtts) * 1000, 3)
