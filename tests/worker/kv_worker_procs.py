@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import grpc
 from baton_worker.rpc import pb2, pb2_grpc
@@ -111,3 +112,16 @@ def generate(
         req.first_token = prefill.first_token
     chunks = list(decode.decode_stub().Generate(req, timeout=timeout))
     return [t for c in chunks for t in c.token_ids], chunks
+
+
+@contextlib.contextmanager
+def running(procs: dict[str, WorkerProc]) -> Iterator[dict[str, WorkerProc]]:
+    """Wait until every worker of ``procs`` is ready; kill them all on the way out (also when one
+    of them fails to start)."""
+    try:
+        for p in procs.values():
+            p.wait_ready()
+        yield procs
+    finally:
+        for p in procs.values():
+            p.kill()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from kv_worker_procs import WorkerProc, wait_for
+from kv_worker_procs import WorkerProc, running, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "router"))
 from router_stack import MODEL, start_router  # noqa: E402
@@ -43,13 +43,8 @@ def workers() -> Iterator[dict[str, WorkerProc]]:
         "prefill-other": WorkerProc("prefill", "--kv-blocks", "128", "--block-size", "8"),
         "decode": WorkerProc("decode", "--kv-blocks", "64"),
     }
-    try:
-        for p in procs.values():
-            p.wait_ready()
+    with running(procs):
         yield procs
-    finally:
-        for p in procs.values():
-            p.kill()
 
 
 def test_workers_report_their_kv_compat_hash(workers: dict[str, WorkerProc]) -> None:

@@ -29,7 +29,7 @@ from baton_worker.engine import (
 )
 from baton_worker.router.prefill_stream import PrefillCaller
 from baton_worker.rpc import pb2
-from kv_worker_procs import WorkerProc, all_blocks_free, generate, wait_for
+from kv_worker_procs import WorkerProc, all_blocks_free, generate, running, wait_for
 
 torch.set_num_threads(1)
 
@@ -89,13 +89,8 @@ def workers() -> Iterator[dict[str, WorkerProc]]:
             "400",
         ),
     }
-    try:
-        for p in procs.values():
-            p.wait_ready()
+    with running(procs):
         yield procs
-    finally:
-        for p in procs.values():
-            p.kill()
 
 
 def _prefill(

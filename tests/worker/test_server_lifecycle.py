@@ -13,7 +13,7 @@ import uuid
 import grpc
 import pytest
 from baton_worker.rpc import pb2
-from kv_worker_procs import WorkerProc, generate, wait_for
+from kv_worker_procs import WorkerProc, generate, running, wait_for
 
 PROMPT = list(range(10, 40))
 
@@ -33,13 +33,8 @@ def pair() -> dict[str, WorkerProc]:
         "decode": WorkerProc("decode", "--kv-backend", "grpc", "--kv-blocks", "300", "--drain-grace-s", "30"),
         "short": WorkerProc("decode", "--kv-backend", "grpc", "--kv-blocks", "300", "--drain-grace-s", "1"),
     }
-    try:
-        for p in procs.values():
-            p.wait_ready()
+    with running(procs):
         yield procs
-    finally:
-        for p in procs.values():
-            p.kill()
 
 
 def test_server_health_and_metrics(pair: dict[str, WorkerProc]) -> None:
