@@ -9,6 +9,7 @@ from baton_worker.router.placement import (
     WorkerLoad,
     choose_decode,
     choose_prefill,
+    compat_differences,
     decide_prefill,
 )
 
@@ -204,3 +205,27 @@ def test_decide_prefill_pairs_only_kv_compatible_workers(
 )
 def test_new_tokens(ids, total, known, new, gap) -> None:
     assert new_tokens(ids, total, known) == (new, gap)
+
+
+@pytest.mark.parametrize(
+    ("prefill", "decode", "want"),
+    [
+        (
+            '{"block_size":8,"dtype":"bfloat16"}',
+            '{"block_size":16,"dtype":"bfloat16"}',
+            "block_size: 8 != 16",
+        ),
+        (
+            '{"dtype":"float16","revision":"b"}',
+            '{"dtype":"bfloat16","revision":"a"}',
+            "dtype: 'float16' != 'bfloat16', revision: 'b' != 'a'",
+        ),
+        ('{"a":1}', '{"a":1,"b":2}', "b: None != 2"),
+        ('{"a":1}', '{"a":1}', ""),
+        ("", '{"a":1}', ""),  # unknown (an older worker)
+        ("not json", '{"a":1}', ""),
+        ("[1]", '{"a":1}', ""),
+    ],
+)
+def test_compat_differences_name_each_field(prefill: str, decode: str, want: str) -> None:
+    assert compat_differences(prefill, decode) == want

@@ -99,6 +99,10 @@ def test_router_sends_prefills_only_where_decode_can_use_the_kv(
         text = metrics()
         assert counter(text, "baton_prefill_placement", decision=placed, reason=reason) == 6, text
         assert counter(text, "baton_retries", role="prefill", reason="kv_handle_refused") == 0, text
+        if reason == "kv_incompatible":
+            # The router says why once, naming the field that differs.
+            said = [line for line in proc.lines if "different KV layouts" in line]  # type: ignore[attr-defined]
+            assert len(said) == 1 and "block_size: 8 != 16" in said[0], said
     finally:
         proc.terminate()
         try:

@@ -22,7 +22,7 @@ from baton_worker.rpc import pb2
 
 from .errors import bad_param, internal, unavailable
 from .metrics import RouterMetrics
-from .placement import DisaggConfig, choose_decode, decide_prefill
+from .placement import KV_INCOMPATIBLE, DisaggConfig, choose_decode, compat_differences, decide_prefill
 from .pool import Worker, WorkerPool
 
 log = logging.getLogger("baton.router.dispatch")
@@ -86,6 +86,7 @@ class Dispatcher:
         self.cfg = cfg
         self.metrics = metrics
         self._background: set[asyncio.Task] = set()
+        self._warned: set[tuple[str, str]] = set()  # (prefill hash, decode hash) pairs logged
 
     async def generate(self, job: Job) -> AsyncIterator[Progress]:
         """Yield the request's output tokens; raises ApiError when it cannot be served.
@@ -135,6 +136,8 @@ class Dispatcher:
             decode_compat=dw.health.kv_compat_hash if dw.health is not None else "",
         )
         self.metrics.placements.labels("remote" if decision.remote else "local", decision.reason).inc()
+        if decision.reason == KV_INCOMPATIBLE:
+            self._warn_incompatible(dw)
         handle = None
         first = 0
         resume = list(known)
@@ -182,6 +185,25 @@ class Dispatcher:
                 # now rather than at its TTL (a no-op when decode already pulled it).
                 self._spawn(self._release(pw, sub_id, handle.engine_id))
         raise _Retry(why)
+
+    def _warn_incompatible(self, dw: Worker) -> None:
+        """Log, once per pair of KV layouts, why a decode worker can use no prefill worker."""
+        if dw.health is None or not dw.health.kv_compat_hash:
+            return
+        mine = dw.health.kv_compat_hash
+        for pw in self.prefill.workers.values():
+            theirs = pw.health.kv_compat_hash if pw.health is not None else ""
+            if not theirs or theirs == mine or (theirs, mine) in self._warned:
+                continue
+            self._warned.add((theirs, mine))
+            why = compat_differences(pw.health.kv_compat_fields, dw.health.kv_compat_fields)
+            log.warning(
+                "prefill worker %s and decode worker %s have different KV layouts (%s): the decode "
+                "worker prefills locally until a prefill worker of its layout is up",
+                pw.address,
+                dw.address,
+                why or f"hash {theirs[:12]} != {mine[:12]}",
+            )
 
     async def _pick_decode(self, excluded: set[str]) -> Worker:
         prefill = self.prefill.loads()

@@ -8,6 +8,7 @@ router's own counts are exact for its own traffic, so the larger of the two is u
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
@@ -115,6 +116,21 @@ def kv_compatible(prefill: WorkerLoad, decode_compat: str) -> bool:
     An unknown hash on either side (a worker that predates it) counts as compatible: the decode
     worker's own check of the handle still refuses a mismatch, and the router retries."""
     return not prefill.kv_compat or not decode_compat or prefill.kv_compat == decode_compat
+
+
+def compat_differences(prefill_fields: str, decode_fields: str) -> str:
+    """What differs between two workers' KV layouts (``HealthResponse.kv_compat_fields``, JSON),
+    as ``name: prefill value != decode value, ...``; "" when either is unknown or unreadable."""
+    try:
+        theirs, ours = json.loads(prefill_fields), json.loads(decode_fields)
+    except ValueError:
+        return ""
+    if not isinstance(theirs, dict) or not isinstance(ours, dict):
+        return ""
+    names = sorted(set(theirs) | set(ours))
+    return ", ".join(
+        f"{n}: {theirs.get(n)!r} != {ours.get(n)!r}" for n in names if theirs.get(n) != ours.get(n)
+    )
 
 
 def decide_prefill(

@@ -243,6 +243,7 @@ class DecodeService(pb2_grpc.DecodeWorkerServicer):
             total_blocks=stats.total_blocks,
             engine_id=self.engine_id,
             kv_compat_hash=self.compat.hash(),
+            kv_compat_fields=self.compat.fields_json(),
             model=self.served_name,
             max_model_len=self.model.max_model_len,
             max_batch_size=stats.max_batch_size,

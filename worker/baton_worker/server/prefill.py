@@ -164,6 +164,7 @@ class PrefillService(pb2_grpc.PrefillWorkerServicer):
             total_blocks=stats.total_blocks,
             engine_id=self.source.engine_id,
             kv_compat_hash=self.source.compat.hash(),
+            kv_compat_fields=self.source.compat.fields_json(),
             model=self.served_name,
             max_model_len=self.model.max_model_len,
             max_batch_size=self.runner.max_batch_size,
