@@ -9,8 +9,8 @@ from baton_worker.router.placement import (
     WorkerLoad,
     choose_decode,
     choose_prefill,
-    compat_differences,
     decide_prefill,
+    layout_differences,
 )
 
 P = WorkerLoad
@@ -228,4 +228,4 @@ def test_new_tokens(ids, total, known, new, gap) -> None:
     ],
 )
 def test_compat_differences_name_each_field(prefill: str, decode: str, want: str) -> None:
-    assert compat_differences(prefill, decode) == want
+    assert layout_differences(prefill, decode) == want

@@ -22,7 +22,7 @@ from baton_worker.rpc import pb2
 
 from .errors import bad_param, internal, unavailable
 from .metrics import RouterMetrics
-from .placement import KV_INCOMPATIBLE, DisaggConfig, choose_decode, compat_differences, decide_prefill
+from .placement import KV_INCOMPATIBLE, DisaggConfig, choose_decode, decide_prefill, layout_differences
 from .pool import Worker, WorkerPool
 
 log = logging.getLogger("baton.router.dispatch")
@@ -196,7 +196,7 @@ class Dispatcher:
             if not theirs or theirs == mine or (theirs, mine) in self._warned:
                 continue
             self._warned.add((theirs, mine))
-            why = compat_differences(pw.health.kv_compat_fields, dw.health.kv_compat_fields)
+            why = layout_differences(pw.health.kv_compat_fields, dw.health.kv_compat_fields)
             log.warning(
                 "prefill worker %s and decode worker %s have different KV layouts (%s): the decode "
                 "worker prefills locally until a prefill worker of its layout is up",

@@ -118,7 +118,7 @@ def kv_compatible(prefill: WorkerLoad, decode_compat: str) -> bool:
     return not prefill.kv_compat or not decode_compat or prefill.kv_compat == decode_compat
 
 
-def compat_differences(prefill_fields: str, decode_fields: str) -> str:
+def layout_differences(prefill_fields: str, decode_fields: str) -> str:
     """What differs between two workers' KV layouts (``HealthResponse.kv_compat_fields``, JSON),
     as ``name: prefill value != decode value, ...``; "" when either is unknown or unreadable."""
     try:
