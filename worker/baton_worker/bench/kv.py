@@ -109,7 +109,7 @@ async def _handle_round_trips(address: str, num_tokens: int, samples: int) -> di
     - ``stream_no_handle``: the same call answered without a handle (nothing issued, nothing
       checked): the control. ``stream`` minus this is what the KV metadata itself costs;
     - ``grpc_floor``: the bytes of the same call and of a reply with a handle, echoed over a bare
-      bidi stream (:func:`_echo_handler`): no protobuf work, no framework, no handle issued or
+      bidi stream (``_echo_handler`` in :mod:`.kv_source`): no protobuf work, no framework, no handle issued or
       checked. What Python gRPC alone costs for this round trip on this machine.
 
     The kinds take turns call by call, so that the machine's noise hits them alike.
@@ -321,8 +321,9 @@ def main(argv: list[str]) -> int:
     p.add_argument(
         "--ucx-tls",
         default="",
-        help="run the bench once per UCX_TLS value, ';'-separated (default: UCX's own choice), "
-        "e.g. 'default;cuda_ipc,cuda_copy,tcp,self'",
+        help="run the bench once per UCX setting, ';'-separated: a UCX_TLS value or 'default' (UCX's "
+        "own choice), each optionally followed by +UCX_NAME=value assignments, "
+        "e.g. 'default+UCX_CUDA_IPC_ENABLE_GET_ZCOPY=auto;default;cuda_ipc,cuda_copy,tcp,self'",
     )
     p.add_argument("--setting-timeout-s", type=float, default=300.0, help="--ucx-tls: limit per setting")
     p.add_argument("--serve-source", type=int, default=0, help=argparse.SUPPRESS)

@@ -343,7 +343,7 @@ def _remove_remote(lane: _Lane, name: str) -> None:
 # Checks of a READ's state, each after a bare yield, before polling backs off to sleeps. A READ
 # of a short prompt's KV (1 MiB: 8 tokens of an 8B model) is seldom DONE when posted but nearly
 # always a few microseconds later, while the first 0.1 ms sleep takes ~0.25 ms on a busy
-# machine: measured 0.68 -> 0.57 ms per 1 MiB pull on the 2-core VM.
+# machine: measured side by side, 0.68-0.74 -> 0.60-0.63 ms per 1 MiB pull on the 2-core VM.
 READ_POLL_SPINS = 20
 
 
