@@ -40,4 +40,4 @@ test: install binaries lint
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) worker/baton_worker/_proto
+	rm -rf $(VENV)

@@ -104,7 +104,7 @@ def worker_command(pool: Pool, role: RoleSpec) -> list[str]:
         "--kv-backend",
         spec.kv_transfer.backend,
         "--device",
-        "cuda",
+        role.device,
         "--host",
         "0.0.0.0",
         "--port",
@@ -122,7 +122,7 @@ def _worker_resources(pool: Pool, role: RoleSpec) -> dict[str, Any]:
     requests = {k: str(v) for k, v in (role.resources.get("requests") or {}).items()}
     limits = {k: str(v) for k, v in (role.resources.get("limits") or {}).items()}
     # Extended resources must have requests == limits; the GPU count is not the user's to override.
-    extended = {"nvidia.com/gpu": str(role.tensor_parallel_size)}
+    extended = {"nvidia.com/gpu": str(role.tensor_parallel_size)} if role.uses_gpus else {}
     if pool.spec.kv_transfer.rdma_resource:
         extended[pool.spec.kv_transfer.rdma_resource] = "1"
     requests.update(extended)
@@ -221,18 +221,24 @@ def worker_pod_template(pool: Pool, role: RoleSpec) -> dict[str, Any]:
         "securityContext": security,
     }
     # The user's selector wins on a key they set themselves (e.g. a more specific product string).
-    node_selector = {"nvidia.com/gpu.product": role.gpu_product, **role.node_selector}
-    tolerations = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    node_selector = dict(role.node_selector)
+    tolerations: list[dict[str, Any]] = []
+    if role.uses_gpus:
+        node_selector = {"nvidia.com/gpu.product": role.gpu_product, **node_selector}
+        tolerations.append({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
     tolerations += [t for t in role.tolerations if t not in tolerations]
     pod_spec: dict[str, Any] = {
         "containers": [container],
-        "nodeSelector": node_selector,
-        "tolerations": tolerations,
         "topologySpreadConstraints": _spread(pool, role.role),
         "terminationGracePeriodSeconds": GRACE_SECONDS[role.role],
         "automountServiceAccountToken": False,
         "volumes": volumes,
     }
+    # Empty ones are left out as the API server leaves them out (a no-op resync compares them).
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
     if role.affinity:
         pod_spec["affinity"] = role.affinity
     return {

@@ -29,6 +29,7 @@ from baton_operator.crd_types import (
 )
 from baton_operator.spec import (
     AUTOSCALING_MODES,
+    DEVICES,
     DTYPES,
     GPU_PRODUCTS,
     GROUP,
@@ -114,8 +115,16 @@ def role_schema(role: str) -> S:
             "maxBatchSize": integer(
                 "Most sequences a pod runs at once.", default=d["maxBatchSize"], minimum=1, maximum=4096
             ),
+            "device": string(
+                "What the workers compute on: cuda (GPUs: each pod requests tensorParallelSize nvidia.com/gpu "
+                "on gpu.type nodes and tolerates the nvidia.com/gpu taint) or cpu (no GPU requested, no GPU "
+                "node selector; for development and test clusters and small models). With cpu, "
+                "tensorParallelSize must be 1 and gpu must not be set.",
+                default=d["device"],
+                enum=list(DEVICES),
+            ),
             "gpu": obj(
-                "GPU model of this role's nodes.",
+                "GPU model of this role's nodes (device cuda only).",
                 {
                     "type": string(
                         "GPU type; selects nodes by the GPU Feature Discovery label nvidia.com/gpu.product "
@@ -143,6 +152,22 @@ def role_schema(role: str) -> S:
             ),
             "autoscaling": role_autoscaling_schema(role),
         },
+        rules=[
+            {
+                "rule": "!has(self.device) || self.device != 'cpu' || !has(self.tensorParallelSize) "
+                "|| self.tensorParallelSize == 1",
+                "message": f"spec.{role}.tensorParallelSize must be 1 when device is cpu: tensor parallelism "
+                "runs on GPUs",
+                "fieldPath": ".tensorParallelSize",
+                "reason": "FieldValueInvalid",
+            },
+            {
+                "rule": "!has(self.device) || self.device != 'cpu' || !has(self.gpu)",
+                "message": f"spec.{role}.gpu must not be set when device is cpu: a CPU pod requests no GPU",
+                "fieldPath": ".gpu",
+                "reason": "FieldValueForbidden",
+            },
+        ],
     )
 
 

@@ -139,6 +139,9 @@ def main(argv: list[str]) -> int:
             clusterwide=opts.all_namespaces,
             namespaces=opts.namespaces,
             liveness_endpoint=opts.liveness or None,
+            # Without it kopf asks getpass for the user name, which fails for a uid without a
+            # passwd entry (a container run as an arbitrary uid).
+            identity=opts.identity,  # type: ignore[arg-type]  # kopf: NewType of str
         )
     )
     return 0

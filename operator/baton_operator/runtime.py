@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from baton_operator.api import KubeApi
 from baton_operator.controller import Controller
+from baton_operator.images import DEFAULT_WORKER_IMAGE
 from baton_operator.leader import LeaderElector
 
 
@@ -18,7 +19,7 @@ class Options:
     namespaces: list[str] = field(default_factory=list)
     all_namespaces: bool = False
     standalone: bool = False
-    default_image: str = "ghcr.io/baton-dev/baton-worker:0.1.0"
+    default_image: str = DEFAULT_WORKER_IMAGE
     resync_seconds: float = 30.0
     kubeconfig: str | None = None
     lease_namespace: str = "baton-system"

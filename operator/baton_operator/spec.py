@@ -30,6 +30,8 @@ GPU_PRODUCTS: dict[str, str] = {
     "B200": "NVIDIA-B200",
 }
 TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
+# What a role's workers compute on: cuda (GPUs of gpu.type) or cpu (no GPU at all).
+DEVICES = ("cuda", "cpu")
 DTYPES = ("bfloat16", "float16", "float32")
 KV_BACKENDS = ("auto", "nixl", "grpc")
 UCX_VAR_PATTERN = "^UCX_[A-Z0-9_]+$"  # spec.kvTransfer.ucx keys
@@ -70,6 +72,7 @@ class RoleSpec:
     tensor_parallel_size: int
     max_batch_size: int
     gpu_type: str
+    device: str = "cuda"
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
     affinity: dict[str, Any] = field(default_factory=dict)
@@ -79,6 +82,10 @@ class RoleSpec:
     @property
     def gpu_product(self) -> str:
         return GPU_PRODUCTS[self.gpu_type]
+
+    @property
+    def uses_gpus(self) -> bool:
+        return self.device == "cuda"
 
 
 @dataclass(frozen=True)
@@ -148,8 +155,8 @@ class Pool:
 
 
 ROLE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "prefill": {"replicas": 1, "tensorParallelSize": 1, "maxBatchSize": 1, "gpu": "H100"},
-    "decode": {"replicas": 1, "tensorParallelSize": 1, "maxBatchSize": 64, "gpu": "A100"},
+    "prefill": {"replicas": 1, "tensorParallelSize": 1, "maxBatchSize": 1, "gpu": "H100", "device": "cuda"},
+    "decode": {"replicas": 1, "tensorParallelSize": 1, "maxBatchSize": 64, "gpu": "A100", "device": "cuda"},
 }
 
 
@@ -277,6 +284,15 @@ def _role(raw: Any, role: str, autoscaling: RoleAutoscaling) -> RoleSpec:
         raise SpecError(f"{path}.tensorParallelSize", f"must be 1, 2, 4 or 8; got {tp}")
     gpu = _obj(obj.get("gpu"), f"{path}.gpu")
     gpu_type = _str(gpu, "type", f"{path}.gpu", defaults["gpu"], tuple(GPU_PRODUCTS))
+    device = _str(obj, "device", path, defaults["device"], DEVICES)
+    if device == "cpu" and tp != 1:
+        # The same wording as the CRD's CEL rule.
+        raise SpecError(
+            f"{path}.tensorParallelSize",
+            f"must be 1 when device is cpu, got {tp}: tensor parallelism runs on GPUs",
+        )
+    if device == "cpu" and obj.get("gpu") is not None:
+        raise SpecError(f"{path}.gpu", "must not be set when device is cpu: a CPU pod requests no GPU")
     node_selector = dict(_obj(obj.get("nodeSelector"), f"{path}.nodeSelector"))
     for key, value in node_selector.items():
         if not isinstance(value, str):
@@ -290,6 +306,7 @@ def _role(raw: Any, role: str, autoscaling: RoleAutoscaling) -> RoleSpec:
         tensor_parallel_size=tp,
         max_batch_size=_int(obj, "maxBatchSize", path, defaults["maxBatchSize"], minimum=1),
         gpu_type=gpu_type,
+        device=device,
         node_selector=node_selector,
         tolerations=[dict(t) for t in tolerations],
         affinity=dict(_obj(obj.get("affinity"), f"{path}.affinity")),

@@ -66,12 +66,35 @@ def test_etcd_wrapper_drops_local_replaces_and_keeps_remote_ones() -> None:
 def test_every_binary_is_pinned_and_kubernetes_is_at_least_1_34() -> None:
     names = [b.name for c in components() for b in c.binaries]
     assert sorted(names) == sorted(
-        ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok", "helm"]
+        [
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "kubelet",
+            "kube-proxy",
+            "kubectl",
+            "kwok",
+            "helm",
+            "coredns",
+        ]
     )
     minor = int(KUBERNETES_VERSION.lstrip("v").split(".")[1])
     assert minor >= 34
     k8s = next(c for c in components() if c.name == "kubernetes")
     assert f"-X k8s.io/component-base/version.gitVersion={KUBERNETES_VERSION}" in k8s.ldflags
+
+
+def test_coredns_is_built_from_a_generated_main_with_only_the_plugins_the_node_uses() -> None:
+    coredns = next(c for c in components() if c.name == "coredns")
+    # The binary is the wrapper module's own main package: `go build -o DIR/` names it coredns.
+    assert go_output_name(coredns.binaries[0].package) == "coredns"
+    assert coredns.main_go.startswith("// Generated") and "coremain.Run()" in coredns.main_go
+    for plugin in ("kubernetes", "forward", "bind", "ready", "health"):
+        assert f'_ "github.com/coredns/coredns/plugin/{plugin}"' in coredns.main_go
+        assert f'"{plugin}"' in coredns.main_go.split("Directives")[1]
+    # Cloud providers' plugins (and their SDKs) stay out.
+    assert "route53" not in coredns.main_go and "azure" not in coredns.main_go
 
 
 def test_go_output_name_skips_major_version_suffix() -> None:

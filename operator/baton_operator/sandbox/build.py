@@ -238,6 +238,8 @@ def build_component(component: GoComponent, binaries: tuple[Binary, ...], log: C
         gomod.write_text(text)
         generated.write_text(text)
         (src / "go.sum").unlink(missing_ok=True)
+    if component.main_go:
+        (src / "main.go").write_text(component.main_go)
     tmp_out = bin_dir / f".tmp-{component.name}"
     shutil.rmtree(tmp_out, ignore_errors=True)
     tmp_out.mkdir()

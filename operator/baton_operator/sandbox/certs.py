@@ -13,9 +13,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .addresses import NODE_IP, NODE_NAME
+
 VALIDITY = dt.timedelta(days=365)
 SERVER_NAMES = ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc")
-SERVER_IPS = ("127.0.0.1", "::1", "10.96.0.1")
+# 10.96.0.1 is the `kubernetes` Service; NODE_IP is where the API server listens with a real node.
+SERVER_IPS = ("127.0.0.1", "::1", "10.96.0.1", NODE_IP)
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,15 @@ CLIENTS: tuple[ClientIdentity, ...] = (
     ClientIdentity("kwok", "kwok-controller", ("system:masters",)),
     ClientIdentity("apiserver-etcd-client", "kube-apiserver-etcd-client"),
     ClientIdentity("front-proxy-client", "front-proxy-client"),
+    # The real node (`up --real-node`): its kubelet (authorized by the Node authorizer), the API
+    # server calling kubelets (logs, exec, port-forward), kube-proxy and CoreDNS.
+    ClientIdentity("kubelet", f"system:node:{NODE_NAME}", ("system:nodes",)),
+    ClientIdentity("apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",)),
+    ClientIdentity("kube-proxy", "system:kube-proxy"),
+    ClientIdentity("coredns", "baton-sandbox-coredns"),
 )
+# The kubelet's serving certificate (server auth for its node name and address).
+KUBELET_SERVING = "kubelet-serving"
 
 
 @dataclass(frozen=True)
@@ -140,7 +151,7 @@ def ensure_pki(directory: Path) -> Pki:
     """Create the PKI under ``directory`` unless it is already complete; return its paths."""
     pki = Pki(directory)
     wanted = [pki.ca_cert, pki.server_cert, pki.sa_key, pki.sa_pub]
-    wanted += [pki.client_cert(c.file_stem) for c in CLIENTS]
+    wanted += [pki.client_cert(c.file_stem) for c in CLIENTS] + [pki.client_cert(KUBELET_SERVING)]
     if all(p.exists() for p in wanted):
         return pki
     directory.mkdir(parents=True, exist_ok=True)
@@ -179,6 +190,20 @@ def ensure_pki(directory: Path) -> Pki:
         )
         _write_key(pki.client_key(client.file_stem), key)
         _write_cert(pki.client_cert(client.file_stem), cert)
+
+    kubelet_key = _key()
+    kubelet_cert = _sign(
+        _name(f"system:node:{NODE_NAME}", ("system:nodes",)),
+        kubelet_key.public_key(),
+        ca_name,
+        ca_key,
+        usages=(ExtendedKeyUsageOID.SERVER_AUTH,),
+        san=x509.SubjectAlternativeName(
+            [x509.DNSName(NODE_NAME), x509.IPAddress(ipaddress.ip_address(NODE_IP))]
+        ),
+    )
+    _write_key(pki.client_key(KUBELET_SERVING), kubelet_key)
+    _write_cert(pki.client_cert(KUBELET_SERVING), kubelet_cert)
 
     # Service-account tokens are signed with RSA (RS256), the algorithm every client accepts.
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -10,12 +11,21 @@ import time
 from pathlib import Path
 
 from .build import BuildError, resolve
-from .cluster import SandboxError, current, down, up
+from .cluster import SandboxError, current, down, load_node_images, up
 from .handle import KubectlError
+from .images import ImageError, build_images
 from .layout import COMPONENTS
 from .nodepools import DEFAULT_NODEPOOLS, NodePoolError
 from .observe import status
-from .operator_proc import NAMESPACE, RELEASE, ensure_operator, find_chart, install_chart
+from .operator_proc import (
+    NAMESPACE,
+    REAL_NODE_HELM_TIMEOUT_S,
+    RELEASE,
+    ensure_operator,
+    find_chart,
+    in_cluster_operator_values,
+    install_chart,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     u = sub.add_parser("up", help="start the sandbox (idempotent), install the chart, run the operator")
     u.add_argument("--node-pools", type=Path, default=DEFAULT_NODEPOOLS, help="node pool YAML")
     u.add_argument(
+        "--real-node",
+        action="store_true",
+        help="add one real kubelet node (containerd, CNI, kube-proxy, CoreDNS) that runs pods needing no GPU; "
+        "the chart then runs the operator as a pod there (needs root)",
+    )
+    u.add_argument(
         "--no-chart", action="store_true", help="do not install charts/baton (implies --no-operator)"
     )
     u.add_argument(
@@ -41,6 +57,17 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument(
         "--operator-arg", action="append", default=[], help="extra argument for `baton operator` (repeatable)"
     )
+    i = sub.add_parser(
+        "images", help="build baton-operator:dev and baton-worker:dev with podman (no registry)"
+    )
+    i.add_argument("image", nargs="*", metavar="IMAGE", help="operator, worker, pause (default: all three)")
+    i.add_argument(
+        "--variant", choices=["cpu", "cuda"], default="cpu", help="worker base: Debian (cpu) or NVIDIA CUDA"
+    )
+    i.add_argument(
+        "--context-only", type=Path, metavar="DIR", help="write the build contexts under DIR, build nothing"
+    )
+    i.add_argument("--json", action="store_true", help="print what was built as JSON")
     d = sub.add_parser("down", help="stop every sandbox process and remove its state")
     d.add_argument("--keep-state", action="store_true", help="stop processes but keep the state directory")
     sub.add_parser("status", help="say what runs, where, and its memory")
@@ -61,20 +88,51 @@ def _build() -> int:
     return 0
 
 
+def _images(args: argparse.Namespace) -> int:
+    which = args.image or (["worker"] if args.variant == "cuda" else ["operator", "worker", "pause"])
+    log = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    t0 = time.monotonic()
+    built = build_images(which, variant=args.variant, context_only=args.context_only, log=log)
+    if args.variant == "cpu" and not args.context_only:
+        refs = [b.reference for b in built]
+        if load_node_images(args.state_dir, refs, log):
+            log("  loaded into the sandbox's real node (recreate pods to run the new images)")
+    if args.json:
+        print(
+            json.dumps(
+                {"images": [b.to_json() for b in built], "seconds": round(time.monotonic() - t0, 1)}, indent=1
+            )
+        )
+    else:
+        for b in built:
+            size = f"{b.size_bytes / 1e6:8.0f} MB" if b.size_bytes else "  (context only)"
+            print(f"  {b.reference:<48} {size}  {b.build_seconds:6.1f} s")
+        print(f"images ready in {time.monotonic() - t0:.1f} s")
+    return 0
+
+
 def _up(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
-    sandbox, started = up(args.state_dir, nodepools=args.node_pools)
+    sandbox, started = up(args.state_dir, nodepools=args.node_pools, real_node=args.real_node)
     chart = None if args.no_chart else find_chart()
     if args.no_chart:
         print("  chart: skipped (--no-chart)")
     elif chart is None:
         print("  chart: charts/baton/Chart.yaml not found yet; cluster only")
+    elif args.real_node:
+        install_chart(sandbox, chart, in_cluster_operator_values(), wait_s=REAL_NODE_HELM_TIMEOUT_S)
+        print(
+            f"  chart: helm release {RELEASE!r} of {chart} in namespace {NAMESPACE}; "
+            "the operator runs as a pod on the real node"
+        )
     else:
         install_chart(sandbox, chart)
         print(
             f"  chart: helm release {RELEASE!r} of {chart} in namespace {NAMESPACE} (operator.enabled=false)"
         )
-    if chart is None or args.no_operator:
+    if args.real_node and chart is not None:
+        print("  operator: Deployment baton-operator in namespace baton-system (no local process)")
+    elif chart is None or args.no_operator:
         print("  operator: not started" + (" (--no-operator)" if args.no_operator else ""))
     else:
         op, new = ensure_operator(sandbox, args.operator_arg)
@@ -144,9 +202,10 @@ def main(argv: list[str]) -> int:
         args.state_dir = args.state_dir.expanduser().resolve()
     handlers = {"build": lambda a: _build(), "up": _up, "down": _down, "status": _status, "env": _env}
     handlers["kubeconfig"] = _kubeconfig
+    handlers["images"] = _images
     try:
         return handlers[args.cmd](args)
-    except (BuildError, SandboxError, NodePoolError, KubectlError) as exc:
+    except (BuildError, SandboxError, NodePoolError, KubectlError, ImageError) as exc:
         print(f"baton sandbox {args.cmd}: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import ssl
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,13 +22,16 @@ from typing import Any
 
 import yaml
 
-from . import procs
+from . import procs, realnode
+from .addresses import NODE_NAME
 from .build import Resolved, resolve
 from .certs import CLIENTS, ensure_pki
 from .handle import Sandbox
 from .health import NotReady, get_json, healthy, tls_context, wait_for
+from .imageplan import OPERATOR_IMAGE, PAUSE_IMAGE, WORKER_IMAGE
 from .kubeconfig import kubeconfig_dict, write_kubeconfig
-from .layout import COMPONENTS, Layout, Ports, command, default_state_dir, server_url
+from .layout import COMPONENTS, Layout, Ports, api_host, command, default_state_dir, server_url
+from .nodeplan import NODE_COMPONENTS, NodePorts, rbac_manifests
 from .nodepools import DEFAULT_NODEPOOLS, KWOK_ANNOTATION, KWOK_ANNOTATION_VALUE, load_pools, node_manifests
 
 STATE_VERSION = 1
@@ -52,6 +56,10 @@ class State:
     # Test sessions using this sandbox now, and whether the last one to leave stops it.
     users: list[procs.ProcRecord] = field(default_factory=list)
     auto_down: bool = False
+    # Where the API server listens (the real node's address when there is one).
+    api_host: str = "127.0.0.1"
+    # The real node (`up --real-node`), None when every node is simulated.
+    node: realnode.NodeState | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -64,6 +72,8 @@ class State:
             "ready_after_s": self.ready_after_s,
             "users": [u.to_json() for u in self.users],
             "auto_down": self.auto_down,
+            "api_host": self.api_host,
+            "node": self.node.to_json() if self.node is not None else None,
         }
 
     @staticmethod
@@ -79,6 +89,8 @@ class State:
             ready_after_s=float(d.get("ready_after_s", 0.0)),
             users=[procs.ProcRecord.from_json(u) for u in d.get("users", [])],
             auto_down=bool(d.get("auto_down", False)),
+            api_host=str(d.get("api_host", "127.0.0.1")),
+            node=realnode.NodeState.from_json(d["node"]) if d.get("node") else None,
         )
 
 
@@ -112,7 +124,7 @@ def handle(layout: Layout, state: State) -> Sandbox:
     """The Sandbox handle of a recorded state."""
     return Sandbox(
         state_dir=layout.state_dir,
-        server=server_url(state.ports),
+        server=server_url(state.ports, state.api_host),
         kubeconfig=layout.admin_kubeconfig,
         kubectl_path=Path(state.binaries["kubectl"]),
         helm_path=Path(state.binaries["helm"]),
@@ -138,13 +150,21 @@ def _alive_check(rec: procs.ProcRecord, ports: Ports) -> Callable[[], None]:
 
 
 def processes_alive(state: State) -> bool:
-    """Whether every control-plane component was started and is still running."""
-    return len(state.procs) == len(COMPONENTS) and all(procs.is_running(p) for p in state.procs)
+    """Whether every control-plane component (and real-node process) was started and runs."""
+    control_plane = len(state.procs) == len(COMPONENTS) and all(procs.is_running(p) for p in state.procs)
+    if state.node is None:
+        return control_plane
+    node_procs = state.node.procs
+    return (
+        control_plane
+        and len(node_procs) == len(NODE_COMPONENTS)
+        and all(procs.is_running(p) for p in node_procs)
+    )
 
 
 def api_ready(layout: Layout, state: State) -> bool:
     """Whether the API server answers /readyz with 200 now."""
-    return healthy(state.ports.apiserver, "/readyz", _admin_ctx(layout))
+    return healthy(state.ports.apiserver, "/readyz", _admin_ctx(layout), host=state.api_host)
 
 
 def running_ok(layout: Layout, state: State) -> bool:
@@ -152,9 +172,9 @@ def running_ok(layout: Layout, state: State) -> bool:
     return processes_alive(state) and api_ready(layout, state)
 
 
-def _write_configs(layout: Layout, ports: Ports) -> None:
+def _write_configs(layout: Layout, ports: Ports, host: str) -> None:
     pki = ensure_pki(layout.pki.dir)
-    server = server_url(ports)
+    server = server_url(ports, host)
     users = {c.file_stem: c.user for c in CLIENTS}
     admin = kubeconfig_dict(
         server,
@@ -187,9 +207,10 @@ def _start_control_plane(
 ) -> None:
     pki, ports = layout.pki, state.ports
     annotation = f"{KWOK_ANNOTATION}={KWOK_ANNOTATION_VALUE}"
+    real_node = state.api_host != "127.0.0.1"
 
     def launch(name: str) -> procs.ProcRecord:
-        argv = command(name, bins[name], layout, ports, annotation)
+        argv = command(name, bins[name], layout, ports, annotation, real_node)
         rec = procs.start(name, argv, layout.log(name))
         state.procs.append(rec)
         save_state(layout, state)  # recorded at once, so `down` can stop a half-started sandbox
@@ -210,11 +231,11 @@ def _start_control_plane(
     admin_ctx = tls_context(pki.ca_cert, pki.client_cert("admin"), pki.client_key("admin"))
     wait_for(
         "kube-apiserver",
-        lambda: healthy(ports.apiserver, "/readyz", admin_ctx),
+        lambda: healthy(ports.apiserver, "/readyz", admin_ctx, host=state.api_host),
         START_TIMEOUT_S,
         check_alive=_alive_check(api, ports),
     )
-    log(f"kube-apiserver ready at {server_url(ports)}")
+    log(f"kube-apiserver ready at {server_url(ports, state.api_host)}")
     before_controllers()
     rest = [launch(name) for name in ("kube-controller-manager", "kube-scheduler", "kwok")]
     anon = tls_context(None)
@@ -242,7 +263,7 @@ def _admin_ctx(layout: Layout) -> ssl.SSLContext:
 
 
 def _nodes_ready(layout: Layout, state: State, expected: set[str]) -> bool:
-    nodes = get_json(state.ports.apiserver, "/api/v1/nodes", _admin_ctx(layout))
+    nodes = get_json(state.ports.apiserver, "/api/v1/nodes", _admin_ctx(layout), host=state.api_host)
     if nodes is None:
         return False
     return expected <= {n["metadata"]["name"] for n in nodes["items"] if node_schedulable(n)}
@@ -250,11 +271,16 @@ def _nodes_ready(layout: Layout, state: State, expected: set[str]) -> bool:
 
 def _default_sa_exists(layout: Layout, state: State) -> bool:
     path = "/api/v1/namespaces/default/serviceaccounts/default"
-    return get_json(state.ports.apiserver, path, _admin_ctx(layout)) is not None
+    return get_json(state.ports.apiserver, path, _admin_ctx(layout), host=state.api_host) is not None
 
 
-def _create_nodes(sandbox: Sandbox, nodepools: Path) -> set[str]:
-    manifests = node_manifests(load_pools(nodepools))
+def _create_nodes(sandbox: Sandbox, nodepools: Path, real_node: bool) -> set[str]:
+    pools = load_pools(nodepools)
+    if real_node:
+        # The real node takes the place of the simulated pools without GPUs: pods that need no
+        # GPU (CPU pools, routers, the operator) run there for real.
+        pools = [p for p in pools if p.gpu is not None]
+    manifests = node_manifests(pools)
     # Plain create: Node status (capacity, allocatable) is kept only on create, and apply
     # would strip it as a reset field. `up` only adds nodes to a fresh cluster.
     doc = json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests})
@@ -310,17 +336,25 @@ def up(
     state_dir: Path | None = None,
     *,
     nodepools: Path = DEFAULT_NODEPOOLS,
+    real_node: bool = False,
     log: Callable[[str], None] = print,
 ) -> tuple[Sandbox, bool]:
     """Bring the control plane and node pools up, or reuse the one already running.
 
-    Returns the handle and whether this call started it. Raises SandboxError (one-line cause,
-    plus a log tail when a component died) and BuildError when binaries cannot be built.
+    With ``real_node``, one real kubelet node (containerd, CNI, kube-proxy, CoreDNS) joins the
+    kwok GPU pools in place of the simulated pools without GPUs. Returns the handle and whether
+    this call started it. Raises SandboxError (one-line cause, plus a log tail when a component
+    died) and BuildError when binaries cannot be built.
     """
     layout = Layout(state_dir or default_state_dir())
     with state_lock(layout):
         state = load_state(layout)
         if state is not None and processes_alive(state):
+            if real_node and state.node is None:
+                raise SandboxError(
+                    f"the sandbox in {layout.state_dir} runs without a real node: "
+                    "`baton sandbox down`, then `up --real-node`"
+                )
             # Never restart a live sandbox others may be using because it answers slowly
             # (a loaded machine): wait for it, and fail rather than wipe it.
             live = state
@@ -334,37 +368,56 @@ def up(
             log(f"sandbox already up ({layout.state_dir})")
             return handle(layout, state), False
         if state is not None:
-            dead = [p.name for p in state.procs if not procs.is_running(p)]
+            dead = [
+                p.name
+                for p in [*state.procs, *(state.node.procs if state.node else [])]
+                if not procs.is_running(p)
+            ]
             log(f"sandbox state found but not healthy (stopped: {', '.join(dead) or 'none'}); restarting")
-            stop_all(layout, state)
+            _stop_everything(layout, state)
         t0 = time.monotonic()
 
         def progress(msg: str) -> None:
             log(f"  [{time.monotonic() - t0:5.1f} s] {msg}")
 
         bins = resolve(build_missing=True, log=log)
+        if real_node:
+            realnode.preflight(bins)
         _remove_state_dir(layout)
         layout.state_dir.mkdir(parents=True)
         layout.state_dir.chmod(0o700)
         ports = Ports(*procs.free_ports(6))
-        _write_configs(layout, ports)
+        host = api_host(real_node)
+        _write_configs(layout, ports, host)
         state = State(
-            ports=ports, binaries={k: str(v) for k, v in bins.paths.items()}, started_at=time.time()
+            ports=ports,
+            binaries={k: str(v) for k, v in bins.paths.items()},
+            started_at=time.time(),
+            api_host=host,
         )
+        if real_node:
+            state.node = realnode.NodeState(
+                ports=NodePorts(*procs.free_ports(6)), host=realnode.snapshot_host()
+            )
         save_state(layout, state)
         try:
+            if real_node:
+                # The API server binds to the bridge's address: the bridge comes first.
+                realnode.setup_bridge()
             sandbox = handle(layout, state)
             names: set[str] = set()
 
             def create_nodes() -> None:
                 # Nodes exist before kwok and the node-lifecycle controller start: both pick
                 # them up in their first sync instead of on a later event.
-                names.update(_create_nodes(sandbox, nodepools))
+                names.update(_create_nodes(sandbox, nodepools, real_node))
 
             _start_control_plane(layout, state, bins, progress, create_nodes)
             n = _wait_nodes(layout, state, names, progress)
+            if real_node:
+                n += _start_real_node(layout, state, sandbox, bins, progress)
         except (NotReady, SandboxError, RuntimeError) as exc:
-            stop_all(layout, state)
+            _stop_everything(layout, state)
             raise SandboxError(str(exc)) from None
         state.ready_after_s = time.monotonic() - t0
         save_state(layout, state)
@@ -372,8 +425,86 @@ def up(
         return sandbox, True
 
 
+def _start_real_node(
+    layout: Layout, state: State, sandbox: Sandbox, bins: Resolved, log: Callable[[str], None]
+) -> int:
+    """containerd with the images loaded, kubelet, kube-proxy and CoreDNS; returns 1 (the node)."""
+    from .images import build_images, image_exists, tool
+
+    node = state.node
+    assert node is not None
+    paths = realnode.node_paths(layout.state_dir)
+    realnode.write_configs(paths, node.ports, layout.pki, server_url(state.ports, state.api_host))
+    sandbox.apply(rbac_manifests())
+
+    def record(rec: procs.ProcRecord) -> None:
+        node.procs.append(rec)
+        save_state(layout, state)
+
+    realnode.start_containerd(paths, layout.logs, record, log)
+    podman = tool("podman")
+    wanted = {"pause": PAUSE_IMAGE, "operator": OPERATOR_IMAGE, "worker": WORKER_IMAGE}
+    missing = [key for key, ref in wanted.items() if not image_exists(podman, ref)]
+    if missing:
+        log(f"building images {', '.join(missing)} (`make images`)")
+        build_images(missing, log=log)
+    realnode.load_images(paths, wanted.values(), log)
+
+    def node_ready() -> bool:
+        return _nodes_ready(layout, state, {NODE_NAME})
+
+    realnode.start_agents(paths, node.ports, bins, layout.logs, record, node_ready, log)
+    return 1
+
+
+def load_node_images(state_dir: Path | None, references: list[str], log: Callable[[str], None]) -> bool:
+    """Import freshly built images into a running real node's containerd (pods pick them up
+    when they are recreated). False when no sandbox with a real node runs there."""
+    layout = Layout(state_dir or default_state_dir())
+    state = load_state(layout)
+    if state is None or state.node is None or not processes_alive(state):
+        return False
+    realnode.load_images(realnode.node_paths(layout.state_dir), references, log)
+    return True
+
+
+def _drain_real_node(layout: Layout, state: State) -> None:
+    """Cordon the real node and delete its pods while the API server runs, so kubelet stops
+    the containers and tears their networking down itself."""
+    if state.node is None or not running_ok(layout, state):
+        return
+    sandbox = handle(layout, state)
+    sandbox.kubectl("cordon", NODE_NAME, check=False)
+    sandbox.kubectl(
+        "delete",
+        "pods",
+        "--all-namespaces",
+        f"--field-selector=spec.nodeName={NODE_NAME}",
+        "--grace-period=2",
+        "--wait=false",
+        check=False,
+    )
+    realnode.wait_containers_gone(realnode.node_paths(layout.state_dir))
+
+
+def _stop_everything(layout: Layout, state: State) -> list[str]:
+    """The real node (drained first), then every other recorded process; returns what stuck."""
+    stuck: list[str] = []
+    if state.node is not None:
+        _drain_real_node(layout, state)
+        kube_proxy = state.binaries.get("kube-proxy")
+
+        def cleanup_iptables() -> None:
+            if kube_proxy:
+                subprocess.run([kube_proxy, "--cleanup"], capture_output=True, timeout=60, check=False)
+
+        stuck += realnode.stop(realnode.node_paths(layout.state_dir), state.node, cleanup_iptables)
+    return stuck + stop_all(layout, state)
+
+
 def down(state_dir: Path | None = None, *, keep_state: bool = False) -> list[str]:
-    """Stop every process the sandbox started and remove its state directory.
+    """Stop every process the sandbox started, undo what its real node did to the machine and
+    remove its state directory.
 
     Returns what could not be stopped (empty on success); the state is kept in that case so
     a second `down` can retry.
@@ -381,9 +512,9 @@ def down(state_dir: Path | None = None, *, keep_state: bool = False) -> list[str
     layout = Layout(state_dir or default_state_dir())
     with state_lock(layout):
         state = load_state(layout)
-        stuck = stop_all(layout, state) if state is not None else []
+        stuck = _stop_everything(layout, state) if state is not None else []
         # Components of this sandbox whose record was lost (state file deleted or corrupt).
-        for pid in procs.find_strays(COMPONENTS, f"{layout.state_dir}/"):
+        for pid in procs.find_strays(COMPONENTS + NODE_COMPONENTS, f"{layout.state_dir}/"):
             ticks = procs.start_ticks(pid)
             if ticks is not None and not procs.stop(procs.ProcRecord("stray", pid, ticks, "")):
                 stuck.append(f"stray pid {pid}")

@@ -32,9 +32,11 @@ def tls_context(ca: Path | None, cert: Path | None = None, key: Path | None = No
     return ctx
 
 
-def https_get(port: int, path: str, ctx: ssl.SSLContext, timeout_s: float = 2.0) -> tuple[int, str]:
-    """GET https://127.0.0.1:``port````path``; returns (status, body); raises OSError when down."""
-    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=timeout_s)
+def https_get(
+    port: int, path: str, ctx: ssl.SSLContext, timeout_s: float = 2.0, host: str = "127.0.0.1"
+) -> tuple[int, str]:
+    """GET https://``host``:``port````path``; returns (status, body); raises OSError when down."""
+    conn = http.client.HTTPSConnection(host, port, context=ctx, timeout=timeout_s)
     try:
         conn.request("GET", path)
         resp = conn.getresponse()
@@ -43,22 +45,22 @@ def https_get(port: int, path: str, ctx: ssl.SSLContext, timeout_s: float = 2.0)
         conn.close()
 
 
-def get_json(port: int, path: str, ctx: ssl.SSLContext) -> dict[str, Any] | None:
+def get_json(port: int, path: str, ctx: ssl.SSLContext, host: str = "127.0.0.1") -> dict[str, Any] | None:
     """GET a JSON object from the API server; None when it is not there (yet) or unreachable.
 
     Used for readiness polls instead of spawning kubectl, which costs CPU a loaded machine lacks.
     """
     try:
-        code, body = https_get(port, path, ctx)
+        code, body = https_get(port, path, ctx, host=host)
     except (OSError, ssl.SSLError, http.client.HTTPException):
         return None
     return json.loads(body) if code == 200 else None
 
 
-def healthy(port: int, path: str, ctx: ssl.SSLContext) -> bool:
+def healthy(port: int, path: str, ctx: ssl.SSLContext, host: str = "127.0.0.1") -> bool:
     """Whether the endpoint answers 200 now."""
     try:
-        return https_get(port, path, ctx)[0] == 200
+        return https_get(port, path, ctx, host=host)[0] == 200
     except (OSError, ssl.SSLError, http.client.HTTPException):
         return False
 

@@ -11,6 +11,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .addresses import NODE_IP
 from .certs import Pki
 
 STATE_DIR_ENV = "BATON_SANDBOX_DIR"
@@ -106,8 +107,14 @@ class Layout:
         return self.logs / f"{component}.log"
 
 
-def server_url(ports: Ports) -> str:
-    return f"https://127.0.0.1:{ports.apiserver}"
+def api_host(real_node: bool) -> str:
+    """Where the API server listens: loopback, or the real node's bridge address (reachable from
+    pods, and only from this machine)."""
+    return NODE_IP if real_node else "127.0.0.1"
+
+
+def server_url(ports: Ports, host: str = "127.0.0.1") -> str:
+    return f"https://{host}:{ports.apiserver}"
 
 
 def etcd_args(layout: Layout, ports: Ports) -> list[str]:
@@ -133,15 +140,16 @@ def etcd_args(layout: Layout, ports: Ports) -> list[str]:
     ]
 
 
-def apiserver_args(layout: Layout, ports: Ports) -> list[str]:
+def apiserver_args(layout: Layout, ports: Ports, real_node: bool = False) -> list[str]:
     pki = layout.pki
-    return [
+    host = api_host(real_node)
+    args = [
         f"--etcd-servers=https://127.0.0.1:{ports.etcd_client}",
         f"--etcd-cafile={pki.ca_cert}",
         f"--etcd-certfile={pki.client_cert('apiserver-etcd-client')}",
         f"--etcd-keyfile={pki.client_key('apiserver-etcd-client')}",
-        "--bind-address=127.0.0.1",
-        "--advertise-address=127.0.0.1",
+        f"--bind-address={host}",
+        f"--advertise-address={host}",
         f"--secure-port={ports.apiserver}",
         f"--tls-cert-file={pki.server_cert}",
         f"--tls-private-key-file={pki.server_key}",
@@ -154,16 +162,28 @@ def apiserver_args(layout: Layout, ports: Ports) -> list[str]:
         "--requestheader-extra-headers-prefix=X-Remote-Extra-",
         f"--proxy-client-cert-file={pki.client_cert('front-proxy-client')}",
         f"--proxy-client-key-file={pki.client_key('front-proxy-client')}",
-        "--authorization-mode=RBAC",
+        f"--authorization-mode={'Node,RBAC' if real_node else 'RBAC'}",
         f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
         f"--service-account-key-file={pki.sa_pub}",
         f"--service-account-signing-key-file={pki.sa_key}",
         f"--service-cluster-ip-range={SERVICE_CIDR}",
-        # The `kubernetes` Service cannot point at a loopback address; nothing in-cluster needs it.
-        "--endpoint-reconciler-type=none",
         "--allow-privileged=true",
         "--profiling=false",
         "--v=0",
+    ]
+    if not real_node:
+        # The `kubernetes` Service cannot point at a loopback address; with kwok only, nothing
+        # in-cluster needs it.
+        return [*args, "--endpoint-reconciler-type=none"]
+    return [
+        *args,
+        # Pods (the operator, routers) reach the API server through the `kubernetes` Service.
+        "--endpoint-reconciler-type=lease",
+        # logs, exec and port-forward: the API server calls the kubelet at its InternalIP.
+        f"--kubelet-client-certificate={pki.client_cert('apiserver-kubelet-client')}",
+        f"--kubelet-client-key={pki.client_key('apiserver-kubelet-client')}",
+        f"--kubelet-certificate-authority={pki.ca_cert}",
+        "--kubelet-preferred-address-types=InternalIP",
     ]
 
 
@@ -218,11 +238,14 @@ def kwok_args(layout: Layout, ports: Ports, annotation: str) -> list[str]:
     ]
 
 
-def command(name: str, binary: Path, layout: Layout, ports: Ports, kwok_annotation: str) -> list[str]:
+def command(
+    name: str, binary: Path, layout: Layout, ports: Ports, kwok_annotation: str, real_node: bool = False
+) -> list[str]:
     """Full argv of component ``name``."""
+    if name == "kube-apiserver":
+        return [str(binary), *apiserver_args(layout, ports, real_node)]
     builders = {
         "etcd": etcd_args,
-        "kube-apiserver": apiserver_args,
         "kube-controller-manager": controller_manager_args,
         "kube-scheduler": scheduler_args,
     }

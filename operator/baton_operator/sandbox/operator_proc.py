@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from baton_operator.images import DEV_TAG, OPERATOR, WORKER, dev_image
+
 from . import procs
 from .cluster import SandboxError, load_state, save_state, state_lock
 from .handle import Sandbox
@@ -21,6 +23,8 @@ RELEASE = "baton"
 NAMESPACE = "baton-system"
 SERVICE_ACCOUNT = "baton-operator"
 HELM_TIMEOUT_S = 120
+# With a real node helm waits for the operator pod to be Ready (image already loaded).
+REAL_NODE_HELM_TIMEOUT_S = 180
 
 
 def find_chart() -> Path | None:
@@ -33,8 +37,21 @@ def find_chart() -> Path | None:
     return None
 
 
-def install_chart(sandbox: Sandbox, chart: Path, extra_set: Sequence[str] = ()) -> str:
-    """`helm upgrade --install` the chart with the operator Deployment off; returns helm's output.
+def in_cluster_operator_values() -> list[str]:
+    """helm --set values running the chart's operator Deployment from the local images."""
+    return [
+        "operator.enabled=true",
+        f"operator.image.repository={OPERATOR}",
+        f"operator.image.tag={DEV_TAG}",
+        f"operator.workerImage={dev_image(WORKER)}",
+    ]
+
+
+def install_chart(
+    sandbox: Sandbox, chart: Path, extra_set: Sequence[str] = (), wait_s: int = HELM_TIMEOUT_S
+) -> str:
+    """`helm upgrade --install` the chart, by default with the operator Deployment off (``extra_set``
+    may turn it on); returns helm's output.
 
     Helm installs a chart's CRDs only once and never upgrades them, so the chart's CRDs are
     server-side applied first: a sandbox that outlives a CRD change gets the new schema.
@@ -67,14 +84,14 @@ def install_chart(sandbox: Sandbox, chart: Path, extra_set: Sequence[str] = ()) 
         "operator.enabled=false",
         *(a for s in extra_set for a in ("--set", s)),
         "--wait",
-        f"--timeout={HELM_TIMEOUT_S}s",
+        f"--timeout={wait_s}s",
     ]
     try:
         proc = subprocess.run(
-            cmd, capture_output=True, text=True, env=sandbox.env(), timeout=HELM_TIMEOUT_S + 30, check=False
+            cmd, capture_output=True, text=True, env=sandbox.env(), timeout=wait_s + 30, check=False
         )
     except subprocess.TimeoutExpired:
-        raise SandboxError(f"helm install of {chart} took over {HELM_TIMEOUT_S + 30} s") from None
+        raise SandboxError(f"helm install of {chart} took over {wait_s + 30} s") from None
     if proc.returncode != 0:
         last = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
         raise SandboxError(f"helm install of {chart} failed: {last}")
