@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 from cluster_helpers import (
-    MAX_TOKENS,
     answers,
     condition,
     http_get,
@@ -209,10 +208,7 @@ def test_scaling_decode_to_two_sends_requests_to_the_new_pod(real_sandbox: Any, 
     assert wait_until(served_by_added, 120, "the new decode pod to serve requests", interval=0.1) > 0
     wait_until(
         lambda: (
-            (o := real_sandbox.kubectl_json("get", "inferencepool", POOL))["status"]["decode"][
-                "readyReplicas"
-            ]
-            == 2
+            real_sandbox.kubectl_json("get", "inferencepool", POOL)["status"]["decode"]["readyReplicas"] == 2
         ),
         60,
         "status.decode.readyReplicas == 2",
