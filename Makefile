@@ -7,7 +7,12 @@ BATON := $(VENV)/bin/baton
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test unit integration lint binaries clean
+.PHONY: install demo test unit integration lint binaries system-packages images e2e clean
+
+# Debian packages of the images and the sandbox's real node: podman builds the images from a
+# Debian rootfs made by mmdebstrap (gcc compiles the pause binary); containerd, runc, the CNI
+# plugins, iptables and conntrack run the real node, skopeo hands it the images.
+DEBIAN_PACKAGES := podman skopeo mmdebstrap gcc libc6-dev containerd runc containernetworking-plugins iptables conntrack
 
 # A virtual environment with baton and its worker/dev extras. torch is large: pip's cache
 # serves it after the first install on a machine.
@@ -24,6 +29,20 @@ install: $(STAMP)
 binaries: install
 	$(BATON) sandbox build
 
+# Installs the missing ones with apt (needs root; otherwise says which are missing).
+system-packages:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages (install as root): $$missing" >&2; exit 1; fi; \
+		echo "installing Debian packages: $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+# baton-operator:dev, baton-worker:dev and the real node's baton-pause:dev, built with podman
+# (layers cached: a code change rebuilds only the top layer).
+images: install system-packages
+	$(BATON) sandbox images
+
 # The main job: the local disaggregated stack serving an OpenAI-compatible endpoint.
 demo: install
 	$(BATON) up --model builtin://tiny --prefill 1 --decode 1 --port 8000
@@ -35,9 +54,14 @@ lint: install
 unit: install
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
 
-# Every test: lint, unit, integration (real processes, real gRPC/NIXL) and the sandbox tests.
-test: install binaries lint
+# Every test: lint, unit, integration (real processes, real gRPC/NIXL), the sandbox tests and the
+# end-to-end tier (the images, and an InferencePool served by real pods on the real node).
+test: install system-packages binaries images lint
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+# The end-to-end tier alone.
+e2e: install system-packages binaries images
+	$(PY) -m pytest -q -ra e2e $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV)

@@ -13,32 +13,58 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 if TYPE_CHECKING:
     from baton_operator.sandbox.handle import Sandbox
 
-REAL_SANDBOX_DIR_ENV = "BATON_REAL_SANDBOX_DIR"
+
+def _cmdlines() -> list[str]:
+    found = []
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit():
+                found.append((p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            continue  # exited meanwhile
+    return found
 
 
-def real_state_dir() -> Path:
-    env = os.environ.get(REAL_SANDBOX_DIR_ENV)
-    if env:
-        return Path(env).expanduser().resolve()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "baton" / "sandbox" / "real"
+def machine_state(state_dir: Path) -> dict[str, Any]:
+    """What `up --real-node` changes on the machine and `down` must put back."""
+    from baton_operator.sandbox import realnode
+    from baton_operator.sandbox.addresses import BRIDGE
+
+    snap = realnode.snapshot_host()
+    mounts = [
+        line.split()[4]
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        if str(state_dir) in line.split()[4] or "/baton-sandbox-" in line.split()[4]
+    ]
+    return {
+        "ip_forward": snap.ip_forward,
+        "iptables_chains": snap.chains,
+        "netns": snap.netns,
+        "kubepods_cgroups": snap.cgroups,
+        "absent_dirs": snap.absent_dirs,
+        "bridge": Path(f"/sys/class/net/{BRIDGE}").exists(),
+        "mounts": mounts,
+    }
 
 
 @pytest.fixture(scope="session")
 def real_sandbox() -> Iterator[Sandbox]:
-    from baton_operator.sandbox import cluster
+    from baton_operator.sandbox import cluster, procs
     from baton_operator.sandbox.imageplan import OPERATOR_IMAGE, PAUSE_IMAGE, WORKER_IMAGE
+    from baton_operator.sandbox.layout import real_node_state_dir
+    from baton_operator.sandbox.nodeplan import NODE_COMPONENTS
 
     if os.geteuid() != 0:
         pytest.fail("the real-node tests need root (kubelet, containerd and CNI); run `make e2e` as root")
-    state_dir = real_state_dir()
+    state_dir = real_node_state_dir()
+    before = machine_state(state_dir)
     handle, started = cluster.up(state_dir, real_node=True, log=lambda msg: print(f"[real-node] {msg}"))
     if not started:
         # A sandbox left up by hand or by another session: give it the current images.
@@ -50,3 +76,7 @@ def real_sandbox() -> Iterator[Sandbox]:
         if cluster.leave(state_dir):
             stuck = cluster.down(state_dir)
             assert not stuck, f"real-node sandbox would not stop: {stuck}"
+            # `down` leaves the machine as `up` found it.
+            assert machine_state(state_dir) == before
+            assert not procs.find_strays(NODE_COMPONENTS, f"{state_dir}/")
+            assert not [c for c in _cmdlines() if "containerd-shim" in c and "/baton-sandbox-" in c]

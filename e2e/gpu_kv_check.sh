@@ -7,8 +7,8 @@
 #
 # The GPU machine's image has Python 3.12 with torch (CUDA 13) but no NIXL; `prepare` fetches
 # nixl_cu13 (without its expert-parallel kernels) and the grpcio/protobuf versions the generated
-# code needs (the device tool carries at most 64 MiB in all). Carry `.whl` and
-# `worker/baton_worker/_proto` with the run (see docs/kv-transfer.md, "Same-host GPUs").
+# code (committed in worker/baton_worker/proto) needs; carry `.whl` with the run (see
+# docs/kv-transfer.md, "Same-host GPUs").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,9 +41,7 @@ with zipfile.ZipFile(src) as zin, zipfile.ZipFile(src + ".tmp", "w", zipfile.ZIP
         zout.writestr(item, data)
 os.replace(src + ".tmp", src)
 PY
-    # The generated gRPC code, built here with grpc_tools (not needed there).
-    .venv/bin/python -c "import baton_worker.rpc"
-    du -sh .whl worker/baton_worker/_proto
+    du -sh .whl
     ;;
 run)
     out=${OUT:-.}

@@ -224,6 +224,10 @@ def _cleanup(sandbox: Any, api: KubeApi, namespace: str, op: Any, restart_backgr
 
 
 def main(argv: list[str]) -> int:
+    if "--real-node" in argv:
+        from baton_operator import bench_realnode
+
+        return bench_realnode.main(argv)
     p = argparse.ArgumentParser(prog="baton bench operator", description=__doc__.splitlines()[0])
     p.add_argument("--pools", type=int, default=50, help="InferencePools to create (default 50)")
     p.add_argument("--resync-seconds", type=float, default=10.0, help="the bench operator's resync period")

@@ -86,6 +86,36 @@ def test_worker_pods_ask_for_gpus_of_the_right_type(role, build, gpus, product):
     assert workload["spec"]["replicas"] == 2
 
 
+def test_cpu_roles_request_no_gpu_and_run_the_worker_on_the_cpu():
+    pool = make_pool(
+        prefill={"device": "cpu", "resources": {"requests": {"cpu": "2"}}},
+        decode={"device": "cpu", "nodeSelector": {"pool": "cpu"}},
+    )
+    for role, build in (
+        ("prefill", builders.build_prefill_statefulset),
+        ("decode", builders.build_decode_deployment),
+    ):
+        pod = build(pool)["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        resources = container["resources"]
+        assert "nvidia.com/gpu" not in resources["requests"] and "nvidia.com/gpu" not in resources["limits"]
+        assert container["command"][container["command"].index("--device") + 1] == "cpu"
+        # No GPU node selector and no toleration of the GPU taint: the pod lands on CPU nodes.
+        assert "nvidia.com/gpu.product" not in pod.get("nodeSelector", {})
+        assert "tolerations" not in pod, role
+    assert builders.build_prefill_statefulset(pool)["spec"]["template"]["spec"]["containers"][0]["resources"][
+        "requests"
+    ] == {"cpu": "2"}
+    assert builders.build_decode_deployment(pool)["spec"]["template"]["spec"]["nodeSelector"] == {
+        "pool": "cpu"
+    }
+    # A GPU role of the same pool keeps its GPUs.
+    mixed = make_pool(decode={"device": "cpu"})
+    (gpu_container,) = builders.build_prefill_statefulset(mixed)["spec"]["template"]["spec"]["containers"]
+    assert gpu_container["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    assert gpu_container["command"][gpu_container["command"].index("--device") + 1] == "cuda"
+
+
 def test_user_node_selector_tolerations_affinity_resources_are_merged():
     toleration = {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}
     affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}}

@@ -23,6 +23,14 @@ def test_defaults_match_the_architecture():
     assert (a.enabled, a.min_replicas, a.max_replicas, a.target_queue_depth) == (False, 1, 8, 4.0)
     assert (a.tolerance, a.max_scale_step, a.scale_down_stabilization_seconds) == (0.1, 4, 300)
     assert s.image == "img"
+    assert (s.prefill.device, s.decode.device) == ("cuda", "cuda")
+    assert s.prefill.uses_gpus and s.decode.uses_gpus
+
+
+def test_a_cpu_role_uses_no_gpu():
+    pool = parse_pool(body({"model": {"source": "builtin://tiny"}, "decode": {"device": "cpu"}}), "img")
+    assert (pool.spec.prefill.device, pool.spec.decode.device) == ("cuda", "cpu")
+    assert pool.spec.prefill.uses_gpus and not pool.spec.decode.uses_gpus
 
 
 # The autoscaling fields' errors are in test_autoscaling_config_signal.py, through both entry points.
@@ -75,6 +83,15 @@ def test_defaults_match_the_architecture():
         (
             {"model": {"source": "builtin://tiny"}, "kvTransfer": {"ucx": {"UCX_TLS": ""}}},
             "spec.kvTransfer.ucx.UCX_TLS",
+        ),
+        ({"model": {"source": "builtin://tiny"}, "decode": {"device": "tpu"}}, "spec.decode.device"),
+        (
+            {"model": {"source": "builtin://tiny"}, "prefill": {"device": "cpu", "tensorParallelSize": 2}},
+            "spec.prefill.tensorParallelSize",
+        ),
+        (
+            {"model": {"source": "builtin://tiny"}, "decode": {"device": "cpu", "gpu": {"type": "A100"}}},
+            "spec.decode.gpu",
         ),
     ],
 )

@@ -360,4 +360,9 @@ def build_images(
         )
         log(f"  {recipe.name}: {image.size_bytes / 1e6:.0f} MB in {image.build_seconds:.1f} s")
         built.append(image)
+    if podman is not None and built:
+        # Earlier builds' final images, untagged by this one, still hold their layers (the
+        # worker's dependencies are 6 GB): drop them. The layers of this build's steps stay
+        # cached.
+        _run([podman, "image", "prune", "--force"], "podman image prune")
     return built

@@ -66,6 +66,19 @@ def default_state_dir() -> Path:
     return Path(base) / "baton" / "sandbox" / "state"
 
 
+REAL_STATE_DIR_ENV = "BATON_REAL_SANDBOX_DIR"
+
+
+def real_node_state_dir() -> Path:
+    """Where the real-node tests and benchmark keep their sandbox: ``$BATON_REAL_SANDBOX_DIR``,
+    else ``~/.cache/baton/sandbox/real`` (apart from the kwok-only sandbox of the other tests)."""
+    env = os.environ.get(REAL_STATE_DIR_ENV)
+    if env:
+        return Path(env).expanduser().resolve()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "baton" / "sandbox" / "real"
+
+
 @dataclass(frozen=True)
 class Layout:
     """The files of one sandbox under its state directory."""

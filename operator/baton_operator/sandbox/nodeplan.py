@@ -130,6 +130,10 @@ def containerd_config(paths: NodePaths) -> str:
         '"io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs", '
         '"io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]',
         "",
+        # Installed "opt" content would otherwise go to /opt/containerd.
+        '[plugins."io.containerd.internal.v1.opt"]',
+        f'  path = "{paths.containerd_root / "opt"}"',
+        "",
         "[grpc]",
         f'  address = "{paths.containerd_socket}"',
         "",
@@ -151,6 +155,7 @@ def containerd_config(paths: NodePaths) -> str:
         f"[{cri}.containerd.runtimes.runc.options]",
         # cgroupfs, as kubelet's cgroupDriver (the machine's cgroups are a v1/v2 hybrid).
         "  SystemdCgroup = false",
+        f'  Root = "{paths.runtime_dir / "runc"}"',
         f"[{cri}.cni]",
         '  bin_dir = "/usr/lib/cni"',
         f'  conf_dir = "{paths.cni_conf_dir}"',

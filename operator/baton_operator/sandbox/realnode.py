@@ -9,6 +9,7 @@ kubelet and CNI write outside the state directory.
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import json
 import os
@@ -16,6 +17,8 @@ import re
 import shutil
 import signal
 import subprocess
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -52,10 +55,21 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 CONTAINER_LOGS = Path("/var/log/containers")
 CNI_CACHE = Path("/var/lib/cni")
 NETNS_DIR = Path("/run/netns")
+# Directories kubelet, containerd (its shims' sockets, whatever its configuration says) and CNI
+# create at fixed places; `down` removes those that did not exist before `up`.
+HOST_DIRS: tuple[str, ...] = (
+    "/var/log/containers",
+    "/var/lib/cni",
+    "/var/lib/kubelet",
+    "/run/containerd",
+    "/run/netns",
+    "/opt/containerd",
+)
 REQUIRED_TOOLS = {
     "containerd": "containerd",
     "containerd-shim-runc-v2": "containerd",
     "ctr": "containerd",
+    "skopeo": "skopeo",
     "runc": "runc",
     "iptables": "iptables",
     "conntrack": "conntrack",
@@ -76,8 +90,8 @@ class HostSnapshot:
     chains: dict[str, list[str]]
     netns: list[str]
     cgroups: list[str]
-    container_logs_existed: bool
-    cni_cache_existed: bool
+    # HOST_DIRS that did not exist.
+    absent_dirs: list[str]
 
 
 @dataclass
@@ -135,6 +149,12 @@ def preflight(bins: Resolved) -> None:
     for name in ("kubelet", "kube-proxy", "coredns"):
         if name not in bins.paths:
             raise RealNodeError(f"{name} is not built: run `baton sandbox build`")
+    if Path(f"/sys/class/net/{BRIDGE}").exists():
+        # One real node per machine: its bridge, pod subnet and node address are fixed.
+        raise RealNodeError(
+            f"another real-node sandbox runs on this machine (bridge {BRIDGE} exists): "
+            "`baton sandbox down` it first (its --state-dir, e.g. $BATON_REAL_SANDBOX_DIR)"
+        )
     subnet = ipaddress.ip_network(POD_SUBNET)
     for line in _sh(["ip", "-4", "route", "show"]).splitlines():
         dest = line.split()[0]
@@ -172,8 +192,7 @@ def snapshot_host() -> HostSnapshot:
         chains=_chains(),
         netns=sorted(os.listdir(NETNS_DIR)) if NETNS_DIR.is_dir() else [],
         cgroups=_kubepods_cgroups(),
-        container_logs_existed=CONTAINER_LOGS.exists(),
-        cni_cache_existed=CNI_CACHE.exists(),
+        absent_dirs=[d for d in HOST_DIRS if not Path(d).exists()],
     )
 
 
@@ -340,11 +359,94 @@ def _containerd_config_digest(paths: NodePaths, reference: str) -> str | None:
     return None
 
 
+def _blob(layout: Path, digest: str) -> Path:
+    algo, _, hexa = digest.partition(":")
+    return layout / "blobs" / algo / hexa
+
+
+def _content_blobs(paths: NodePaths) -> Path:
+    return paths.containerd_root / "io.containerd.content.v1.content" / "blobs" / "sha256"
+
+
+def _export(paths: NodePaths, reference: str, layout: Path) -> dict[str, Any]:
+    """podman's image as an OCI layout (uncompressed layers: the digests containerd stores).
+
+    The layout starts as hard links to containerd's content store, so skopeo writes only the
+    blobs containerd lacks (after a change of baton's code: the top layer and the config).
+    Returns the image's descriptor in the layout's index.
+    """
+    blobs = layout / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}\n')
+    (layout / "index.json").write_text('{"schemaVersion": 2, "manifests": []}\n')
+    content = _content_blobs(paths)
+    if content.is_dir():
+        for blob in content.iterdir():
+            os.link(blob, blobs / blob.name)
+    _sh(
+        [
+            "skopeo",
+            "copy",
+            "--quiet",
+            "--dest-oci-accept-uncompressed-layers",
+            f"containers-storage:{reference}",
+            f"oci:{layout}:{reference}",
+        ],
+        timeout=1800,
+    )
+    index = json.loads((layout / "index.json").read_text())
+    for desc in index["manifests"]:
+        if desc.get("annotations", {}).get("org.opencontainers.image.ref.name") == reference:
+            return desc
+    raise RealNodeError(f"skopeo exported {reference} but {layout}/index.json does not name it")
+
+
+def _import(paths: NodePaths, layout: Path, desc: dict[str, Any]) -> int:
+    """Stream an OCI archive of one image into containerd, holding only the blobs it lacks
+    (containerd takes the others from its content store). Returns the bytes sent."""
+    manifest = json.loads(_blob(layout, desc["digest"]).read_text())
+    wanted = [
+        desc["digest"],
+        manifest["config"]["digest"],
+        *(layer["digest"] for layer in manifest["layers"]),
+    ]
+    have = set(ctr(paths, "content", "ls", "--quiet", check=False).split())
+    missing = [d for d in dict.fromkeys(wanted) if d not in have]
+    load = subprocess.Popen(
+        ["ctr", f"--address={paths.containerd_socket}", "--namespace=k8s.io", "images", "import", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert load.stdin is not None
+    sent = 0
+    try:
+        with tarfile.open(fileobj=load.stdin, mode="w|") as tar:
+            tar.add(layout / "oci-layout", arcname="oci-layout")
+            index = json.dumps({"schemaVersion": 2, "manifests": [desc]}).encode()
+            info = tarfile.TarInfo("index.json")
+            info.size = len(index)
+            tar.addfile(info, io.BytesIO(index))
+            for digest in missing:
+                blob = _blob(layout, digest)
+                sent += blob.stat().st_size
+                tar.add(blob, arcname=str(blob.relative_to(layout)))
+    except BrokenPipeError:
+        pass  # ctr exited early: its error is reported below
+    finally:
+        load.stdin.close()
+    err = load.stderr.read().decode(errors="replace") if load.stderr else ""
+    if load.wait(timeout=1800) != 0:
+        raise RealNodeError(f"ctr images import of {desc['annotations']} failed: {err.strip()[-500:]}")
+    return sent
+
+
 def load_images(paths: NodePaths, references: Iterable[str], log: Callable[[str], None]) -> list[str]:
     """Import podman's images into the node's containerd unless it already has the same ones.
 
     No registry is reachable: pods run what was imported (``imagePullPolicy: IfNotPresent``).
-    Returns the references imported now.
+    Only layers containerd lacks are exported and sent, so after a change of baton's code the
+    worker image's 6 GB of dependencies are not moved again. Returns the references imported.
     """
     imported: list[str] = []
     for ref in references:
@@ -354,35 +456,13 @@ def load_images(paths: NodePaths, references: Iterable[str], log: Callable[[str]
         if _containerd_config_digest(paths, ref) == image_id:
             continue
         t0 = time.monotonic()
-        save = subprocess.Popen(
-            ["podman", "save", "--format=docker-archive", ref], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        # On the content store's file system, so the layout's hard links work.
+        with tempfile.TemporaryDirectory(prefix=".export-", dir=paths.containerd_root) as tmp:
+            layout = Path(tmp) / "oci"
+            sent = _import(paths, layout, _export(paths, ref, layout))
+        log(
+            f"imported {ref} into the node's containerd in {time.monotonic() - t0:.1f} s ({sent / 1e6:.0f} MB sent)"
         )
-        try:
-            load = subprocess.run(
-                [
-                    "ctr",
-                    f"--address={paths.containerd_socket}",
-                    "--namespace=k8s.io",
-                    "images",
-                    "import",
-                    "-",
-                ],
-                stdin=save.stdout,
-                capture_output=True,
-                text=True,
-                timeout=1800,
-                check=False,
-            )
-        finally:
-            if save.stdout is not None:
-                save.stdout.close()
-            save_err = save.stderr.read().decode(errors="replace") if save.stderr else ""
-            save.wait(timeout=60)
-        if save.returncode != 0 or load.returncode != 0:
-            raise RealNodeError(
-                f"importing {ref} into containerd failed: {(save_err + load.stderr).strip()[-500:]}"
-            )
-        log(f"imported {ref} into the node's containerd in {time.monotonic() - t0:.1f} s")
         imported.append(ref)
     return imported
 
@@ -498,6 +578,21 @@ def _split_rule(rule: str) -> list[str]:
     return shlex.split(rule)
 
 
+def _pod_processes(before: list[str]) -> list[int]:
+    """Processes still in the kubepods cgroups created since `up` (containers nobody stopped)."""
+    keep = set(before)
+    pids: set[int] = set()
+    for top in _kubepods_cgroups():
+        if top in keep:
+            continue
+        for procs_file in Path(top).rglob("cgroup.procs"):
+            try:
+                pids.update(int(x) for x in procs_file.read_text().split())
+            except (OSError, ValueError):
+                continue
+    return sorted(pids)
+
+
 def _remove_cgroups(before: list[str]) -> None:
     keep = set(before)
     for top in _kubepods_cgroups():
@@ -532,14 +627,15 @@ def _remove_host_files(paths: NodePaths, host: HostSnapshot) -> None:
                     link.unlink()
             except OSError:
                 pass
-        if not host.container_logs_existed:
-            shutil.rmtree(CONTAINER_LOGS, ignore_errors=True)
     results = CNI_CACHE / "results"
     if results.is_dir():
-        for f in results.glob(f"{CNI_NETWORK}-*"):
+        # <network>-<sandbox id>-<interface>: ours, and the loopback entries of the same sandboxes.
+        ours = [f for f in results.glob(f"{CNI_NETWORK}-*")]
+        ids = {f.name[len(CNI_NETWORK) + 1 :].rsplit("-", 1)[0] for f in ours}
+        for f in [*ours, *(results / f"cni-loopback-{i}-lo" for i in ids)]:
             f.unlink(missing_ok=True)
-    if not host.cni_cache_existed:
-        shutil.rmtree(CNI_CACHE, ignore_errors=True)
+    for d in host.absent_dirs:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def stop(paths: NodePaths, node: NodeState, cleanup_iptables: Callable[[], None]) -> list[str]:
@@ -556,6 +652,7 @@ def stop(paths: NodePaths, node: NodeState, cleanup_iptables: Callable[[], None]
             stuck.append(f"{name} (pid {rec.pid})")
     if "containerd" in by_name and procs.is_running(by_name["containerd"]):
         kill_containers(paths)
+    _kill_pids(_pod_processes(node.host.cgroups))
     rec = by_name.get("containerd")
     if rec is not None and not procs.stop(rec, timeout_s=20):
         stuck.append(f"containerd (pid {rec.pid})")

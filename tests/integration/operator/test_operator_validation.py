@@ -36,6 +36,10 @@ BAD_SPECS = [
     ({"kvTransfer": {"ucx": {"LD_PRELOAD": "/tmp/x.so"}}}, "spec.kvTransfer.ucx"),  # only UCX_ variables
     ({"kvTransfer": {"ucx": {"UCX_TLS": 5}}}, "spec.kvTransfer.ucx.UCX_TLS"),
     ({"kvTransfer": {"ucx": {"UCX_NET_DEVICES": ""}}}, "spec.kvTransfer.ucx.UCX_NET_DEVICES"),
+    ({"decode": {"device": "tpu"}}, "spec.decode.device"),
+    # CEL: a CPU role has no tensor parallelism and no GPU type.
+    ({"prefill": {"device": "cpu", "tensorParallelSize": 2}}, "spec.prefill.tensorParallelSize must be 1"),
+    ({"decode": {"device": "cpu", "gpu": {"type": "A100"}}}, "spec.decode.gpu must not be set"),
 ]
 
 
