@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import resource
+import shutil
 import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -66,10 +68,10 @@ def _limits() -> list[str]:
 
 def restricted(image: str, *args: str, entrypoint: str | None = None, detach: bool = False) -> list[str]:
     """`podman run` as a restricted pod runs: uid 65532, read-only root, no capabilities."""
-    argv = ["podman", "--runtime=runc", "run", "--rm", "--read-only", "--user=65532:65532", "--cap-drop=ALL"]
+    argv = ["podman", "--runtime=runc", "run", "--read-only", "--user=65532:65532", "--cap-drop=ALL"]
     argv += ["--security-opt=no-new-privileges", "--network=host", *_limits()]
-    if detach:
-        argv += ["--detach", f"--name=baton-smoke-{uuid.uuid4().hex[:8]}"]
+    # A detached container stays after it exits, so its log can be read; callers remove it.
+    argv += ["--detach", f"--name=baton-smoke-{uuid.uuid4().hex[:8]}"] if detach else ["--rm"]
     if entrypoint:
         argv.append(f"--entrypoint={entrypoint}")
     return [*argv, image, *args]
@@ -203,7 +205,8 @@ def test_worker_and_router_containers_serve_a_completion() -> None:
             assert out.choices[0].text
 
 
-def test_operator_image_liveness_endpoint_answers(real_sandbox: Any) -> None:
+def test_operator_image_liveness_endpoint_answers(real_sandbox: Any, tmp_path: Path) -> None:
+    from baton_operator.sandbox.kubeconfig import kubeconfig_dict, write_kubeconfig
     from baton_operator.sandbox.operator_proc import (
         NAMESPACE,
         SERVICE_ACCOUNT,
@@ -215,12 +218,16 @@ def test_operator_image_liveness_endpoint_answers(real_sandbox: Any) -> None:
     chart = find_chart()
     assert chart is not None
     install_chart(real_sandbox, chart, in_cluster_operator_values())  # the ServiceAccount and its RBAC
-    kubeconfig = real_sandbox.kubeconfig_for_service_account(NAMESPACE, SERVICE_ACCOUNT)
+    # A token kubeconfig of the chart's ServiceAccount, readable by uid 65532, mounted read-only.
+    token = real_sandbox.service_account_token(NAMESPACE, SERVICE_ACCOUNT)
+    user = f"system:serviceaccount:{NAMESPACE}:{SERVICE_ACCOUNT}"
+    shutil.copy(real_sandbox.ca_file, tmp_path / "ca.crt")
+    write_kubeconfig(
+        tmp_path / "config", kubeconfig_dict(real_sandbox.server, Path("/kube/ca.crt"), user, token=token)
+    )
+    for path in (tmp_path, tmp_path / "ca.crt", tmp_path / "config"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
     port = free_port()
-    mounts = [
-        f"--volume={kubeconfig}:/kube/config:ro",
-        f"--volume={real_sandbox.ca_file}:{real_sandbox.ca_file}:ro",
-    ]
     args = (
         "operator",
         "--kubeconfig=/kube/config",
@@ -229,13 +236,26 @@ def test_operator_image_liveness_endpoint_answers(real_sandbox: Any) -> None:
         f"--liveness=http://127.0.0.1:{port}/healthz",
     )
     argv = restricted(OPERATOR, *args, detach=True)
-    argv[argv.index(OPERATOR) : argv.index(OPERATOR)] = mounts
+    argv[argv.index(OPERATOR) : argv.index(OPERATOR)] = [f"--volume={tmp_path}:/kube:ro"]
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     cid = proc.stdout.strip()
     try:
         wait_until(
-            lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200, 120, "the operator's /healthz"
+            lambda: _running(cid) and http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200,
+            120,
+            "the operator's /healthz",
         )
     finally:
         subprocess.run(["podman", "rm", "--force", "--time=5", cid], capture_output=True, check=False)
+
+
+def _running(cid: str) -> bool:
+    """True while the container runs; an AssertionError with its log once it has exited."""
+    state = subprocess.run(
+        ["podman", "inspect", "--format={{.State.Running}}", cid], capture_output=True, text=True, check=False
+    )
+    if state.stdout.strip() != "true":
+        logs = subprocess.run(["podman", "logs", cid], capture_output=True, text=True, check=False)
+        raise AssertionError(f"container {cid[:12]} exited:\n{(logs.stdout + logs.stderr)[-3000:]}")
+    return True

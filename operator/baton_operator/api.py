@@ -124,12 +124,16 @@ class KubeApi:
 
     @classmethod
     def from_environment(cls, kubeconfig: str | None = None) -> KubeApi:
-        """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+        """``kubeconfig`` when given; else in-cluster credentials when running in a pod, else the
+        default kubeconfig (KUBECONFIG or ~/.kube/config)."""
         config = kubernetes.client.Configuration()
-        try:
-            kubernetes.config.load_incluster_config(client_configuration=config)
-        except kubernetes.config.ConfigException:
+        if kubeconfig:
             kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=config)
+        else:
+            try:
+                kubernetes.config.load_incluster_config(client_configuration=config)
+            except kubernetes.config.ConfigException:
+                kubernetes.config.load_kube_config(client_configuration=config)
         # Reconciles run in several threads; urllib3's default pool of 4 would churn connections.
         config.connection_pool_maxsize = 32
         return cls(kubernetes.client.ApiClient(configuration=config))

@@ -83,6 +83,19 @@ def parse_args(argv: list[str]) -> runtime.Options:
     )
 
 
+@kopf.on.login(id="operator_login")
+def operator_login(**kwargs: Any) -> Any:
+    """The kubeconfig given with --kubeconfig, else in-cluster credentials, else $KUBECONFIG.
+
+    kopf's default login asks the kubernetes package for its default kubeconfig, whose path that
+    package fixes when it is imported, before --kubeconfig is known: an explicit file must be
+    read here.
+    """
+    if runtime.options().kubeconfig:
+        return kopf.login_with_kubeconfig(**kwargs)
+    return kopf.login_via_client(**kwargs)
+
+
 @kopf.on.startup(id="operator_startup")
 async def operator_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     opts = runtime.options()
