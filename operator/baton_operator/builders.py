@@ -209,7 +209,9 @@ def worker_pod_template(pool: Pool, role: RoleSpec) -> dict[str, Any]:
         "volumeMounts": mounts,
         # /health is 200 only when the model is loaded and the worker is not draining: readiness.
         # Liveness asks only that the process answers, so a long load or a drain is not a restart.
-        "startupProbe": _probe("/health", "metrics", 10, 180),
+        # Probed every 2 s: a pod is Ready (and the router sends it work) at most 2 s after its
+        # model loaded; 900 failures allow a 30 min load of a large checkpoint.
+        "startupProbe": _probe("/health", "metrics", 2, 900),
         "readinessProbe": _probe("/health", "metrics", 5, 3),
         "livenessProbe": {
             "tcpSocket": {"port": "metrics"},
@@ -325,7 +327,7 @@ def build_router_deployment(pool: Pool) -> dict[str, Any]:
         "env": _env(pool, "router"),
         "volumeMounts": mounts,
         "resources": ROUTER_RESOURCES,
-        "readinessProbe": _probe("/health", "http", 5, 3),
+        "readinessProbe": _probe("/health", "http", 2, 3),
         "livenessProbe": {
             "tcpSocket": {"port": "http"},
             "periodSeconds": 10,
