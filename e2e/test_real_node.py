@@ -35,6 +35,12 @@ MODEL = "tiny"
 START_S = 240  # pods pull nothing, but a worker loads torch and the model on two shared cores
 
 
+def ready_pool(sb: Any) -> dict[str, Any] | None:
+    """The InferencePool when its Ready condition is True, else None."""
+    obj = sb.kubectl_json("get", "inferencepool", POOL)
+    return obj if condition(obj, "Ready") == "True" else None
+
+
 def sel(role: str) -> str:
     return f"baton.dev/pool={POOL},baton.dev/role={role}"
 
@@ -68,11 +74,7 @@ def pool(real_sandbox: Any, operator_pod: dict[str, Any]) -> dict[str, Any]:
     for role in ("prefill", "decode", "router"):
         wait_until(lambda role=role: ready_pods(real_sandbox, sel(role), 1), START_S, f"the {role} pod Ready")
     obj = wait_until(
-        lambda: (
-            (o := real_sandbox.kubectl_json("get", "inferencepool", POOL))
-            and condition(o, "Ready") == "True"
-            and o
-        ),
+        lambda: ready_pool(real_sandbox),
         START_S,
         f"InferencePool {POOL} Ready",
     )
@@ -231,11 +233,7 @@ def test_a_model_settings_change_rolls_the_pods(real_sandbox: Any, pool: dict[st
         cmd = p["spec"]["containers"][0]["command"]
         assert cmd[cmd.index("--max-model-len") + 1] == "1024"
     obj = wait_until(
-        lambda: (
-            (o := real_sandbox.kubectl_json("get", "inferencepool", POOL))
-            and condition(o, "Ready") == "True"
-            and o
-        ),
+        lambda: ready_pool(real_sandbox),
         START_S,
         "the pool Ready again",
     )

@@ -7,22 +7,19 @@ stops exactly those pids again.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 import ssl
 import subprocess
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from . import procs, realnode
+from . import node_images, node_stop, procs, realnode
 from .addresses import NODE_NAME
 from .build import Resolved, resolve
 from .certs import CLIENTS, ensure_pki
@@ -33,91 +30,14 @@ from .kubeconfig import kubeconfig_dict, write_kubeconfig
 from .layout import COMPONENTS, Layout, Ports, api_host, command, default_state_dir, server_url
 from .nodeplan import NODE_COMPONENTS, NodePorts, rbac_manifests
 from .nodepools import DEFAULT_NODEPOOLS, KWOK_ANNOTATION, KWOK_ANNOTATION_VALUE, load_pools, node_manifests
+from .state import State, load_state, save_state, state_lock
 
-STATE_VERSION = 1
 START_TIMEOUT_S = 60.0
 REUSE_TIMEOUT_S = 30.0
 
 
 class SandboxError(RuntimeError):
     """The sandbox could not be brought up or inspected; the message says what is wrong."""
-
-
-@dataclass
-class State:
-    """What `up` recorded: ports, binaries and every process it started."""
-
-    ports: Ports
-    binaries: dict[str, str]
-    procs: list[procs.ProcRecord] = field(default_factory=list)
-    extra: list[procs.ProcRecord] = field(default_factory=list)
-    started_at: float = 0.0
-    ready_after_s: float = 0.0
-    # Test sessions using this sandbox now, and whether the last one to leave stops it.
-    users: list[procs.ProcRecord] = field(default_factory=list)
-    auto_down: bool = False
-    # Where the API server listens (the real node's address when there is one).
-    api_host: str = "127.0.0.1"
-    # The real node (`up --real-node`), None when every node is simulated.
-    node: realnode.NodeState | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "version": STATE_VERSION,
-            "ports": self.ports.as_dict(),
-            "binaries": self.binaries,
-            "procs": [p.to_json() for p in self.procs],
-            "extra": [p.to_json() for p in self.extra],
-            "started_at": self.started_at,
-            "ready_after_s": self.ready_after_s,
-            "users": [u.to_json() for u in self.users],
-            "auto_down": self.auto_down,
-            "api_host": self.api_host,
-            "node": self.node.to_json() if self.node is not None else None,
-        }
-
-    @staticmethod
-    def from_json(d: dict[str, Any]) -> State:
-        if d.get("version") != STATE_VERSION:
-            raise ValueError(f"state file version {d.get('version')!r}, expected {STATE_VERSION}")
-        return State(
-            ports=Ports(**d["ports"]),
-            binaries=dict(d["binaries"]),
-            procs=[procs.ProcRecord.from_json(p) for p in d["procs"]],
-            extra=[procs.ProcRecord.from_json(p) for p in d.get("extra", [])],
-            started_at=float(d.get("started_at", 0.0)),
-            ready_after_s=float(d.get("ready_after_s", 0.0)),
-            users=[procs.ProcRecord.from_json(u) for u in d.get("users", [])],
-            auto_down=bool(d.get("auto_down", False)),
-            api_host=str(d.get("api_host", "127.0.0.1")),
-            node=realnode.NodeState.from_json(d["node"]) if d.get("node") else None,
-        )
-
-
-def load_state(layout: Layout) -> State | None:
-    """The recorded state, or None when there is none (or it is unreadable)."""
-    try:
-        return State.from_json(json.loads(layout.state_file.read_text()))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def save_state(layout: Layout, state: State) -> None:
-    tmp = layout.state_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state.to_json(), indent=1))
-    tmp.replace(layout.state_file)
-
-
-@contextmanager
-def state_lock(layout: Layout) -> Iterator[None]:
-    """Serialize `up`/`down` and state-file updates of one sandbox across processes."""
-    layout.lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(layout.lock_file, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def handle(layout: Layout, state: State) -> Sandbox:
@@ -448,7 +368,7 @@ def _start_real_node(
     if missing:
         log(f"building images {', '.join(missing)} (`make images`)")
         build_images(missing, log=log)
-    realnode.load_images(paths, wanted.values(), log)
+    node_images.load_images(paths, wanted.values(), log)
 
     def node_ready() -> bool:
         return _nodes_ready(layout, state, {NODE_NAME})
@@ -464,7 +384,7 @@ def load_node_images(state_dir: Path | None, references: list[str], log: Callabl
     state = load_state(layout)
     if state is None or state.node is None or not processes_alive(state):
         return False
-    realnode.load_images(realnode.node_paths(layout.state_dir), references, log)
+    node_images.load_images(realnode.node_paths(layout.state_dir), references, log)
     return True
 
 
@@ -484,7 +404,7 @@ def _drain_real_node(layout: Layout, state: State) -> None:
         "--wait=false",
         check=False,
     )
-    realnode.wait_containers_gone(realnode.node_paths(layout.state_dir))
+    node_stop.wait_containers_gone(realnode.node_paths(layout.state_dir))
 
 
 def _stop_everything(layout: Layout, state: State) -> list[str]:
@@ -498,7 +418,7 @@ def _stop_everything(layout: Layout, state: State) -> list[str]:
             if kube_proxy:
                 subprocess.run([kube_proxy, "--cleanup"], capture_output=True, timeout=60, check=False)
 
-        stuck += realnode.stop(realnode.node_paths(layout.state_dir), state.node, cleanup_iptables)
+        stuck += node_stop.stop(realnode.node_paths(layout.state_dir), state.node, cleanup_iptables)
     return stuck + stop_all(layout, state)
 
 
