@@ -15,6 +15,7 @@ from .cluster import SandboxError, current, down, load_node_images, up
 from .handle import KubectlError
 from .images import ImageError, build_images
 from .layout import COMPONENTS
+from .nodeplan import NODE_COMPONENTS
 from .nodepools import DEFAULT_NODEPOOLS, NodePoolError
 from .observe import status
 from .operator_proc import (
@@ -168,6 +169,10 @@ def _status(args: argparse.Namespace) -> int:
         state = f"running  {p.rss_bytes / 2**20:7.0f} MiB" if p.running else "STOPPED"
         print(f"  {p.name:<24} pid {p.pid:<8} {state}  log {p.log}")
     print(f"  control plane RSS: {st.control_plane_rss_bytes / 2**20:.0f} MiB ({', '.join(COMPONENTS)})")
+    if st.node_rss_bytes:
+        print(
+            f"  real node RSS: {st.node_rss_bytes / 2**20:.0f} MiB ({', '.join(NODE_COMPONENTS)}; pods not counted)"
+        )
     return 0 if st.api_ready else 1
 
 

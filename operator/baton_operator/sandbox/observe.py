@@ -8,6 +8,7 @@ from pathlib import Path
 from . import procs
 from .cluster import load_state, running_ok
 from .layout import COMPONENTS, Layout, default_state_dir, server_url
+from .nodeplan import NODE_COMPONENTS
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,11 @@ class Status:
     def control_plane_rss_bytes(self) -> int:
         return sum(p.rss_bytes for p in self.processes if p.name in COMPONENTS)
 
+    @property
+    def node_rss_bytes(self) -> int:
+        """The real node's processes (kubelet, containerd, kube-proxy, CoreDNS); 0 without one."""
+        return sum(p.rss_bytes for p in self.processes if p.name in NODE_COMPONENTS)
+
 
 def status(state_dir: Path | None = None) -> Status:
     """Observe the sandbox without changing it."""
@@ -45,7 +51,8 @@ def status(state_dir: Path | None = None) -> Status:
         ProcStatus(
             p.name, p.pid, procs.is_running(p), procs.rss_bytes(p.pid) if procs.is_running(p) else 0, p.log
         )
-        for p in [*state.procs, *state.extra]
+        for p in [*state.procs, *(state.node.procs if state.node else []), *state.extra]
     )
     ready = running_ok(layout, state)
-    return Status(layout.state_dir, True, server_url(state.ports), layout.admin_kubeconfig, rows, ready)
+    server = server_url(state.ports, state.api_host)
+    return Status(layout.state_dir, True, server, layout.admin_kubeconfig, rows, ready)
