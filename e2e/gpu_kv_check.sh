@@ -27,7 +27,7 @@ prepare)
         --implementation cp "${plat[@]}" -d .whl \
         nixl_cu13==1.5.1 grpcio==1.85.3 protobuf==7.36.2
     # Drop NIXL's expert-parallel kernels (nixl_ep_cu13: three 31 MB builds, one per torch
-    # version), which baton does not use: the rest fits the 64 MiB the device tool carries.
+    # version), which baton does not use: the rest stays under 64 MiB to carry to the GPU machine.
     python3 - <<'PY'
 import glob, os, zipfile
 src = glob.glob(".whl/nixl_cu13-*.whl")[0]

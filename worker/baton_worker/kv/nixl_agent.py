@@ -37,7 +37,7 @@ UCX_DEFAULTS_CPU: dict[str, str] = {}
 # GPU memory. Decode pulls with NIXL READ, which is a UCX get. UCX's cuda_ipc transport turns
 # its get off on GPUs without an active NVLink (a single GPU, PCIe-only nodes: "cuda-ipc get
 # zcopy disabled as no nvlinks detected"), so a READ between two processes on one node falls
-# back to software emulation over tcp: the 0.5 GB/s measured on one H100 in ../shared/anchors.md
+# back to software emulation over tcp: 0.5 GB/s measured on one H100 with UCX's defaults
 # (a device copy there: 1273 GB/s). With get on, cuda_ipc maps the peer's VRAM and copies
 # device to device. Cross-node transfers (RDMA) never use cuda_ipc and are unaffected. From
 # UCX's source and NIXL's upstream fix for the same problem; not yet measured here (no GPU was
