@@ -126,6 +126,10 @@ def test_wheels_are_fetched_for_the_bases_python() -> None:
     cross = imageplan.pip_fetch_argv("py", Path("r.txt"), Path("/wh"), imageplan.VARIANTS["cuda"])
     assert cross[:4] == ["py", "-m", "pip", "download"]
     assert {"--python-version=3.12", "--only-binary=:all:", "--platform=manylinux_2_28_x86_64"} <= set(cross)
+    # Ubuntu 24.04's glibc down to manylinux2014: pip does not widen an explicit platform itself.
+    assert {"--platform=manylinux_2_39_x86_64", "--platform=manylinux2014_x86_64"} <= set(cross)
+    assert imageplan.wheelhouse_name(imageplan.VARIANTS["cuda"], "3.11") == "py3.12"
+    assert imageplan.wheelhouse_name(imageplan.VARIANTS["cpu"], "3.11") == "py3.11"
     resolve = imageplan.pip_resolve_argv(
         "py", "/d/baton.whl[worker]", Path("r.json"), Path("c.txt"), Path("/wh"), imageplan.VARIANTS["cpu"]
     )

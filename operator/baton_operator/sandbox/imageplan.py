@@ -79,8 +79,12 @@ SOURCE_DATE_EPOCH = "315532800"
 # What baton's wheel is built from; everything else in the checkout stays out of the image.
 WHEEL_SOURCES: tuple[str, ...] = ("pyproject.toml", "README.md", "operator", "worker")
 WHEEL_SOURCE_SKIP: tuple[str, ...] = ("__pycache__", "*.pyc", "*.egg-info", "build", "dist")
-# Platform tags for wheels of another Python (the CUDA base's): manylinux x86_64.
-CROSS_PLATFORMS: tuple[str, ...] = ("manylinux_2_28_x86_64", "manylinux2014_x86_64", "linux_x86_64")
+# Platform tags for wheels of another Python (the CUDA base's, Ubuntu 24.04: glibc 2.39). pip does
+# not widen an explicit --platform to older glibc versions, so every one is listed.
+CROSS_PLATFORMS: tuple[str, ...] = (
+    *(f"manylinux_2_{minor}_x86_64" for minor in range(39, 16, -1)),
+    "manylinux2014_x86_64",
+)
 
 
 def base_key(suite: str = DEBIAN_SUITE, packages: Iterable[str] = BASE_PACKAGES) -> str:
@@ -202,6 +206,11 @@ def pip_resolve_argv(
     argv += [f"--report={report}", f"--constraint={constraints}", f"--find-links={wheelhouse}"]
     argv += _cross_args(variant)
     return [*argv, requirement_spec]
+
+
+def wheelhouse_name(variant: Variant, running_python: str) -> str:
+    """The wheelhouse of the base's Python (``py3.12``): wheels of other Pythons never mix in."""
+    return f"py{variant.python_version or running_python}"
 
 
 def pip_fetch_argv(python: str, requirements: Path, wheelhouse: Path, variant: Variant) -> list[str]:

@@ -46,6 +46,7 @@ from .imageplan import (
     pip_resolve_argv,
     requirement,
     requirements_text,
+    wheelhouse_name,
     wheels_for,
 )
 
@@ -216,7 +217,8 @@ def prepare_context(
     shutil.rmtree(context, ignore_errors=True)
     (context / "wheels").mkdir(parents=True)
     wheel = build_wheel(root, context / "dist")
-    wheelhouse = images_dir() / "wheelhouse"
+    running = f"{sys.version_info.major}.{sys.version_info.minor}"
+    wheelhouse = images_dir() / "wheelhouse" / wheelhouse_name(variant, running)
     wheelhouse.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="baton-pip-") as tmp:
         pins = resolve_pins(recipe, variant, wheel, Path(tmp), wheelhouse)
