@@ -19,7 +19,7 @@ from baton_worker.engine.detok import IncrementalDetokenizer
 from baton_worker.engine.kv_pool import KvBlockPool
 from baton_worker.engine.loader import LoadedModel
 from baton_worker.engine.model import PagedModel
-from baton_worker.engine.sampling import random_seed, sample_batch
+from baton_worker.engine.sampling import Row, prompt_logprobs, random_seed, sample_rows
 from baton_worker.engine.sequence import OutputCollector, Sequence
 from baton_worker.engine.types import (
     DuplicateRequestError,
@@ -28,6 +28,7 @@ from baton_worker.engine.types import (
     InvalidRequestError,
     RequestOutput,
     RequestTooLongError,
+    TokenLogprob,
 )
 
 
@@ -190,7 +191,8 @@ class DecodeEngine:
             if seq.num_cached > 0 and not seq.needs_recompute:  # KV already in our blocks
                 self._waiting.popleft()
                 self._running.append(seq)
-                self._emit(seq, seq.request.prefilled.first_token, collector)
+                pre = seq.request.prefilled
+                self._emit(seq, pre.first_token, collector, pre.first_logprob, pre.prompt_logprobs)
                 continue
             n = len(seq.tokens) if not seq.needs_recompute else len(seq.tokens) - 1
             if to_prefill and n > budget:
@@ -207,25 +209,46 @@ class DecodeEngine:
         prefixes = [
             s.tokens[: len(s.tokens) - 1] if s.needs_recompute else list(s.tokens) for s in to_prefill
         ]
-        logits = self.runner.prefill(prefixes, [s.block_ids for s in to_prefill])
+        # Prompt logprobs only with the first output of a request (never after a preemption).
+        keep = [s.request.sampling.prompt_logprobs is not None and not s.needs_recompute for s in to_prefill]
+        if any(keep):
+            logits, full = self.runner.prefill_full(prefixes, [s.block_ids for s in to_prefill], keep)
+        else:
+            logits, full = self.runner.prefill(prefixes, [s.block_ids for s in to_prefill]), []
         fresh = [i for i, s in enumerate(to_prefill) if not s.needs_recompute]
-        tokens = sample_batch(
-            logits[fresh] if fresh else logits[:0],
-            [to_prefill[i].request.sampling for i in fresh],
-            [to_prefill[i].seed for i in fresh],
-            [to_prefill[i].num_outputs for i in fresh],
+        sampled = sample_rows(
+            logits[fresh] if fresh else logits[:0], [self._row(to_prefill[i]) for i in fresh]
         )
         for seq, prefix in zip(to_prefill, prefixes, strict=True):
             seq.num_cached = len(prefix)
             self._running.append(seq)
-        for i, tok in zip(fresh, tokens, strict=True):
-            self._emit(to_prefill[i], tok, collector)
+        for i, (tok, lp) in zip(fresh, sampled, strict=True):
+            seq = to_prefill[i]
+            prompt_lps = None
+            if full and full[i] is not None:
+                n = seq.num_prompt_tokens
+                prompt_lps = prompt_logprobs(
+                    full[i][:n], seq.request.prompt_token_ids, seq.request.sampling.prompt_logprobs
+                )
+            self._emit(seq, tok, collector, lp, prompt_lps)
         for seq in to_prefill:
             seq.needs_recompute = False
 
-    def _emit(self, seq: Sequence, token_id: int, collector: OutputCollector) -> None:
+    def _row(self, seq: Sequence) -> Row:
+        return Row(
+            seq.request.sampling, seq.seed, seq.num_outputs, seq.tokens, seq.num_prompt_tokens, self._eos
+        )
+
+    def _emit(
+        self,
+        seq: Sequence,
+        token_id: int,
+        collector: OutputCollector,
+        logprob: TokenLogprob | None = None,
+        prompt_lps: tuple[TokenLogprob | None, ...] | None = None,
+    ) -> None:
         text, _ = seq.append(token_id, self._eos, self._max_len)
-        collector.add(seq, [token_id], text)
+        collector.add(seq, [token_id], text, [logprob] if logprob is not None else None, prompt_lps)
 
     def _grow_or_preempt(self, collector: OutputCollector) -> None:
         """Give every running sequence room for its next token, preempting the newest if needed."""
@@ -270,15 +293,10 @@ class DecodeEngine:
         # A runner swapped in after construction (tensor parallelism drives its own) runs eagerly.
         graphed = self._graphs is not None and self._graphs.runner is self.runner
         logits = (self._graphs if graphed else self.runner.decode)(tokens, positions, table)
-        sampled = sample_batch(
-            logits,
-            [s.request.sampling for s in batch],
-            [s.seed for s in batch],
-            [s.num_outputs for s in batch],
-        )
-        for seq, tok in zip(batch, sampled, strict=True):
+        sampled = sample_rows(logits, [self._row(s) for s in batch])
+        for seq, (tok, lp) in zip(batch, sampled, strict=True):
             seq.num_cached += 1
-            self._emit(seq, tok, collector)
+            self._emit(seq, tok, collector, lp)
 
     def _reap(self) -> None:
         done = [s for s in self._running if s.finish_reason is not None]

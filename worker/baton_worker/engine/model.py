@@ -8,6 +8,8 @@ Llama/Qwen2/Mistral forward (RMSNorm, rotary embedding, grouped-query attention,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -76,10 +78,17 @@ class PagedModel:
         x = x + layer.self_attn.o_proj(attn_out.transpose(1, 2).reshape(b, t, self._hq * self._d))
         return x + layer.mlp(layer.post_attention_layernorm(x))
 
-    @torch.inference_mode()
     def prefill(self, token_ids: list[list[int]], block_tables: list[list[int]]) -> torch.Tensor:
         """Run whole prefixes from position 0, write their KV into their blocks, return the
         float32 logits of each sequence's last token, shape ``[B, vocab]``."""
+        return self.prefill_full(token_ids, block_tables, ())[0]
+
+    @torch.inference_mode()
+    def prefill_full(
+        self, token_ids: list[list[int]], block_tables: list[list[int]], keep: Sequence[bool]
+    ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """:meth:`prefill`, plus the float32 logits of every position ``[T, vocab]`` of the
+        sequences whose ``keep`` flag is set (for prompt logprobs; None for the others)."""
         bsz = len(token_ids)
         lens = [len(t) for t in token_ids]
         tmax = max(lens)
@@ -117,7 +126,11 @@ class PagedModel:
             )
             x = self._finish_layer(layer, x, out)
         last = x[torch.arange(bsz, device=dev), torch.tensor(lens, device=dev) - 1]  # [B, hidden]
-        return self._lm_head(self._inner.norm(last)).float()
+        full: list[torch.Tensor | None] = [
+            self._lm_head(self._inner.norm(x[i, : lens[i]])).float() if i < len(keep) and keep[i] else None
+            for i in range(bsz)
+        ]
+        return self._lm_head(self._inner.norm(last)).float(), full
 
     def _paged_attention(
         self, q: torch.Tensor, layer: int, flat_table: torch.Tensor, bias: torch.Tensor, bsz: int, nblk: int

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from baton_worker.engine.kv_pool import KvBlockPool
 from baton_worker.engine.loader import LoadedModel
 from baton_worker.engine.model import PagedModel
-from baton_worker.engine.sampling import random_seed, sample_batch
+from baton_worker.engine.sampling import Row, prompt_logprobs, random_seed, sample_rows
 from baton_worker.engine.types import (
     DuplicateRequestError,
     EngineError,
@@ -42,6 +42,7 @@ class _Job:
     sampling: SamplingParams
     seed: int
     index: int
+    prompt_len: int
     blocks: list[int]
     enqueued: float
     done: threading.Event = field(default_factory=threading.Event)
@@ -103,7 +104,16 @@ class PrefillRunner:
             if blocks is None:
                 raise PoolExhaustedError(request_id, need, time.monotonic() - t0)
             seed = sampling.seed if sampling.seed is not None else random_seed()
-            job = _Job(request_id, tokens, sampling, seed, len(req.resume_token_ids), blocks, t0)
+            job = _Job(
+                request_id,
+                tokens,
+                sampling,
+                seed,
+                len(req.resume_token_ids),
+                len(req.prompt_token_ids),
+                blocks,
+                t0,
+            )
             with self._lock:
                 self._pending.append(job)
             self._drive(job)
@@ -134,14 +144,33 @@ class PrefillRunner:
 
     def _run(self, batch: list[_Job]) -> None:
         try:
-            logits = self.runner.prefill([j.tokens for j in batch], [j.blocks for j in batch])
-            tokens = sample_batch(
-                logits, [j.sampling for j in batch], [j.seed for j in batch], [j.index for j in batch]
-            )
+            keep = [j.sampling.prompt_logprobs is not None for j in batch]
+            tables = [j.blocks for j in batch]
+            if any(keep):
+                logits, full = self.runner.prefill_full([j.tokens for j in batch], tables, keep)
+            else:
+                logits, full = self.runner.prefill([j.tokens for j in batch], tables), []
+            rows = [
+                Row(j.sampling, j.seed, j.index, j.tokens, j.prompt_len, self.model.eos_token_ids)
+                for j in batch
+            ]
+            sampled = sample_rows(logits, rows)
             now = time.monotonic()
-            for job, tok in zip(batch, tokens, strict=True):
+            for i, (job, (tok, lp)) in enumerate(zip(batch, sampled, strict=True)):
+                prompt_lps = None
+                if full and full[i] is not None:
+                    prompt_ids = job.tokens[: job.prompt_len]
+                    prompt_lps = prompt_logprobs(
+                        full[i][: job.prompt_len], prompt_ids, job.sampling.prompt_logprobs
+                    )
                 job.result = PrefillResult(
-                    job.request_id, tok, tuple(job.blocks), len(job.tokens), now - job.enqueued
+                    job.request_id,
+                    tok,
+                    tuple(job.blocks),
+                    len(job.tokens),
+                    now - job.enqueued,
+                    lp,
+                    prompt_lps,
                 )
         except Exception as exc:
             for job in batch:

@@ -9,10 +9,13 @@ Non-greedy sampling always runs on the CPU so that CPU and CUDA workers draw the
 from __future__ import annotations
 
 import secrets
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
-from baton_worker.engine.types import SamplingParams
+from baton_worker.engine.types import SamplingParams, TokenLogprob
 
 _MASK64 = (1 << 64) - 1
 
@@ -80,3 +83,93 @@ def sample_batch(
         probs = filtered_probs(cpu_logits[row], p)
         out.append(int(torch.multinomial(probs, 1, generator=token_generator(seeds[row], indices[row]))))
     return out
+
+
+@dataclass(frozen=True)
+class Row:
+    """What sampling one token of one request needs beyond its logits.
+
+    ``tokens`` is the request's context so far: its ``prompt_len`` prompt tokens, then every
+    output token (failover resume tokens included); the token sampled is output ``index``.
+    """
+
+    params: SamplingParams
+    seed: int
+    index: int
+    tokens: Sequence[int]
+    prompt_len: int
+    eos_token_ids: tuple[int, ...] = ()
+
+
+def processed_logits(logits: torch.Tensor, row: Row) -> torch.Tensor:
+    """One row of float32 logits after the penalties and min_tokens of ``row.params`` (a copy).
+
+    repetition_penalty as in transformers and vLLM (every token of prompt and output: positive
+    logits divided, negative multiplied); presence and frequency as OpenAI defines them (output
+    tokens only: ``- presence * [count > 0] - frequency * count``).
+    """
+    p = row.params
+    out = logits.detach().float().clone()
+    outputs = list(row.tokens[row.prompt_len :])
+    if p.repetition_penalty != 1.0:
+        seen = torch.tensor(sorted(set(row.tokens)), dtype=torch.long, device=out.device)
+        if seen.numel():
+            vals = out[seen]
+            out[seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+    if outputs and (p.presence_penalty != 0.0 or p.frequency_penalty != 0.0):
+        counts = Counter(outputs)
+        ids = torch.tensor(list(counts), dtype=torch.long, device=out.device)
+        n = torch.tensor(list(counts.values()), dtype=torch.float32, device=out.device)
+        out[ids] -= p.presence_penalty + p.frequency_penalty * n
+    if row.index < p.min_tokens:
+        enders = {*p.stop_token_ids, *(() if p.ignore_eos else row.eos_token_ids)}
+        if enders:
+            out[torch.tensor(sorted(enders), dtype=torch.long, device=out.device)] = float("-inf")
+    return out
+
+
+def token_logprob(log_probs: torch.Tensor, token_id: int, top: int) -> TokenLogprob:
+    """The logprob of ``token_id`` in one row of log-probabilities, with the ``top`` best."""
+    alternatives: tuple[tuple[int, float], ...] = ()
+    if top > 0:
+        values, ids = torch.topk(log_probs, min(top, log_probs.shape[-1]))
+        alternatives = tuple(zip(ids.tolist(), values.tolist(), strict=True))
+    return TokenLogprob(int(token_id), float(log_probs[token_id]), alternatives)
+
+
+def sample_rows(logits: torch.Tensor, rows: list[Row]) -> list[tuple[int, TokenLogprob | None]]:
+    """Sample one token per row of ``logits`` [B, vocab], applying each row's penalties and
+    min_tokens, and its logprob when asked (of the raw logits: what the model predicted)."""
+    if not any(r.params.processes_logits or r.params.logprobs is not None for r in rows):
+        tokens = sample_batch(
+            logits, [r.params for r in rows], [r.seed for r in rows], [r.index for r in rows]
+        )
+        return [(t, None) for t in tokens]
+    out: list[tuple[int, TokenLogprob | None]] = []
+    cpu = logits.detach().float().to("cpu")
+    for i, row in enumerate(rows):
+        p = row.params
+        scores = processed_logits(cpu[i], row) if p.processes_logits else cpu[i]
+        if p.greedy:
+            token = int(torch.argmax(scores))
+        else:
+            token = int(
+                torch.multinomial(
+                    filtered_probs(scores, p), 1, generator=token_generator(row.seed, row.index)
+                )
+            )
+        lp = None
+        if p.logprobs is not None:
+            lp = token_logprob(torch.log_softmax(cpu[i], dim=-1), token, p.logprobs)
+        out.append((token, lp))
+    return out
+
+
+def prompt_logprobs(
+    logits: torch.Tensor, token_ids: Sequence[int], top: int
+) -> tuple[TokenLogprob | None, ...]:
+    """Logprobs of every prompt token from the logits of every prompt position [T, vocab]
+    (position t predicts token t + 1); the first token has none."""
+    log_probs = torch.log_softmax(logits.detach().float().to("cpu"), dim=-1)
+    rest = tuple(token_logprob(log_probs[t - 1], token_ids[t], top) for t in range(1, len(token_ids)))
+    return (None, *rest)

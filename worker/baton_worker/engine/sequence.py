@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from baton_worker.engine.detok import IncrementalDetokenizer
-from baton_worker.engine.types import EngineRequest, FinishReason, RequestOutput, SamplingParams
+from baton_worker.engine.types import EngineRequest, FinishReason, RequestOutput, SamplingParams, TokenLogprob
 
 
 def finish_reason_for(
@@ -84,11 +84,24 @@ class OutputCollector:
         self._ids: dict[str, list[int]] = {}
         self._text: dict[str, str] = {}
         self._last: dict[str, tuple[bool, FinishReason | None, int, int]] = {}
+        self._logprobs: dict[str, list[TokenLogprob]] = {}
+        self._prompt_logprobs: dict[str, tuple[TokenLogprob | None, ...]] = {}
 
-    def add(self, seq: Sequence, token_ids: list[int], text: str) -> None:
+    def add(
+        self,
+        seq: Sequence,
+        token_ids: list[int],
+        text: str,
+        logprobs: list[TokenLogprob] | None = None,
+        prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None,
+    ) -> None:
         rid = seq.request_id
         self._ids.setdefault(rid, []).extend(token_ids)
         self._text[rid] = self._text.get(rid, "") + text
+        if logprobs:
+            self._logprobs.setdefault(rid, []).extend(logprobs)
+        if prompt_logprobs is not None:
+            self._prompt_logprobs[rid] = prompt_logprobs
         self._last[rid] = (
             seq.finish_reason is not None,
             seq.finish_reason,
@@ -105,5 +118,17 @@ class OutputCollector:
         out = []
         for rid, ids in self._ids.items():
             finished, reason, n_prompt, n_out = self._last[rid]
-            out.append(RequestOutput(rid, tuple(ids), self._text[rid], finished, reason, n_prompt, n_out))
+            out.append(
+                RequestOutput(
+                    rid,
+                    tuple(ids),
+                    self._text[rid],
+                    finished,
+                    reason,
+                    n_prompt,
+                    n_out,
+                    tuple(self._logprobs.get(rid, ())),
+                    self._prompt_logprobs.get(rid),
+                )
+            )
         return out

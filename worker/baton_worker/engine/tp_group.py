@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -216,8 +217,14 @@ class TpDrivenModel:
         self.device = group.rank0.paged.device
 
     def prefill(self, token_ids: list[list[int]], block_tables: list[list[int]]) -> torch.Tensor:
+        return self.prefill_full(token_ids, block_tables, ())[0]
+
+    def prefill_full(
+        self, token_ids: list[list[int]], block_tables: list[list[int]], keep: Sequence[bool]
+    ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        # The followers run the same forward; only rank 0's logits are read.
         self._group._announce(("prefill", token_ids, block_tables))
-        return self._group.rank0.paged.prefill(token_ids, block_tables)
+        return self._group.rank0.paged.prefill_full(token_ids, block_tables, keep)
 
     def decode(
         self, token_ids: torch.Tensor, positions: torch.Tensor, block_table: torch.Tensor

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 FinishReason = Literal["stop", "length", "abort"]
+MAX_LOGPROBS = 20  # most alternatives per token (OpenAI's limit for top_logprobs)
 
 
 class EngineError(Exception):
@@ -64,6 +65,18 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    # Log-probabilities of each output token (None: off) with this many alternatives (0..20).
+    logprobs: int | None = None
+    # Log-probabilities of the prompt tokens (None: off) with this many alternatives (0..20).
+    prompt_logprobs: int | None = None
+    # OpenAI's penalties on tokens already generated: presence subtracts once per token that
+    # appeared, frequency once per occurrence; both in [-2, 2]. repetition (> 0; 1 is off) divides
+    # positive / multiplies negative logits of every token of the prompt and the output so far.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    # EOS and stop_token_ids cannot end the request before this many output tokens.
+    min_tokens: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -80,6 +93,25 @@ class SamplingParams:
             raise InvalidRequestError("sampling.seed", f"must be a non-negative integer, got {self.seed!r}")
         if any(not s for s in self.stop):
             raise InvalidRequestError("sampling.stop", "stop strings must be non-empty")
+        for name in ("logprobs", "prompt_logprobs"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or not 0 <= v <= MAX_LOGPROBS):
+                raise InvalidRequestError(
+                    f"sampling.{name}", f"must be None or in [0, {MAX_LOGPROBS}], got {v!r}"
+                )
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise InvalidRequestError(
+                    f"sampling.{name}", f"must be in [-2, 2], got {getattr(self, name)!r}"
+                )
+        if not self.repetition_penalty > 0.0:
+            raise InvalidRequestError(
+                "sampling.repetition_penalty", f"must be > 0, got {self.repetition_penalty!r}"
+            )
+        if not isinstance(self.min_tokens, int) or not 0 <= self.min_tokens <= self.max_tokens:
+            raise InvalidRequestError(
+                "sampling.min_tokens", f"must be an integer in [0, max_tokens], got {self.min_tokens!r}"
+            )
         # Lists are accepted for convenience and frozen into tuples so the value stays hashable.
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
         object.__setattr__(self, "stop", tuple(self.stop))
@@ -87,6 +119,26 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def processes_logits(self) -> bool:
+        """Whether logits are changed before sampling (penalties, min_tokens)."""
+        return (
+            self.presence_penalty != 0.0
+            or self.frequency_penalty != 0.0
+            or self.repetition_penalty != 1.0
+            or self.min_tokens > 0
+        )
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """The log-probability of one token under the model (log_softmax of the raw logits, before
+    temperature and penalties), and the ``top`` most likely tokens at that position."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,6 +153,9 @@ class Prefilled:
     block_ids: tuple[int, ...]
     num_tokens: int
     first_token: int
+    # What the prefill worker computed with the first token (when the request asked for them).
+    first_logprob: TokenLogprob | None = None
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "block_ids", tuple(int(b) for b in self.block_ids))
@@ -150,6 +205,10 @@ class RequestOutput:
     finish_reason: FinishReason | None
     num_prompt_tokens: int
     num_output_tokens: int  # total output tokens so far, resume tokens included
+    # With sampling.logprobs: one per new token. With sampling.prompt_logprobs: on the request's
+    # first output, one per prompt token (None for the first, which has no context).
+    logprobs: tuple[TokenLogprob, ...] = ()
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -165,6 +224,8 @@ class PrefillResult:
     block_ids: tuple[int, ...]
     num_tokens: int
     prefill_seconds: float
+    first_logprob: TokenLogprob | None = None
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
 
 
 @dataclass(frozen=True)
