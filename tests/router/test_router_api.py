@@ -141,15 +141,15 @@ MALFORMED = [
     ("/completions", b"{not json", 400, None, "invalid_json"),
     ("/completions", b'["a list"]', 400, None, "invalid_json"),
     ("/completions", {"model": "nope", "prompt": "x"}, 404, "model", "model_not_found"),
-    ("/completions", {"model": MODEL, "prompt": "x", "n": 2}, 400, "n", "unsupported_parameter"),
+    ("/completions", {"model": MODEL, "prompt": "x", "n": 17}, 400, "n", "invalid_value"),
     ("/completions", {"model": MODEL, "prompt": "x", "temperature": 7}, 400, "temperature", "invalid_value"),
     ("/completions", {"model": MODEL, "prompt": "x", "max_tokens": 0}, 400, "max_tokens", "invalid_value"),
     ("/completions", {"model": MODEL, "prompt": "x", "max_tokens": "9"}, 400, "max_tokens", "invalid_type"),
     (
         "/completions",
-        {"model": MODEL, "prompt": "x", "logprobs": 3},
+        {"model": MODEL, "prompt": "x", "suffix": "!"},
         400,
-        "logprobs",
+        "suffix",
         "unsupported_parameter",
     ),
     ("/completions", {"model": MODEL, "prompt": "x", "bogus": 1}, 400, "bogus", "unknown_parameter"),
@@ -178,6 +178,24 @@ MALFORMED = [
         "tools",
         "unsupported_parameter",
     ),
+    (
+        "/chat/completions",
+        {"model": MODEL, "messages": [{"role": "user"}]},
+        400,
+        "messages[0].content",
+        "missing_required_parameter",
+    ),
+    (
+        "/chat/completions",
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "y"}],
+            "response_format": {"type": "json_object"},
+        },
+        400,
+        "response_format",
+        "unsupported_parameter",
+    ),
 ]
 
 
@@ -194,7 +212,7 @@ def test_router_malformed_requests_get_openai_errors_and_serving_goes_on(stack, 
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="nope", prompt="x")
     with pytest.raises(openai.BadRequestError) as ei:
-        client.completions.create(model=MODEL, prompt="x", n=3)
+        client.completions.create(model=MODEL, prompt="x", n=30)
     assert ei.value.body["param"] == "n"
     ok = client.completions.create(model=MODEL, prompt="still serving", max_tokens=3, temperature=0)
     assert ok.usage.completion_tokens == 3

@@ -25,12 +25,20 @@ OK = {"model": "m", "prompt": "hi"}
         ({"stop": 3}, "stop", "invalid_type"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "invalid_value"),
         ({"stop": [""]}, "stop", "invalid_value"),
-        ({"n": 2}, "n", "unsupported_parameter"),
-        ({"n": True}, "n", "unsupported_parameter"),
-        ({"best_of": 3}, "best_of", "unsupported_parameter"),
-        ({"echo": True}, "echo", "unsupported_parameter"),
-        ({"logprobs": 5}, "logprobs", "unsupported_parameter"),
-        ({"presence_penalty": 0.5}, "presence_penalty", "unsupported_parameter"),
+        ({"n": 17}, "n", "invalid_value"),
+        ({"n": 0}, "n", "invalid_value"),
+        ({"n": True}, "n", "invalid_type"),
+        ({"n": 3, "best_of": 2}, "best_of", "invalid_value"),
+        ({"best_of": 3, "stream": True}, "best_of", "invalid_value"),
+        ({"echo": 1}, "echo", "invalid_type"),
+        ({"logprobs": 21}, "logprobs", "invalid_value"),
+        ({"logprobs": True}, "logprobs", "invalid_type"),
+        ({"presence_penalty": 2.5}, "presence_penalty", "invalid_value"),
+        ({"frequency_penalty": -3}, "frequency_penalty", "invalid_value"),
+        ({"repetition_penalty": 0}, "repetition_penalty", "invalid_value"),
+        ({"min_tokens": 20, "max_tokens": 10}, "min_tokens", "invalid_value"),
+        ({"suffix": "x"}, "suffix", "unsupported_parameter"),
+        ({"logit_bias": {"5": 1}}, "logit_bias", "unsupported_parameter"),
         ({"frobnicate": 1}, "frobnicate", "unknown_parameter"),
         ({"stream": "yes"}, "stream", "invalid_type"),
         ({"stream_options": {"include_usage": True}}, "stream_options", "invalid_value"),
@@ -125,6 +133,31 @@ def test_chat_messages() -> None:
         ({"model": "m", "messages": ["hi"]}, "messages[0]"),
         ({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
         ({"model": "m", "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+        ({"model": "m", "messages": [{"role": "user"}]}, "messages[0].content"),
+        ({"model": "m", "messages": [{"role": "user", "content": None}]}, "messages[0].content"),
+        (
+            {"model": "m", "messages": [{"role": "user", "content": [{"text": "a"}]}]},
+            "messages[0].content[0]",
+        ),
+        (
+            {"model": "m", "messages": [{"role": "user", "content": [{"type": "text"}]}]},
+            "messages[0].content[0].text",
+        ),
+        (
+            {"model": "m", "messages": [{"role": "user", "content": "x", "tool_calls": []}]},
+            "messages[0].tool_calls",
+        ),
+        ({"model": "m", "messages": [{"role": "user", "content": "x", "name": 3}]}, "messages[0].name"),
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, "top_logprobs"),
+        (
+            {
+                "model": "m",
+                "messages": [{"role": "user", "content": "x"}],
+                "response_format": {"type": "json_object"},
+            },
+            "response_format",
+        ),
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}], "echo": True}, "echo"),
         (
             {"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
             "messages[0].content[0]",
@@ -146,3 +179,44 @@ def test_body_must_be_object() -> None:
     with pytest.raises(ApiError) as ei:
         parse_completion([1, 2])
     assert ei.value.status == 400 and ei.value.code == "invalid_json"
+
+
+def test_completion_sampling_extensions_are_parsed() -> None:
+    r = parse_completion(
+        {
+            "model": "m",
+            "prompt": "hi",
+            "n": 2,
+            "best_of": 4,
+            "echo": True,
+            "logprobs": 3,
+            "presence_penalty": 0.5,
+            "frequency_penalty": -0.25,
+            "repetition_penalty": 1.1,
+            "min_tokens": 2,
+            "max_tokens": 5,
+            "user": "someone",
+        }
+    )
+    assert (r.n, r.best_of, r.echo, r.logprobs) == (2, 4, True, 3)
+    assert (r.presence_penalty, r.frequency_penalty, r.repetition_penalty, r.min_tokens) == (
+        0.5,
+        -0.25,
+        1.1,
+        2,
+    )
+    # Evaluation harnesses score a prompt with echo, logprobs and max_tokens 0.
+    scored = parse_completion({"model": "m", "prompt": "hi", "echo": True, "logprobs": 0, "max_tokens": 0})
+    assert (scored.max_tokens, scored.logprobs, scored.n, scored.best_of) == (0, 0, 1, 1)
+    with pytest.raises(ApiError):
+        parse_completion({"model": "m", "prompt": "hi", "max_tokens": 0})  # without echo: nothing to return
+
+
+def test_chat_logprobs_are_a_flag_with_a_count_of_alternatives() -> None:
+    base = {"model": "m", "messages": [{"role": "user", "content": "x", "name": "ann"}]}
+    assert parse_chat(base).logprobs is None
+    assert parse_chat({**base, "logprobs": True}).logprobs == 0
+    assert parse_chat({**base, "logprobs": True, "top_logprobs": 5}).logprobs == 5
+    assert parse_chat({**base, "logprobs": False}).logprobs is None
+    assert parse_chat({**base, "n": 3, "seed": 4}).n == 3
+    assert parse_chat({**base, "response_format": {"type": "text"}}).kind == "chat"

@@ -1,31 +1,31 @@
 """The router's HTTP layer (aiohttp): OpenAI endpoints, /health, /metrics.
 
 Handlers only wire things together: validation is in params, placement and failover in
-dispatch, text in text, response shapes in openai_format.
+dispatch, answering (choices, text, logprobs) in respond, response shapes in openai_format.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
 from baton_worker.rpc import pb2
 
 from . import openai_format as fmt
-from .dispatch import DispatchConfig, Dispatcher, Job, Progress
+from .dispatch import DispatchConfig, Dispatcher, Job
 from .errors import ApiError, bad_param, model_not_found, overloaded, unavailable
 from .metrics import RouterMetrics
 from .params import ParsedRequest, parse_chat, parse_completion
 from .pool import WorkerPool
-from .text import TextAssembler
+from .respond import Answer
 from .tokenizer import RouterTokenizer, load_tokenizer
 
 log = logging.getLogger("baton.router")
@@ -60,6 +60,8 @@ class Router:
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/tokenize", self.tokenize)
+        app.router.add_post("/detokenize", self.detokenize)
         app.router.add_get("/health", self.health)
         app.router.add_get("/livez", self.livez)
         app.router.add_get("/metrics", self.metrics_page)
@@ -105,7 +107,7 @@ class Router:
     # -- endpoints ----------------------------------------------------------------------------
 
     async def models(self, request: web.Request) -> web.Response:
-        return web.json_response(fmt.models_list(self.model_names, self.created))
+        return web.json_response(fmt.models_list(self.model_names, self.created, self.max_model_len()))
 
     async def health(self, request: web.Request) -> web.Response:
         body = {
@@ -138,16 +140,24 @@ class Router:
         self.metrics.errors.labels(str(e.status), e.type).inc()
         return web.json_response(e.body(), status=e.status, headers=e.headers())
 
-    async def _prepare(self, request: web.Request, kind: str) -> tuple[ParsedRequest, Job]:
+    async def _body(self, request: web.Request) -> dict:
         raw = await request.read()
         try:
-            body = json.loads(raw)
+            return json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ApiError(400, f"The request body is not valid JSON: {e}", code="invalid_json") from None
-        parsed = parse_chat(body) if kind == "chat" else parse_completion(body)
+
+    def _check_model(self, model: Any) -> None:
         names = self.model_names
-        if parsed.model not in names and parsed.model != self.cfg.model_source:
-            raise model_not_found(parsed.model, names)
+        if model not in names and model != self.cfg.model_source:
+            raise model_not_found(str(model), names)
+
+    async def _prepare(self, request: web.Request, kind: str) -> tuple[ParsedRequest, str, list[Job], str]:
+        """Validate and tokenize; returns the request, its id, one Job per choice, and the
+        prompt's text (for echo)."""
+        body = await self._body(request)
+        parsed = parse_chat(body) if kind == "chat" else parse_completion(body)
+        self._check_model(parsed.model)
         if self.inflight > self.cfg.max_inflight:  # self.inflight counts this request too
             raise overloaded(f"the router is serving {self.inflight} requests, its limit; retry later")
         tok = await self.ensure_tokenizer()
@@ -184,173 +194,94 @@ class Router:
                 param="max_tokens",
                 code="context_length_exceeded",
             )
-        # A seed for every request: a failover then continues the very same sample.
+        # A seed for every request: a failover then continues the very same sample; choice i
+        # of n samples with seed + i, so n choices of a seeded request are reproducible.
         seed = parsed.seed if parsed.seed is not None else secrets.randbits(63)
-        sampling = pb2.SamplingParams(
-            max_tokens=max_tokens,
-            temperature=parsed.temperature,
-            top_p=parsed.top_p,
-            top_k=parsed.top_k,
-            seed=seed,
-            stop_token_ids=list(parsed.stop_token_ids),
-            stop=list(parsed.stop),
-            ignore_eos=parsed.ignore_eos,
-        )
         prefix = "chatcmpl" if kind == "chat" else "cmpl"
-        return parsed, Job(f"{prefix}-{uuid.uuid4().hex}", prompt, sampling)
+        rid = f"{prefix}-{uuid.uuid4().hex}"
+        wants_logprobs = parsed.logprobs is not None or parsed.best_of > parsed.n
+        jobs = []
+        for i in range(parsed.best_of):
+            sampling = pb2.SamplingParams(
+                max_tokens=max(1, max_tokens),  # 0 (echo alone): one token is generated and dropped
+                temperature=parsed.temperature,
+                top_p=parsed.top_p,
+                top_k=parsed.top_k,
+                seed=(seed + i) % (1 << 64),
+                stop_token_ids=list(parsed.stop_token_ids),
+                stop=list(parsed.stop),
+                ignore_eos=parsed.ignore_eos,
+                presence_penalty=parsed.presence_penalty,
+                frequency_penalty=parsed.frequency_penalty,
+                repetition_penalty=parsed.repetition_penalty,
+                min_tokens=parsed.min_tokens,
+            )
+            if wants_logprobs:
+                sampling.logprobs = parsed.logprobs or 0
+            if parsed.echo and parsed.logprobs is not None:
+                sampling.prompt_logprobs = parsed.logprobs
+            jobs.append(Job(rid if parsed.best_of == 1 else f"{rid}-{i}", prompt, sampling))
+        if kind == "chat" or not parsed.echo:
+            prompt_text = ""
+        else:
+            prompt_text = parsed.prompt_text if parsed.prompt_text is not None else tok.decode(prompt)
+        return parsed, rid, jobs, prompt_text
 
     async def _serve(self, request: web.Request, kind: str) -> web.StreamResponse:
         arrival = time.monotonic()
         self.inflight += 1
         try:
             try:
-                parsed, job = await self._prepare(request, kind)
+                parsed, rid, jobs, prompt_text = await self._prepare(request, kind)
             except ApiError as e:
                 return self._error(e)
             self.metrics.requests.labels(kind, str(parsed.stream).lower()).inc()
-            run = _Run(self, parsed, job, arrival)
-            async with contextlib.aclosing(self.dispatcher.generate(job)) as events:
-                try:
-                    first = await run.first_event(events)
-                except ApiError as e:
-                    return self._error(e)
-                if parsed.stream:
-                    return await run.stream(request, events, first)
-                return await run.collect(events, first)
+            answer = Answer(self, parsed, rid, jobs, arrival, prompt_text)
+            if parsed.stream:
+                return await answer.stream(request)
+            return await answer.collect()
         finally:
             self.inflight -= 1
 
+    # -- tokenizer endpoints (vLLM's shapes) ----------------------------------------------------
 
-class _Run:
-    """One request being answered: text assembly, timing metrics, response writing."""
-
-    def __init__(self, router: Router, parsed: ParsedRequest, job: Job, arrival: float) -> None:
-        assert router.tokenizer is not None
-        self.router = router
-        self.parsed = parsed
-        self.job = job
-        self.arrival = arrival
-        self.last = arrival
-        self.text = TextAssembler(router.tokenizer.decode, parsed.stop)
-        self.completion_tokens = 0
-        self.finish: str | None = None
-        self.created = int(time.time())
-
-    def _account(self, ev: Progress) -> str:
-        """Record an event's tokens and timing; return the text that may be sent now."""
-        m = self.router.metrics
-        now = time.monotonic()
-        n = len(ev.token_ids)
-        if n:
-            if self.completion_tokens == 0:
-                m.ttft.observe(now - self.arrival)
-                n_itl = n - 1
-            else:
-                n_itl = n
-            for _ in range(n_itl):
-                m.itl.observe((now - self.last) / n)
-            self.last = now
-            self.completion_tokens += n
-        delta = self.text.add(ev.token_ids)
-        if self.text.stopped:
-            self.finish = "stop"
-        elif ev.finish_reason:
-            self.finish = ev.finish_reason
-        if self.finish:
-            delta += self.text.flush()
-        return delta
-
-    async def first_event(self, events) -> Progress:  # type: ignore[no-untyped-def]
-        async for ev in events:
-            return ev
-        raise ApiError(500, "the request ended without output", type="server_error")
-
-    def _done(self) -> None:
-        m = self.router.metrics
-        m.e2e.observe(time.monotonic() - self.arrival)
-        m.prompt_tokens.inc(len(self.job.prompt_token_ids))
-        m.generation_tokens.inc(self.completion_tokens)
-
-    async def collect(self, events, first: Progress) -> web.Response:  # type: ignore[no-untyped-def]
-        self._account(first)
-        if not self.finish:
-            try:
-                async for ev in events:
-                    self._account(ev)
-                    if self.finish:
-                        break
-            except ApiError as e:
-                return self.router._error(e)
-        self._done()
-        body = fmt.full_response(
-            self.parsed.kind,
-            self.job.request_id,
-            self.created,
-            self.parsed.model,
-            self.text.text,
-            self.finish or "stop",
-            len(self.job.prompt_token_ids),
-            self.completion_tokens,
-        )
-        return web.json_response(body)
-
-    async def stream(self, request: web.Request, events, first: Progress) -> web.StreamResponse:  # type: ignore[no-untyped-def]
-        p, rid, kind = self.parsed, self.job.request_id, self.parsed.kind
-        resp = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Request-Id": rid}
-        )
-        await resp.prepare(request)
+    async def tokenize(self, request: web.Request) -> web.Response:
+        """POST /tokenize {model, prompt | messages}: the server's own token ids."""
         try:
-            if kind == "chat":
-                await resp.write(
-                    fmt.sse(fmt.stream_chunk(kind, rid, self.created, p.model, "", None, role=True))
-                )
-            delta = self._account(first)
-            if delta:
-                await resp.write(fmt.sse(fmt.stream_chunk(kind, rid, self.created, p.model, delta, None)))
-            if not self.finish:
-                try:
-                    async for ev in events:
-                        delta = self._account(ev)
-                        if delta:
-                            await resp.write(
-                                fmt.sse(fmt.stream_chunk(kind, rid, self.created, p.model, delta, None))
-                            )
-                        if self.finish:
-                            break
-                except ApiError as e:
-                    # Headers are gone: report in-band, the way OpenAI streams report errors.
-                    self.router.metrics.errors.labels(str(e.status), e.type).inc()
-                    await resp.write(fmt.sse(e.body()))
-                    return resp
-            self._done()
-            await resp.write(
-                fmt.sse(
-                    fmt.stream_chunk(
-                        kind,
-                        rid,
-                        self.created,
-                        p.model,
-                        None if kind == "chat" else "",
-                        self.finish or "stop",
+            body = await self._body(request)
+            if not isinstance(body, dict):
+                raise ApiError(400, "The request body must be a JSON object", code="invalid_json")
+            self._check_model(body.get("model"))
+            tok = await self.ensure_tokenizer()
+            if "messages" in body:
+                parsed = parse_chat({"model": body["model"], "messages": body["messages"]})
+                ids = tok.encode_chat(parsed.messages)
+            else:
+                prompt = body.get("prompt")
+                if not isinstance(prompt, str):
+                    raise bad_param(
+                        "prompt", "'prompt' (a string) or 'messages' is required", code="invalid_type"
                     )
-                )
-            )
-            if p.include_usage:
-                await resp.write(
-                    fmt.sse(
-                        fmt.usage_chunk(
-                            kind,
-                            rid,
-                            self.created,
-                            p.model,
-                            len(self.job.prompt_token_ids),
-                            self.completion_tokens,
-                        )
-                    )
-                )
-            await resp.write(fmt.SSE_DONE)
-            await resp.write_eof()
-        except ConnectionResetError:
-            log.info("client of %s went away; cancelling its work", rid)
-        return resp
+                ids = tok.encode(prompt)
+        except ApiError as e:
+            return self._error(e)
+        return web.json_response({"count": len(ids), "max_model_len": self.max_model_len(), "tokens": ids})
+
+    async def detokenize(self, request: web.Request) -> web.Response:
+        """POST /detokenize {model, tokens}: their text."""
+        try:
+            body = await self._body(request)
+            if not isinstance(body, dict):
+                raise ApiError(400, "The request body must be a JSON object", code="invalid_json")
+            self._check_model(body.get("model"))
+            tok = await self.ensure_tokenizer()
+            ids = body.get("tokens")
+            if not isinstance(ids, list) or not all(
+                isinstance(t, int) and not isinstance(t, bool) for t in ids
+            ):
+                raise bad_param("tokens", "'tokens' must be a list of token ids", code="invalid_type")
+            if any(not 0 <= t < tok.vocab_size for t in ids):
+                raise bad_param("tokens", f"token ids must be in [0, {tok.vocab_size})")
+        except ApiError as e:
+            return self._error(e)
+        return web.json_response({"prompt": tok.decode(ids)})

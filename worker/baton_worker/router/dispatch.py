@@ -55,6 +55,10 @@ class Progress:
 
     token_ids: tuple[int, ...]
     finish_reason: str | None = None
+    # With sampling.logprobs: one per token. With sampling.prompt_logprobs: once, on the
+    # event of the first output token (the first prompt token has none: see PromptLogprobs).
+    logprobs: tuple[pb2.TokenLogprob, ...] = ()
+    prompt_logprobs: pb2.PromptLogprobs | None = None
 
 
 def new_tokens(chunk_ids: Sequence[int], chunk_total: int, known: int) -> tuple[list[int], int]:
@@ -68,6 +72,17 @@ def new_tokens(chunk_ids: Sequence[int], chunk_total: int, known: int) -> tuple[
     start = chunk_total - len(chunk_ids)
     skip = max(0, known - start)
     return list(chunk_ids[skip:]), max(0, start - known)
+
+
+def attempt_sampling(sampling: pb2.SamplingParams, resume: Sequence[int]) -> pb2.SamplingParams:
+    """The sampling an attempt sends: a resumed attempt does not ask for prompt logprobs again
+    (the client got them with the first token)."""
+    if not resume or not sampling.HasField("prompt_logprobs"):
+        return sampling
+    copy = pb2.SamplingParams()
+    copy.CopyFrom(sampling)
+    copy.ClearField("prompt_logprobs")
+    return copy
 
 
 def is_client_error(code: grpc.StatusCode) -> bool:
@@ -142,23 +157,28 @@ class Dispatcher:
         first = 0
         resume = list(known)
         pw: Worker | None = None
+        sampling = attempt_sampling(job.sampling, resume)
         if decision.remote:
             pw = self.prefill.workers[decision.worker]  # type: ignore[index]
             try:
-                resp = await self._prefill(pw, job, sub_id, resume)
+                resp = await self._prefill(pw, job, sampling, sub_id, resume)
             except grpc.aio.AioRpcError as e:
                 raise self._failed(self.prefill, pw.address, excluded, e) from None
             handle, first = resp.handle, resp.first_token
             known.append(first)
-            yield Progress((first,))
-        stream = self._stream(dw, job, sub_id, resume, handle, first, known)
+            yield Progress(
+                (first,),
+                logprobs=(resp.first_logprob,) if resp.HasField("first_logprob") else (),
+                prompt_logprobs=resp.prompt_logprobs if resp.HasField("prompt_logprobs") else None,
+            )
+        stream = self._stream(dw, job, sampling, sub_id, resume, handle, first, known)
         try:
             async with contextlib.aclosing(stream):
-                async for ids, finish in stream:
-                    known.extend(ids)
-                    if ids or finish:
-                        yield Progress(tuple(ids), finish)
-                    if finish:
+                async for ev in stream:
+                    known.extend(ev.token_ids)
+                    if ev.token_ids or ev.finish_reason:
+                        yield ev
+                    if ev.finish_reason:
                         self.decode.mark_ok(dw.address)
                         return
             why = f"decode {dw.address}: stream ended without a finish reason"
@@ -219,14 +239,16 @@ class Dispatcher:
                 raise unavailable("no ready decode worker")
         return self.decode.workers[best.address]
 
-    async def _prefill(self, pw: Worker, job: Job, sub_id: str, resume: list[int]) -> pb2.PrefillResponse:
+    async def _prefill(
+        self, pw: Worker, job: Job, sampling: pb2.SamplingParams, sub_id: str, resume: list[int]
+    ) -> pb2.PrefillResponse:
         tokens = len(job.prompt_token_ids) + len(resume)
         pw.inflight += 1
         pw.inflight_prompt_tokens += tokens
         request = pb2.PrefillRequest(
             request_id=sub_id,
             prompt_token_ids=job.prompt_token_ids,
-            sampling=job.sampling,
+            sampling=sampling,
             resume_token_ids=resume,
         )
         done = False
@@ -250,16 +272,17 @@ class Dispatcher:
         self,
         dw: Worker,
         job: Job,
+        sampling: pb2.SamplingParams,
         sub_id: str,
         resume: list[int],
         handle: pb2.KvHandle | None,
         first: int,
         known: list[int],
-    ) -> AsyncIterator[tuple[list[int], str | None]]:
+    ) -> AsyncIterator[Progress]:
         req = pb2.GenerateRequest(
             request_id=sub_id,
             prompt_token_ids=job.prompt_token_ids,
-            sampling=job.sampling,
+            sampling=sampling,
             resume_token_ids=resume,
         )
         if handle is not None:
@@ -288,7 +311,10 @@ class Dispatcher:
                         grpc.StatusCode.ABORTED, None, None, "worker aborted the request"
                     )
                 finished = finish is not None
-                yield ids, finish
+                # The logprobs of tokens dropped as already known go with them.
+                logprobs = tuple(chunk.logprobs[len(chunk.logprobs) - len(ids) :]) if chunk.logprobs else ()
+                prompt = chunk.prompt_logprobs if chunk.HasField("prompt_logprobs") else None
+                yield Progress(tuple(ids), finish, logprobs, prompt)
                 if finished:
                     return
         finally:

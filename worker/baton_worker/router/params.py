@@ -1,9 +1,10 @@
 """Validation of OpenAI request bodies into typed requests (pure).
 
 Every field is checked here; a bad one raises :class:`ApiError` 400 naming it. Parameters
-OpenAI defines but baton does not implement are accepted only at their default value
-(``n: 1``, ``echo: false``, ...) and refused otherwise, so a client never silently gets
-something other than what it asked for. Unknown fields are refused too.
+OpenAI defines but baton does not implement (``suffix``, ``logit_bias``, tools, a
+``response_format`` other than text) are accepted only at their default value and refused
+otherwise, so a client never silently gets something other than what it asked for. Unknown
+fields are refused too.
 """
 
 from __future__ import annotations
@@ -15,17 +16,12 @@ from typing import Any
 from .errors import ApiError, bad_param, unsupported
 
 MAX_STOP_STRINGS = 4
+MAX_N = 16  # choices per request (n, best_of)
+MAX_LOGPROBS = 20  # alternatives per token
 UINT64 = 1 << 64
 
 # Fields accepted only at these "off" values (anything else is refused as unsupported).
 _DEFAULT_ONLY: dict[str, tuple[Any, ...]] = {
-    "n": (None, 1),
-    "best_of": (None, 1),
-    "echo": (None, False),
-    "logprobs": (None, False, 0),
-    "top_logprobs": (None, 0),
-    "frequency_penalty": (None, 0, 0.0),
-    "presence_penalty": (None, 0, 0.0),
     "logit_bias": (None, {}),
     "suffix": (None, ""),
     "tools": (None, []),
@@ -49,10 +45,19 @@ _SAMPLING = {
     "ignore_eos",
     "stream",
     "stream_options",
+    "n",
+    "logprobs",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "min_tokens",
 }
-COMPLETION_FIELDS = _SAMPLING | {"prompt"} | set(_DEFAULT_ONLY) | _IGNORED
-CHAT_FIELDS = _SAMPLING | {"messages", "max_completion_tokens"} | set(_DEFAULT_ONLY) | _IGNORED
+COMPLETION_FIELDS = _SAMPLING | {"prompt", "echo", "best_of"} | set(_DEFAULT_ONLY) | _IGNORED
+CHAT_FIELDS = (
+    _SAMPLING | {"messages", "max_completion_tokens", "top_logprobs"} | set(_DEFAULT_ONLY) | _IGNORED
+)
 CHAT_ROLES = ("system", "user", "assistant", "developer", "tool")
+_MESSAGE_KEYS = {"role", "content", "name", "tool_call_id"}
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,16 @@ class ParsedRequest:
     ignore_eos: bool = False
     stream: bool = False
     include_usage: bool = False
+    n: int = 1  # choices returned
+    best_of: int = 1  # choices generated (completions): the n most likely are returned
+    echo: bool = False  # completions: the prompt precedes the output (and its logprobs)
+    # Alternatives per token when logprobs are asked for (completions: `logprobs`; chat:
+    # `top_logprobs` with `logprobs: true`); None: no logprobs.
+    logprobs: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    min_tokens: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -181,9 +196,15 @@ def _common(body: dict[str, Any], kind: str, allowed: set[str]) -> dict[str, Any
         if not stream:
             raise bad_param("stream_options", "'stream_options' is only allowed when 'stream' is true")
         include_usage = _bool(stream_options, "include_usage")
+    n = _int(body, "n", 1, MAX_N) or 1
     return {
         "kind": kind,
         "model": model,
+        "n": n,
+        "presence_penalty": _number(body, "presence_penalty", 0.0, -2.0, 2.0),
+        "frequency_penalty": _number(body, "frequency_penalty", 0.0, -2.0, 2.0),
+        "repetition_penalty": _number(body, "repetition_penalty", 1.0, 0.0, 2.0, lo_open=True),
+        "min_tokens": _int(body, "min_tokens", 0) or 0,
         "temperature": _number(body, "temperature", 1.0, 0.0, 2.0),
         "top_p": _number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
         "top_k": max(0, _int(body, "top_k", -1) or 0),  # -1 and 0 both mean off
@@ -220,12 +241,32 @@ def parse_completion(body: Any) -> ParsedRequest:
         raise bad_param("prompt", "'prompt' must be a string or a list of token ids", code="invalid_type")
     if ids is not None and not ids or text == "":
         raise bad_param("prompt", "'prompt' must not be empty")
+    echo = _bool(body, "echo")
+    # max_tokens 0 scores the prompt alone (echo + logprobs: what evaluation harnesses send).
+    max_tokens = _int(body, "max_tokens", 0 if echo else 1) if body.get("max_tokens") is not None else 16
+    logprobs = _int(body, "logprobs", 0, MAX_LOGPROBS)
+    best_of = _int(body, "best_of", 1, MAX_N) or fields["n"]
+    if best_of < fields["n"]:
+        raise bad_param("best_of", f"'best_of' must be >= 'n' ({fields['n']}), got {best_of}")
+    if best_of > fields["n"] and fields["stream"]:
+        raise bad_param(
+            "best_of", "'best_of' greater than 'n' cannot be streamed (the best are known at the end)"
+        )
+    _check_min_tokens(fields["min_tokens"], max_tokens)
     return ParsedRequest(
         prompt_text=text,
         prompt_token_ids=ids,
-        max_tokens=_int(body, "max_tokens", 1) if body.get("max_tokens") is not None else 16,
+        max_tokens=max_tokens,
+        echo=echo,
+        logprobs=logprobs,
+        best_of=best_of,
         **fields,
     )
+
+
+def _check_min_tokens(min_tokens: int, max_tokens: int | None) -> None:
+    if max_tokens is not None and min_tokens > max_tokens:
+        raise bad_param("min_tokens", f"'min_tokens' ({min_tokens}) must be <= 'max_tokens' ({max_tokens})")
 
 
 def _content(v: Any, i: int) -> str:
@@ -234,16 +275,26 @@ def _content(v: Any, i: int) -> str:
     if isinstance(v, list):
         parts = []
         for j, part in enumerate(v):
-            if (
-                not isinstance(part, dict)
-                or part.get("type") != "text"
-                or not isinstance(part.get("text"), str)
-            ):
+            if not isinstance(part, dict) or "type" not in part:
+                raise bad_param(
+                    f"messages[{i}].content[{j}]",
+                    "each content part must be an object with a 'type'",
+                    code="invalid_type",
+                )
+            if part["type"] != "text":
                 raise unsupported(f"messages[{i}].content[{j}]", "only text content parts are supported")
+            if not isinstance(part.get("text"), str):
+                raise bad_param(
+                    f"messages[{i}].content[{j}].text",
+                    "a text part needs a string 'text'",
+                    code="invalid_type",
+                )
             parts.append(part["text"])
         return "".join(parts)
     if v is None:
-        return ""
+        raise bad_param(
+            f"messages[{i}].content", f"messages[{i}] has no content", code="missing_required_parameter"
+        )
     raise bad_param(
         f"messages[{i}].content", "content must be a string or a list of text parts", code="invalid_type"
     )
@@ -262,10 +313,24 @@ def parse_chat(body: Any) -> ParsedRequest:
         role = m.get("role")
         if role not in CHAT_ROLES:
             raise bad_param(f"messages[{i}].role", f"role must be one of {list(CHAT_ROLES)}, got {role!r}")
+        unknown = sorted(set(m) - _MESSAGE_KEYS)
+        if unknown:
+            raise unsupported(
+                f"messages[{i}].{unknown[0]}", "tool calls and other message fields are not supported"
+            )
+        if "name" in m and not isinstance(m["name"], str):
+            raise bad_param(f"messages[{i}].name", "'name' must be a string", code="invalid_type")
         parsed.append(
             ChatMessage(role="system" if role == "developer" else role, content=_content(m.get("content"), i))
         )
     max_tokens = _int(body, "max_completion_tokens", 1)
     if max_tokens is None:
         max_tokens = _int(body, "max_tokens", 1)
-    return ParsedRequest(messages=tuple(parsed), max_tokens=max_tokens, **fields)
+    want = _bool(body, "logprobs")
+    top = _int(body, "top_logprobs", 0, MAX_LOGPROBS)
+    if top is not None and not want:
+        raise bad_param("top_logprobs", "'top_logprobs' needs 'logprobs' set to true")
+    _check_min_tokens(fields["min_tokens"], max_tokens)
+    return ParsedRequest(
+        messages=tuple(parsed), max_tokens=max_tokens, logprobs=(top or 0) if want else None, **fields
+    )

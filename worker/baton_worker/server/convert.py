@@ -15,6 +15,7 @@ from baton_worker.engine import (
     RequestTooLongError,
     SamplingParams,
 )
+from baton_worker.engine.types import TokenLogprob
 from baton_worker.kv.errors import KvCompatError, KvError, KvHandleError
 from baton_worker.rpc import pb2
 
@@ -36,7 +37,37 @@ def sampling_from_pb(msg: pb2.SamplingParams) -> SamplingParams:
         kwargs["max_tokens"] = int(msg.max_tokens)
     if msg.HasField("seed"):
         kwargs["seed"] = int(msg.seed)
+    for name in ("logprobs", "prompt_logprobs"):
+        if msg.HasField(name):
+            kwargs[name] = int(getattr(msg, name))
+    kwargs["presence_penalty"] = float(msg.presence_penalty)
+    kwargs["frequency_penalty"] = float(msg.frequency_penalty)
+    kwargs["repetition_penalty"] = float(msg.repetition_penalty) if msg.repetition_penalty else 1.0
+    kwargs["min_tokens"] = int(msg.min_tokens)
     return SamplingParams(**kwargs)  # type: ignore[arg-type]
+
+
+def logprob_to_pb(lp: TokenLogprob) -> pb2.TokenLogprob:
+    return pb2.TokenLogprob(
+        token_id=lp.token_id,
+        logprob=lp.logprob,
+        top_token_ids=[t for t, _ in lp.top],
+        top_logprobs=[v for _, v in lp.top],
+    )
+
+
+def logprob_from_pb(msg: pb2.TokenLogprob) -> TokenLogprob:
+    top = tuple(zip((int(t) for t in msg.top_token_ids), (float(v) for v in msg.top_logprobs), strict=True))
+    return TokenLogprob(int(msg.token_id), float(msg.logprob), top)
+
+
+def prompt_logprobs_to_pb(lps: tuple[TokenLogprob | None, ...]) -> pb2.PromptLogprobs:
+    """The first prompt token has no logprob: the message carries those of the others."""
+    return pb2.PromptLogprobs(tokens=[logprob_to_pb(lp) for lp in lps[1:] if lp is not None])
+
+
+def prompt_logprobs_from_pb(msg: pb2.PromptLogprobs) -> tuple[TokenLogprob | None, ...]:
+    return (None, *(logprob_from_pb(t) for t in msg.tokens))
 
 
 @dataclass(frozen=True)
@@ -75,7 +106,7 @@ def status_for(exc: BaseException) -> Status:
 
 def token_chunk(out: RequestOutput, kv_seconds: float = 0.0, kv_bytes: int = 0) -> pb2.TokenChunk:
     """A TokenChunk from an engine RequestOutput."""
-    return pb2.TokenChunk(
+    chunk = pb2.TokenChunk(
         token_ids=list(out.new_token_ids),
         text=out.text_delta,
         finish_reason=(out.finish_reason or "") if out.finished else "",
@@ -83,4 +114,8 @@ def token_chunk(out: RequestOutput, kv_seconds: float = 0.0, kv_bytes: int = 0) 
         completion_tokens=out.num_output_tokens,
         kv_transfer_seconds=kv_seconds,
         kv_transfer_bytes=kv_bytes,
+        logprobs=[logprob_to_pb(lp) for lp in out.logprobs],
     )
+    if out.prompt_logprobs is not None:
+        chunk.prompt_logprobs.CopyFrom(prompt_logprobs_to_pb(out.prompt_logprobs))
+    return chunk

@@ -15,7 +15,7 @@ import grpc
 from baton_worker.engine import LoadedModel, PrefillRunner
 from baton_worker.kv.source import KvSource, PullRefused
 from baton_worker.rpc import pb2, pb2_grpc
-from baton_worker.server.convert import sampling_from_pb, status_for
+from baton_worker.server.convert import logprob_to_pb, prompt_logprobs_to_pb, sampling_from_pb, status_for
 from baton_worker.server.lifecycle import Lifecycle, NotAccepting
 from baton_worker.server.metrics import LoadSnapshot, WorkerMetrics
 from baton_worker.server.prefill_stream import CallRefused, CallState, PrefillStreams
@@ -119,9 +119,14 @@ class PrefillService(pb2_grpc.PrefillWorkerServicer):
             # The caller gave up (deadline, disconnect, cancel): nobody will pull these blocks.
             self.source.release(request.request_id)
         self.metrics.request("ok")
-        return pb2.PrefillResponse(
+        reply = pb2.PrefillResponse(
             first_token=result.first_token, handle=handle, prefill_seconds=result.prefill_seconds
         )
+        if result.first_logprob is not None:
+            reply.first_logprob.CopyFrom(logprob_to_pb(result.first_logprob))
+        if result.prompt_logprobs is not None:
+            reply.prompt_logprobs.CopyFrom(prompt_logprobs_to_pb(result.prompt_logprobs))
+        return reply
 
     def Release(self, request: pb2.ReleaseRequest, context: grpc.ServicerContext) -> pb2.ReleaseResponse:  # noqa: N802
         if request.engine_id and request.engine_id != self.source.engine_id:
