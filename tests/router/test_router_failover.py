@@ -44,18 +44,26 @@ def _counter(text: str, pattern: str) -> float:
     return sum(float(m.group(1)) for m in re.finditer(rf"^{pattern}\S* (\S+)$", text, re.M))
 
 
-async def _burst(url: str, prompts: list[str], on_progress=None) -> list[tuple[str, int]]:  # type: ignore[no-untyped-def]
+async def _burst(url: str, prompts: list[str], on_progress=None) -> list[tuple[str, int, tuple]]:  # type: ignore[no-untyped-def]
     c = openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=0, timeout=300)
     received = [0]
 
-    async def one(i: int, p: str) -> tuple[str, int]:
-        # Half greedy, half seeded sampling; half streamed, half not.
+    async def one(i: int, p: str) -> tuple[str, int, tuple]:
+        # Half greedy, half seeded sampling; half streamed, half not (with logprobs: they too
+        # must survive a failover, one per token).
         kw = {"temperature": 0} if i % 2 else {"temperature": 0.7, "seed": 1000 + i}
         if i % 4 < 2:
             r = await c.completions.create(
-                model=MODEL, prompt=p, max_tokens=MAX_TOKENS, extra_body={"ignore_eos": True}, **kw
+                model=MODEL,
+                prompt=p,
+                max_tokens=MAX_TOKENS,
+                extra_body={"ignore_eos": True},
+                logprobs=1,
+                **kw,
             )
-            return r.choices[0].text, r.usage.completion_tokens
+            lps = r.choices[0].logprobs
+            assert len(lps.token_logprobs) == r.usage.completion_tokens
+            return r.choices[0].text, r.usage.completion_tokens, tuple(lps.token_logprobs)
         text, n = "", 0
         stream = await c.completions.create(
             model=MODEL,
@@ -74,7 +82,7 @@ async def _burst(url: str, prompts: list[str], on_progress=None) -> list[tuple[s
                     await on_progress(received[0])
             if chunk.usage:
                 n = chunk.usage.completion_tokens
-        return text, n
+        return text, n, ()
 
     try:
         return await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
@@ -87,7 +95,7 @@ def test_router_failover_kill_prefill_and_decode_during_burst_loses_nothing(stac
         f"request {i}: the prefill pool hands the cache to the decode pool, and then" for i in range(N)
     ]
     baseline = asyncio.run(_burst(stack.url, prompts))
-    assert all(n == MAX_TOKENS for _, n in baseline)
+    assert all(n == MAX_TOKENS for _, n, _ in baseline)
     before = _metrics(stack)
     killed: list[str] = []
 
@@ -105,7 +113,11 @@ def test_router_failover_kill_prefill_and_decode_during_burst_loses_nothing(stac
     assert killed == ["prefill-0", "decode-0"], f"the burst ended before both kill points: {killed}"
     assert len(during) == N
     for i, (got, want) in enumerate(zip(during, baseline, strict=True)):
-        assert got == want, f"request {i} differs after failover"
+        assert got[:2] == want[:2], f"request {i} differs after failover"
+        # The same tokens from the same model: logprobs equal up to batching's float noise.
+        assert len(got[2]) == len(want[2]) and all(
+            abs(a - b) < 1e-4 for a, b in zip(got[2], want[2], strict=True)
+        ), i
     after = _metrics(stack)
     assert _counter(after, 'baton_retries_total{reason="[a-z_]+",role="prefill"}') > _counter(
         before, 'baton_retries_total{reason="[a-z_]+",role="prefill"}'
@@ -117,4 +129,4 @@ def test_router_failover_kill_prefill_and_decode_during_burst_loses_nothing(stac
     )
     assert 'baton_workers{role="prefill",state="ejected"} 1.0' in _metrics(stack)
     # And serving goes on with the survivors.
-    assert asyncio.run(_burst(stack.url, prompts[:4])) == baseline[:4]
+    assert [r[:2] for r in asyncio.run(_burst(stack.url, prompts[:4]))] == [r[:2] for r in baseline[:4]]
