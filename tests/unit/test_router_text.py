@@ -67,3 +67,17 @@ def test_nothing_after_stop() -> None:
     t = TextAssembler(decode, ("X",))
     assert t.add(ids_of("aXb")) == "a"
     assert t.add(ids_of("more")) == "" and t.text == "a"
+
+
+def test_the_builtin_tokenizers_split_characters_never_reach_a_stream() -> None:
+    from baton_worker.router.tokenizer import load_tokenizer
+
+    tok = load_tokenizer("builtin://tiny")
+    text = "héllo 😀 日本"
+    ids = tok.encode(text)
+    # The tokenizer is byte-level: some tokens are fragments of one character.
+    assert any(tok.decode([i]) == "\ufffd" for i in ids)
+    t = TextAssembler(tok.decode)
+    deltas = [t.add([i]) for i in ids] + [t.flush()]
+    assert all("\ufffd" not in d for d in deltas), deltas
+    assert "".join(deltas) == tok.decode(ids) == t.text
