@@ -245,24 +245,27 @@ class Router:
 
     # -- tokenizer endpoints (vLLM's shapes) ----------------------------------------------------
 
+    async def _tokenizer_call(self, request: web.Request) -> tuple[dict, RouterTokenizer]:
+        body = await self._body(request)
+        if not isinstance(body, dict):
+            raise ApiError(400, "The request body must be a JSON object", code="invalid_json")
+        self._check_model(body.get("model"))
+        return body, await self.ensure_tokenizer()
+
     async def tokenize(self, request: web.Request) -> web.Response:
         """POST /tokenize {model, prompt | messages}: the server's own token ids."""
         try:
-            body = await self._body(request)
-            if not isinstance(body, dict):
-                raise ApiError(400, "The request body must be a JSON object", code="invalid_json")
-            self._check_model(body.get("model"))
-            tok = await self.ensure_tokenizer()
+            body, tok = await self._tokenizer_call(request)
             if "messages" in body:
-                parsed = parse_chat({"model": body["model"], "messages": body["messages"]})
-                ids = tok.encode_chat(parsed.messages)
+                ids = tok.encode_chat(
+                    parse_chat({"model": body["model"], "messages": body["messages"]}).messages
+                )
+            elif isinstance(body.get("prompt"), str):
+                ids = tok.encode(body["prompt"])
             else:
-                prompt = body.get("prompt")
-                if not isinstance(prompt, str):
-                    raise bad_param(
-                        "prompt", "'prompt' (a string) or 'messages' is required", code="invalid_type"
-                    )
-                ids = tok.encode(prompt)
+                raise bad_param(
+                    "prompt", "'prompt' (a string) or 'messages' is required", code="invalid_type"
+                )
         except ApiError as e:
             return self._error(e)
         return web.json_response({"count": len(ids), "max_model_len": self.max_model_len(), "tokens": ids})
@@ -270,11 +273,7 @@ class Router:
     async def detokenize(self, request: web.Request) -> web.Response:
         """POST /detokenize {model, tokens}: their text."""
         try:
-            body = await self._body(request)
-            if not isinstance(body, dict):
-                raise ApiError(400, "The request body must be a JSON object", code="invalid_json")
-            self._check_model(body.get("model"))
-            tok = await self.ensure_tokenizer()
+            body, tok = await self._tokenizer_call(request)
             ids = body.get("tokens")
             if not isinstance(ids, list) or not all(
                 isinstance(t, int) and not isinstance(t, bool) for t in ids

@@ -216,13 +216,16 @@ class Answer:
         async def send(obj: dict[str, Any]) -> None:
             await resp.write(fmt.sse(obj))
 
-        for c in self.choices:
-            if kind == "chat":
-                await send(
-                    fmt.stream_chunk(
-                        kind, self.request_id, self.created, p.model, "", None, role=True, index=c.index
-                    )
+        async def chunk(c: Choice, text: str | None, finish: str | None, **kw: Any) -> None:
+            await send(
+                fmt.stream_chunk(
+                    kind, self.request_id, self.created, p.model, text, finish, index=c.index, **kw
                 )
+            )
+
+        if kind == "chat":
+            for c in self.choices:
+                await chunk(c, "", None, role=True)
         echoed: set[int] = set()
         running = len(self.choices)
         item = first
@@ -242,48 +245,17 @@ class Answer:
                     delta, scored = self.account(c, ev)
                     if self._echoed(c) and c.index not in echoed:
                         echoed.add(c.index)
-                        prompt_lp = self._logprobs(c, c.prompt_scored or [], 0)
-                        await send(
-                            fmt.stream_chunk(
-                                kind,
-                                self.request_id,
-                                self.created,
-                                p.model,
-                                self.prompt_text,
-                                None,
-                                index=c.index,
-                                logprobs=prompt_lp,
-                            )
+                        await chunk(
+                            c, self.prompt_text, None, logprobs=self._logprobs(c, c.prompt_scored or [], 0)
                         )
                     if delta or scored:
                         offset = len(self.prompt_text) if self._echoed(c) else 0
                         lp = self._logprobs(c, scored, offset + len(c.text.text) - len(delta))
-                        await send(
-                            fmt.stream_chunk(
-                                kind,
-                                self.request_id,
-                                self.created,
-                                p.model,
-                                delta,
-                                None,
-                                index=c.index,
-                                logprobs=lp,
-                            )
-                        )
+                        await chunk(c, delta, None, logprobs=lp)
                     if c.finish:
                         # A stop string ends the choice here: its work on the workers stops too.
                         tasks[c.index].cancel()
-                        await send(
-                            fmt.stream_chunk(
-                                kind,
-                                self.request_id,
-                                self.created,
-                                p.model,
-                                None if kind == "chat" else "",
-                                c.finish,
-                                index=c.index,
-                            )
-                        )
+                        await chunk(c, None if kind == "chat" else "", c.finish)
             item = await queue.get()
         self._done()
         if p.include_usage:
