@@ -44,6 +44,7 @@ class Choice:
     prompt_scored: list[lps.Scored] | None = None
     completion_tokens: int = 0
     finish: str | None = None
+    last_token_at: float = 0.0  # for the inter-token latency of this choice
 
 
 class Answer:
@@ -63,7 +64,6 @@ class Answer:
         self.parsed = parsed
         self.tok = router.tokenizer
         self.arrival = arrival
-        self.last = arrival
         self.first_token_seen = False
         self.created = int(time.time())
         self.request_id = request_id
@@ -92,11 +92,11 @@ class Answer:
             if not self.first_token_seen:
                 self.first_token_seen = True
                 m.ttft.observe(now - self.arrival)
-                n -= 1
-            for _ in range(n):
-                m.itl.observe((now - self.last) / len(ev.token_ids))
-            self.last = now
-            c.completion_tokens += len(ev.token_ids)
+            gaps = n - 1 if c.completion_tokens == 0 else n  # a choice's first token has no gap
+            for _ in range(gaps):
+                m.itl.observe((now - (c.last_token_at or self.arrival)) / n)
+            c.last_token_at = now
+            c.completion_tokens += n
         scored = [lps.from_pb(lp) for lp in ev.logprobs]
         c.scored.extend(scored)
         delta = c.text.add(ev.token_ids)
@@ -120,10 +120,12 @@ class Answer:
 
     # -- logprobs and echo ------------------------------------------------------------------------
 
-    def _echoed(self, c: Choice) -> bool:
+    @property
+    def echoed(self) -> bool:
+        """Completions with echo: the prompt precedes each choice's output."""
         return self.parsed.kind == "completion" and self.parsed.echo
 
-    def _logprobs(self, c: Choice, scored: list[lps.Scored], offset: int) -> dict[str, Any] | None:
+    def _logprobs(self, scored: list[lps.Scored], offset: int) -> dict[str, Any] | None:
         top = self.parsed.logprobs
         if top is None:
             return None
@@ -134,10 +136,10 @@ class Answer:
     def _final_choice(self, c: Choice, index: int) -> dict[str, Any]:
         text = c.text.text if not self.prompt_only else ""
         scored = list(c.scored) if not self.prompt_only else []
-        if self._echoed(c):
+        if self.echoed:
             text = self.prompt_text + text
             scored = [*(c.prompt_scored or []), *scored]
-        return fmt.choice(self.parsed.kind, index, text, c.finish or "stop", self._logprobs(c, scored, 0))
+        return fmt.choice(self.parsed.kind, index, text, c.finish or "stop", self._logprobs(scored, 0))
 
     # -- running the choices ------------------------------------------------------------------
 
@@ -243,14 +245,14 @@ class Answer:
                 c, ev = item
                 if c.finish is None:
                     delta, scored = self.account(c, ev)
-                    if self._echoed(c) and c.index not in echoed:
+                    if self.echoed and c.index not in echoed:
                         echoed.add(c.index)
                         await chunk(
-                            c, self.prompt_text, None, logprobs=self._logprobs(c, c.prompt_scored or [], 0)
+                            c, self.prompt_text, None, logprobs=self._logprobs(c.prompt_scored or [], 0)
                         )
                     if delta or scored:
-                        offset = len(self.prompt_text) if self._echoed(c) else 0
-                        lp = self._logprobs(c, scored, offset + len(c.text.text) - len(delta))
+                        offset = len(self.prompt_text) if self.echoed else 0
+                        lp = self._logprobs(scored, offset + len(c.text.text) - len(delta))
                         await chunk(c, delta, None, logprobs=lp)
                     if c.finish:
                         # A stop string ends the choice here: its work on the workers stops too.
