@@ -9,7 +9,9 @@ pool and run in file order (the last one deletes it).
 
 from __future__ import annotations
 
+import json
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -239,6 +241,67 @@ def test_a_model_settings_change_rolls_the_pods(real_sandbox: Any, pool: dict[st
     )
     assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
     assert answers(pool["url"], MODEL)["completions"][0]
+
+
+def _namespace(sb: Any, level: str) -> str:
+    ns = f"pss-{level}-{uuid.uuid4().hex[:6]}"
+    sb.kubectl("create", "namespace", ns)
+    sb.kubectl("label", "namespace", ns, f"pod-security.kubernetes.io/enforce={level}")
+    return ns
+
+
+def test_a_restricted_namespace_runs_a_cpu_pool_and_refuses_an_rdma_one(
+    real_sandbox: Any, operator_pod: dict[str, Any]
+) -> None:
+    from openai import OpenAI
+
+    ns = _namespace(real_sandbox, "restricted")
+    try:
+        real_sandbox.kubectl("apply", "-n", ns, "-f", str(EXAMPLE))
+        for role in ("prefill", "decode", "router"):
+            wait_until(
+                lambda role=role: ready_pods(real_sandbox, sel(role), 1, ns),
+                START_S,
+                f"the {role} pod Ready in {ns}",
+            )
+        ip = real_sandbox.kubectl_json("get", "service", f"{POOL}-router", "-n", ns)["spec"]["clusterIP"]
+        out = OpenAI(
+            base_url=f"http://{ip}:8000/v1", api_key="unused", max_retries=0, timeout=120
+        ).completions.create(model=MODEL, prompt="restricted", max_tokens=4, temperature=0)
+        assert out.usage.completion_tokens == 4
+        # An RDMA pool's workers add IPC_LOCK: neither "restricted" nor "baseline" admits them.
+        rdma = {
+            "apiVersion": "baton.dev/v1alpha1",
+            "kind": "InferencePool",
+            "metadata": {"name": "rdma", "namespace": ns},
+            "spec": {"model": {"source": "builtin://tiny"}, "kvTransfer": {"rdmaResource": "rdma/ib"}},
+        }
+        real_sandbox.apply([rdma])
+        refused = wait_until(
+            lambda: [
+                e
+                for e in real_sandbox.kubectl_json("get", "events", "-n", ns)["items"]
+                if e["reason"] == "FailedCreate" and "IPC_LOCK" in e["message"]
+            ],
+            START_S,
+            "the RDMA pool's pods refused by PodSecurity",
+        )
+        assert "violates PodSecurity" in refused[0]["message"]
+        template = real_sandbox.kubectl_json("get", "deployment", "rdma-decode", "-n", ns)["spec"]["template"]
+        baseline = _namespace(real_sandbox, "baseline")
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "probe", "namespace": baseline},
+            "spec": template["spec"],
+        }
+        proc = real_sandbox.kubectl(
+            "create", "--dry-run=server", "-f", "-", input=json.dumps(pod), check=False
+        )
+        assert proc.returncode != 0 and "IPC_LOCK" in proc.stderr, proc.stderr
+        real_sandbox.kubectl("delete", "namespace", baseline, "--wait=false")
+    finally:
+        real_sandbox.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 
 def test_gpu_pools_still_land_on_the_simulated_gpu_nodes(

@@ -36,6 +36,27 @@ PRE_STOP_SECONDS = 5
 GRACE_SECONDS = {"prefill": 120, "decode": 600, "router": 60}
 ROUTER_RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
 CONFIG_HASH_ANNOTATION = "baton.dev/config-hash"
+# The images' non-root user (images/*.Containerfile).
+RUN_AS = 65532
+# Pods meet the Pod Security Standard "restricted": non-root, seccomp RuntimeDefault, no
+# privilege escalation, every capability dropped, a read-only root filesystem (writable:
+# /tmp, the model cache, /dev/shm). RDMA pools add IPC_LOCK (registering memory with a NIC pins
+# pages), which "restricted" forbids: their namespace needs "baseline".
+POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS,
+    "runAsGroup": RUN_AS,
+    "fsGroup": RUN_AS,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def container_security(add: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A container's securityContext: read-only root, no escalation, only the ``add`` capabilities."""
+    caps: dict[str, Any] = {"drop": ["ALL"]}
+    if add:
+        caps["add"] = list(add)
+    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": caps}
 
 
 def worker_config(pool: Pool) -> dict[str, Any]:
@@ -135,10 +156,13 @@ def _volumes(pool: Pool, shm: bool = True) -> tuple[list[dict[str, Any]], list[d
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": config_map_name(pool)}},
         {"name": "model-cache", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
         {"name": "model-cache", "mountPath": "/var/cache/baton"},
+        # HOME: caches of the Python libraries; the root filesystem is read-only.
+        {"name": "tmp", "mountPath": "/tmp"},
     ]
     if shm:
         volumes.insert(0, {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}})
@@ -191,10 +215,8 @@ def _spread(pool: Pool, role: str) -> list[dict[str, Any]]:
 def worker_pod_template(pool: Pool, role: RoleSpec) -> dict[str, Any]:
     """Pod template of a prefill or decode worker: GPUs, GPU-type node selector, probes, drain."""
     volumes, mounts = _volumes(pool)
-    security: dict[str, Any] = {"allowPrivilegeEscalation": False}
-    if pool.spec.kv_transfer.rdma_resource:
-        # Registering memory with an RDMA NIC pins pages.
-        security["capabilities"] = {"add": ["IPC_LOCK"]}
+    # Registering memory with an RDMA NIC pins pages.
+    security = container_security(("IPC_LOCK",) if pool.spec.kv_transfer.rdma_resource else ())
     container: dict[str, Any] = {
         "name": "worker",
         "image": pool.spec.image,
@@ -234,6 +256,7 @@ def worker_pod_template(pool: Pool, role: RoleSpec) -> dict[str, Any]:
         "topologySpreadConstraints": _spread(pool, role.role),
         "terminationGracePeriodSeconds": GRACE_SECONDS[role.role],
         "automountServiceAccountToken": False,
+        "securityContext": POD_SECURITY,
         "volumes": volumes,
     }
     # Empty ones are left out as the API server leaves them out (a no-op resync compares them).
@@ -334,7 +357,7 @@ def build_router_deployment(pool: Pool) -> dict[str, Any]:
             "timeoutSeconds": 3,
             "failureThreshold": 6,
         },
-        "securityContext": {"allowPrivilegeEscalation": False},
+        "securityContext": container_security(),
     }
     return {
         "apiVersion": "apps/v1",
@@ -347,6 +370,7 @@ def build_router_deployment(pool: Pool) -> dict[str, Any]:
                 "metadata": {"labels": labels(pool, "router")},
                 "spec": {
                     "serviceAccountName": router_service_account_name(pool),
+                    "securityContext": POD_SECURITY,
                     "containers": [container],
                     "volumes": volumes,
                     "terminationGracePeriodSeconds": GRACE_SECONDS["router"],

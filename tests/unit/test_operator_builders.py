@@ -143,13 +143,13 @@ def test_user_node_selector_tolerations_affinity_resources_are_merged():
 def test_rdma_resource_and_ipc_lock_only_when_asked():
     plain = builders.build_decode_deployment(make_pool())["spec"]["template"]["spec"]["containers"][0]
     assert "rdma/ib" not in plain["resources"]["limits"]
-    assert "capabilities" not in plain["securityContext"]
+    assert plain["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     rdma = builders.build_decode_deployment(
         make_pool(kvTransfer={"backend": "nixl", "rdmaResource": "rdma/ib"})
     )
     container = rdma["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["rdma/ib"] == "1"
-    assert container["securityContext"]["capabilities"] == {"add": ["IPC_LOCK"]}
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["IPC_LOCK"]}
     assert "--kv-backend" in container["command"]
     assert container["command"][container["command"].index("--kv-backend") + 1] == "nixl"
 
@@ -256,3 +256,24 @@ def test_ucx_settings_go_to_both_worker_roles_and_not_the_router():
     assert not [kv for kv in env(builders.build_router_deployment(pool)) if kv[0].startswith("UCX_")]
     plain = builders.build_prefill_statefulset(make_pool())
     assert not [kv for kv in env(plain) if kv[0].startswith("UCX_")]
+
+
+def test_every_pod_meets_the_restricted_pod_security_standard():
+    pool = make_pool()
+    for build in (
+        builders.build_prefill_statefulset,
+        builders.build_decode_deployment,
+        builders.build_router_deployment,
+    ):
+        pod = build(pool)["spec"]["template"]["spec"]
+        sec = pod["securityContext"]
+        assert sec["runAsNonRoot"] is True and sec["runAsUser"] == 65532 != 0
+        assert sec["seccompProfile"] == {"type": "RuntimeDefault"}
+        (container,) = pod["containers"]
+        c = container["securityContext"]
+        assert c["allowPrivilegeEscalation"] is False and c["readOnlyRootFilesystem"] is True
+        assert c["capabilities"] == {"drop": ["ALL"]}
+        # With a read-only root, what the processes write has a volume.
+        mounts = {m["mountPath"] for m in container["volumeMounts"]}
+        assert {"/tmp", "/var/cache/baton"} <= mounts
+        assert all("hostPath" not in v for v in pod["volumes"])
