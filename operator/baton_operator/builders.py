@@ -11,6 +11,8 @@ import hashlib
 import json
 from typing import Any
 
+from baton_worker.router.auth import API_KEY_ENV
+
 from baton_operator.names import (
     MANAGED_BY,
     child_name,
@@ -341,13 +343,18 @@ def build_router_deployment(pool: Pool) -> dict[str, Any]:
     # The router loads the model's tokenizer (chat template, prompt lengths): it reads the model
     # source from the mounted config and the files from the model volume, but needs no /dev/shm.
     volumes, mounts = _volumes(pool, shm=False)
+    env = _env(pool, "router")
+    if router.api_key_secret is not None:
+        # From the Secret in the environment, never on the command line (visible to `ps`).
+        name, key = router.api_key_secret
+        env.append({"name": API_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}})
     container = {
         "name": "router",
         "image": pool.spec.image,
         "imagePullPolicy": "IfNotPresent",
         "command": router_command(pool),
         "ports": [{"name": "http", "containerPort": router.port, "protocol": "TCP"}],
-        "env": _env(pool, "router"),
+        "env": env,
         "volumeMounts": mounts,
         "resources": ROUTER_RESOURCES,
         "readinessProbe": _probe("/health", "http", 2, 3),

@@ -252,6 +252,23 @@ def spec_schema() -> S:
                             "port": integer("Service port.", default=8000, minimum=1, maximum=65535),
                         },
                     ),
+                    "auth": obj(
+                        "Who may call the router's API. Without it, anyone who reaches the Service may.",
+                        {
+                            "apiKeySecretRef": obj(
+                                "A Secret in the pool's namespace holding the API keys clients must send as "
+                                "'Authorization: Bearer KEY' (several separated by commas or newlines); "
+                                "others get OpenAI's 401. /health and /metrics stay open to probes and "
+                                "scrapers. The routers read the keys when they start: after changing them, "
+                                "restart the router Deployment (kubectl rollout restart deployment <pool>-router).",
+                                {
+                                    "name": string("The Secret's name.", minLength=1),
+                                    "key": string("The key in the Secret.", default="api-key", minLength=1),
+                                },
+                                required=["name"],
+                            )
+                        },
+                    ),
                 },
             ),
             "kvTransfer": obj(

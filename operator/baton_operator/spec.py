@@ -101,6 +101,8 @@ class RouterSpec:
     replicas: int = 1
     service_type: str = "ClusterIP"
     port: int = 8000
+    # spec.router.auth.apiKeySecretRef as (Secret name, key); None: no authentication.
+    api_key_secret: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -315,6 +317,19 @@ def _role(raw: Any, role: str, autoscaling: RoleAutoscaling) -> RoleSpec:
     )
 
 
+def _api_key_secret(raw: Any) -> tuple[str, str] | None:
+    auth = _obj(raw, "spec.router.auth")
+    if auth.get("apiKeySecretRef") is None:
+        return None
+    ref = _obj(auth["apiKeySecretRef"], "spec.router.auth.apiKeySecretRef")
+    path = "spec.router.auth.apiKeySecretRef"
+    name = _str(ref, "name", path, "")
+    if not name:
+        raise SpecError(f"{path}.name", "is required")
+    key = _str(ref, "key", path, "api-key") or "api-key"
+    return name, key
+
+
 def parse_spec(raw: Any, pool_name: str, default_image: str) -> PoolSpec:
     """Parse ``spec`` of an InferencePool, applying the CRD's defaults.
 
@@ -349,6 +364,7 @@ def parse_spec(raw: Any, pool_name: str, default_image: str) -> PoolSpec:
             replicas=_int(router, "replicas", "spec.router", 1, minimum=0),
             service_type=_str(service, "type", "spec.router.service", "ClusterIP", SERVICE_TYPES),
             port=auto.router_port,
+            api_key_secret=_api_key_secret(router.get("auth")),
         ),
         kv_transfer=KvTransferSpec(
             backend=_str(kv, "backend", "spec.kvTransfer", "auto", KV_BACKENDS),

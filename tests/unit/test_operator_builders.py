@@ -277,3 +277,17 @@ def test_every_pod_meets_the_restricted_pod_security_standard():
         mounts = {m["mountPath"] for m in container["volumeMounts"]}
         assert {"/tmp", "/var/cache/baton"} <= mounts
         assert all("hostPath" not in v for v in pod["volumes"])
+
+
+def test_the_router_reads_its_api_keys_from_the_secret_in_its_environment():
+    plain = builders.build_router_deployment(make_pool())["spec"]["template"]["spec"]["containers"][0]
+    assert not [e for e in plain["env"] if e["name"] == "BATON_API_KEY"]
+    pool = make_pool(router={"auth": {"apiKeySecretRef": {"name": "llm-keys"}}})
+    (router,) = builders.build_router_deployment(pool)["spec"]["template"]["spec"]["containers"]
+    (env,) = [e for e in router["env"] if e["name"] == "BATON_API_KEY"]
+    assert env["valueFrom"] == {"secretKeyRef": {"name": "llm-keys", "key": "api-key"}}
+    assert not any("llm-keys" in arg for arg in router["command"])
+    # The workers never see it.
+    for build in (builders.build_prefill_statefulset, builders.build_decode_deployment):
+        (worker,) = build(pool)["spec"]["template"]["spec"]["containers"]
+        assert not [e for e in worker["env"] if e["name"] == "BATON_API_KEY"]

@@ -86,6 +86,10 @@ def test_a_cpu_role_uses_no_gpu():
         ),
         ({"model": {"source": "builtin://tiny"}, "decode": {"device": "tpu"}}, "spec.decode.device"),
         (
+            {"model": {"source": "builtin://tiny"}, "router": {"auth": {"apiKeySecretRef": {"key": "k"}}}},
+            "spec.router.auth.apiKeySecretRef.name",
+        ),
+        (
             {"model": {"source": "builtin://tiny"}, "prefill": {"device": "cpu", "tensorParallelSize": 2}},
             "spec.prefill.tensorParallelSize",
         ),

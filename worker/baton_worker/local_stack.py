@@ -23,6 +23,8 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 
+from baton_worker.router.auth import API_KEY_ENV
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -51,6 +53,7 @@ class Child:
     ready: threading.Event = field(default_factory=threading.Event)
     restarts: int = 0
     started_at: float = 0.0
+    env: dict[str, str] = field(default_factory=dict)  # on top of this process's environment
 
     def start(self, out: queue.Queue) -> None:
         self.ready.clear()
@@ -64,6 +67,7 @@ class Child:
             preexec_fn=_child_setup,
             text=True,
             bufsize=1,
+            env={**os.environ, **self.env} if self.env else None,
         )
         threading.Thread(target=self._pump, args=(self.proc, out), daemon=True).start()
 
@@ -114,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="router: prompts this short prefill on decode",
+    )
+    p.add_argument(
+        "--api-key",
+        default="",
+        help="clients must send 'Authorization: Bearer KEY' (401 otherwise); handed to the router in "
+        "its environment, not on its command line",
     )
     p.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for every process")
     p.add_argument("--no-restart", action="store_true", help="do not restart a worker that exits")
@@ -166,7 +176,8 @@ def plan(a: argparse.Namespace) -> list[Child]:
     if a.local_prefill_max_tokens is not None:
         cmd += ["--local-prefill-max-tokens", str(a.local_prefill_max_tokens)]
     host = f"[{a.host}]" if ":" in a.host else a.host
-    children.append(Child("router", cmd, "baton router ready", address=f"{host}:{port}"))
+    env = {API_KEY_ENV: a.api_key} if a.api_key else {}
+    children.append(Child("router", cmd, "baton router ready", address=f"{host}:{port}", env=env))
     return children
 
 

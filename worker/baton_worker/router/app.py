@@ -20,6 +20,7 @@ from aiohttp import web
 from baton_worker.rpc import pb2
 
 from . import openai_format as fmt
+from .auth import refusal
 from .dispatch import DispatchConfig, Dispatcher, Job
 from .errors import ApiError, bad_param, model_not_found, overloaded, unavailable
 from .metrics import RouterMetrics
@@ -39,6 +40,7 @@ class RouterConfig:
     max_inflight: int = 1024  # above this, 429 with Retry-After
     max_model_len: int = 0  # 0: the smallest the decode workers report
     dispatch: DispatchConfig = field(default_factory=DispatchConfig)
+    api_keys: tuple[str, ...] = ()  # empty: no authentication
 
 
 class Router:
@@ -56,7 +58,7 @@ class Router:
         )
         self.dispatcher = Dispatcher(prefill, decode, cfg.dispatch, self.metrics)
         self.created = int(time.time())
-        app = self.app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app = self.app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._authenticate])
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_get("/v1/models", self.models)
@@ -65,6 +67,13 @@ class Router:
         app.router.add_get("/health", self.health)
         app.router.add_get("/livez", self.livez)
         app.router.add_get("/metrics", self.metrics_page)
+
+    @web.middleware
+    async def _authenticate(self, request: web.Request, handler) -> web.StreamResponse:  # type: ignore[no-untyped-def]
+        refused = refusal(self.cfg.api_keys, request.path, request.headers.get("Authorization"))
+        if refused is not None:
+            return self._error(refused)
+        return await handler(request)
 
     # -- model and tokenizer ------------------------------------------------------------------
 

@@ -10,10 +10,12 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 from aiohttp import web
 
 from .app import Router, RouterConfig
+from .auth import API_KEY_ENV, parse_keys
 from .discovery import EndpointSliceWatcher, parse_static
 from .dispatch import DispatchConfig
 from .errors import ApiError
@@ -46,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--max-attempts", type=int, default=DispatchConfig.max_attempts)
     d.add_argument("--health-interval", type=float, default=PoolConfig.poll_interval_s)
+    p.add_argument(
+        "--api-key-file",
+        default="",
+        help="file of API keys clients must send as 'Authorization: Bearer KEY' (one per line or "
+        "comma-separated; default: $BATON_API_KEY; none: no authentication)",
+    )
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -61,6 +69,19 @@ def model_source_from_config(path: str | None) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None
     return source if isinstance(source, str) and source else None
+
+
+def api_keys(path: str) -> tuple[str, ...]:
+    """The API keys of ``--api-key-file``, else of $BATON_API_KEY; ValueError naming the flag."""
+    if path:
+        try:
+            keys = parse_keys(Path(path).read_text())
+        except OSError as e:
+            raise ValueError(f"--api-key-file {path}: {e.strerror}") from None
+        if not keys:
+            raise ValueError(f"--api-key-file {path}: no key in it")
+        return keys
+    return parse_keys(os.environ.get(API_KEY_ENV, ""))
 
 
 def config_from_args(a: argparse.Namespace) -> tuple[RouterConfig, PoolConfig]:
@@ -89,6 +110,7 @@ def config_from_args(a: argparse.Namespace) -> tuple[RouterConfig, PoolConfig]:
         max_inflight=a.max_inflight,
         max_model_len=a.max_model_len,
         dispatch=dispatch,
+        api_keys=api_keys(a.api_key_file),
     )
     return cfg, PoolConfig(poll_interval_s=a.health_interval)
 
