@@ -64,6 +64,9 @@ def real_sandbox() -> Iterator[Sandbox]:
     if os.geteuid() != 0:
         pytest.fail("the real-node tests need root (kubelet, containerd and CNI); run `make e2e` as root")
     state_dir = real_node_state_dir()
+    # A sandbox whose processes died with the machine leaves its node's changes behind: clear
+    # them first, so `before` is the machine as it was without any sandbox.
+    cluster.clear_stale(state_dir, log=lambda msg: print(f"[real-node] {msg}"))
     before = machine_state(state_dir)
     handle, started = cluster.up(state_dir, real_node=True, log=lambda msg: print(f"[real-node] {msg}"))
     if not started:

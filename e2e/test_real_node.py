@@ -250,14 +250,26 @@ def _namespace(sb: Any, level: str) -> str:
     return ns
 
 
-def test_a_restricted_namespace_runs_a_cpu_pool_and_refuses_an_rdma_one(
+def test_a_restricted_namespace_runs_a_keyed_cpu_pool_and_refuses_an_rdma_one(
     real_sandbox: Any, operator_pod: dict[str, Any]
 ) -> None:
-    from openai import OpenAI
+    import yaml
+    from openai import AuthenticationError, OpenAI
 
     ns = _namespace(real_sandbox, "restricted")
+    key = f"sk-{uuid.uuid4().hex}"
     try:
-        real_sandbox.kubectl("apply", "-n", ns, "-f", str(EXAMPLE))
+        # The router asks for an API key read from a Secret (spec.router.auth.apiKeySecretRef).
+        keyed = yaml.safe_load(EXAMPLE.read_text())
+        keyed["metadata"]["namespace"] = ns
+        keyed["spec"]["router"]["auth"] = {"apiKeySecretRef": {"name": "router-keys"}}
+        secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "router-keys", "namespace": ns},
+            "stringData": {"api-key": key},
+        }
+        real_sandbox.apply([secret, keyed])
         for role in ("prefill", "decode", "router"):
             wait_until(
                 lambda role=role: ready_pods(real_sandbox, sel(role), 1, ns),
@@ -265,10 +277,18 @@ def test_a_restricted_namespace_runs_a_cpu_pool_and_refuses_an_rdma_one(
                 f"the {role} pod Ready in {ns}",
             )
         ip = real_sandbox.kubectl_json("get", "service", f"{POOL}-router", "-n", ns)["spec"]["clusterIP"]
-        out = OpenAI(
-            base_url=f"http://{ip}:8000/v1", api_key="unused", max_retries=0, timeout=120
-        ).completions.create(model=MODEL, prompt="restricted", max_tokens=4, temperature=0)
+
+        def client(api_key: str) -> OpenAI:
+            return OpenAI(base_url=f"http://{ip}:8000/v1", api_key=api_key, max_retries=0, timeout=120)
+
+        out = client(key).completions.create(model=MODEL, prompt="restricted", max_tokens=4, temperature=0)
         assert out.usage.completion_tokens == 4
+        with pytest.raises(AuthenticationError) as refused_key:
+            client("sk-wrong").completions.create(model=MODEL, prompt="restricted", max_tokens=4)
+        assert refused_key.value.code == "invalid_api_key"
+        # The kubelet's probes still reach the open health endpoints.
+        code, _ = http_get(f"http://{ip}:8000/health")
+        assert code == 200
         # An RDMA pool's workers add IPC_LOCK: neither "restricted" nor "baseline" admits them.
         rdma = {
             "apiVersion": "baton.dev/v1alpha1",

@@ -288,13 +288,7 @@ def up(
             log(f"sandbox already up ({layout.state_dir})")
             return handle(layout, state), False
         if state is not None:
-            dead = [
-                p.name
-                for p in [*state.procs, *(state.node.procs if state.node else [])]
-                if not procs.is_running(p)
-            ]
-            log(f"sandbox state found but not healthy (stopped: {', '.join(dead) or 'none'}); restarting")
-            _stop_everything(layout, state)
+            _clear_dead(layout, state, log)
         t0 = time.monotonic()
 
         def progress(msg: str) -> None:
@@ -420,6 +414,27 @@ def _stop_everything(layout: Layout, state: State) -> list[str]:
 
         stuck += node_stop.stop(realnode.node_paths(layout.state_dir), state.node, cleanup_iptables)
     return stuck + stop_all(layout, state)
+
+
+def _clear_dead(layout: Layout, state: State, log: Callable[[str], None]) -> None:
+    dead = [
+        p.name for p in [*state.procs, *(state.node.procs if state.node else [])] if not procs.is_running(p)
+    ]
+    log(f"sandbox state found but not healthy (stopped: {', '.join(dead) or 'none'}); clearing it")
+    _stop_everything(layout, state)
+
+
+def clear_stale(state_dir: Path | None = None, log: Callable[[str], None] = print) -> bool:
+    """Undo what a sandbox whose processes died (machine restart, kill -9) left behind:
+    mounts, network namespaces, iptables chains, the bridge. A live sandbox is left alone.
+    Returns whether there was something to clear."""
+    layout = Layout(state_dir or default_state_dir())
+    with state_lock(layout):
+        state = load_state(layout)
+        if state is None or processes_alive(state):
+            return False
+        _clear_dead(layout, state, log)
+        return True
 
 
 def down(state_dir: Path | None = None, *, keep_state: bool = False) -> list[str]:
