@@ -19,6 +19,7 @@ from baton_worker.engine.detok import IncrementalDetokenizer
 from baton_worker.engine.kv_pool import KvBlockPool
 from baton_worker.engine.loader import LoadedModel
 from baton_worker.engine.model import PagedModel
+from baton_worker.engine.prefix_cache import reusable_blocks
 from baton_worker.engine.sampling import Row, prompt_logprobs, random_seed, sample_rows
 from baton_worker.engine.sequence import OutputCollector, Sequence
 from baton_worker.engine.types import (
@@ -70,11 +71,13 @@ class DecodeEngine:
         pool: KvBlockPool,
         max_batch_size: int = 64,
         max_prefill_tokens_per_step: int = 4096,
+        prefix_caching: bool = True,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size: must be >= 1, got {max_batch_size}")
         self.model = model
         self.pool = pool
+        self.prefix_caching = prefix_caching
         self.max_batch_size = max_batch_size
         self.max_prefill_tokens_per_step = max_prefill_tokens_per_step
         self.runner = PagedModel(model, pool)
@@ -191,19 +194,26 @@ class DecodeEngine:
             if seq.num_cached > 0 and not seq.needs_recompute:  # KV already in our blocks
                 self._waiting.popleft()
                 self._running.append(seq)
+                self._remember(seq)
                 pre = seq.request.prefilled
                 self._emit(seq, pre.first_token, collector, pre.first_logprob, pre.prompt_logprobs)
                 continue
             n = len(seq.tokens) if not seq.needs_recompute else len(seq.tokens) - 1
-            if to_prefill and n > budget:
+            hit = self._cached_prefix(seq, n)
+            if to_prefill and n - len(hit) * self.pool.block_size > budget:
+                self.pool.free(hit)
                 break
-            blocks = self.pool.allocate(self.pool.blocks_needed(n + 1))
+            blocks = self.pool.allocate(self.pool.blocks_needed(n + 1) - len(hit))
             if blocks is None:
+                self.pool.free(hit)
                 break
             self._waiting.popleft()
-            seq.block_ids = blocks
+            seq.block_ids = hit + blocks
+            seq.num_cached = len(hit) * self.pool.block_size  # where its prefill starts
+            if not seq.needs_recompute:
+                seq.cached_tokens = seq.num_cached
             to_prefill.append(seq)
-            budget -= n
+            budget -= n - seq.num_cached
         if not to_prefill:
             return
         prefixes = [
@@ -211,10 +221,9 @@ class DecodeEngine:
         ]
         # Prompt logprobs only with the first output of a request (never after a preemption).
         keep = [s.request.sampling.prompt_logprobs is not None and not s.needs_recompute for s in to_prefill]
-        if any(keep):
-            logits, full = self.runner.prefill_full(prefixes, [s.block_ids for s in to_prefill], keep)
-        else:
-            logits, full = self.runner.prefill(prefixes, [s.block_ids for s in to_prefill]), []
+        logits, full = self.runner.prefill_full(
+            prefixes, [s.block_ids for s in to_prefill], keep, [s.num_cached for s in to_prefill]
+        )
         fresh = [i for i, s in enumerate(to_prefill) if not s.needs_recompute]
         sampled = sample_rows(
             logits[fresh] if fresh else logits[:0], [self._row(to_prefill[i]) for i in fresh]
@@ -222,6 +231,7 @@ class DecodeEngine:
         for seq, prefix in zip(to_prefill, prefixes, strict=True):
             seq.num_cached = len(prefix)
             self._running.append(seq)
+            self._remember(seq)
         for i, (tok, lp) in zip(fresh, sampled, strict=True):
             seq = to_prefill[i]
             prompt_lps = None
@@ -233,6 +243,24 @@ class DecodeEngine:
             self._emit(seq, tok, collector, lp, prompt_lps)
         for seq in to_prefill:
             seq.needs_recompute = False
+
+    def _cached_prefix(self, seq: Sequence, n: int) -> list[int]:
+        """Held cached blocks of the longest cached prefix of the ``n`` tokens to prefill."""
+        if not self.prefix_caching:
+            return []
+        if seq.request.sampling.prompt_logprobs is not None and not seq.needs_recompute:
+            return []  # every prompt position's logits are needed: compute them all
+        seq.hashes = self.pool.prefix_hashes(seq.tokens[:n], seq.hashes[: n // self.pool.block_size])
+        reuse = reusable_blocks(n, self.pool.block_size, must_compute_last=True)
+        return self.pool.match_prefix(seq.hashes[:reuse])
+
+    def _remember(self, seq: Sequence) -> None:
+        """Name the full blocks whose KV is written, so later requests with this prefix reuse them."""
+        if not self.prefix_caching or not seq.block_ids:
+            return
+        full = seq.num_cached // self.pool.block_size
+        seq.hashes = self.pool.prefix_hashes(seq.tokens[: full * self.pool.block_size], seq.hashes[:full])
+        self.pool.register(seq.block_ids[:full], seq.hashes)
 
     def _row(self, seq: Sequence) -> Row:
         return Row(
@@ -275,6 +303,7 @@ class DecodeEngine:
                 i += 1
                 continue
             self._running.pop()
+            self._remember(victim)  # its recompute may then find most of its KV still cached
             self.pool.free(victim.block_ids)
             victim.block_ids = []
             victim.needs_recompute = True
@@ -308,6 +337,7 @@ class DecodeEngine:
 
     def _release(self, seq: Sequence) -> None:
         if seq.block_ids:
+            self._remember(seq)  # a follow-up turn of this conversation starts with these tokens
             self.pool.free(seq.block_ids)
             seq.block_ids = []
         with self._inbox_lock:

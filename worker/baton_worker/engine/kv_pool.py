@@ -4,16 +4,26 @@ Layout "LNKHBD": ``storage[num_layers, num_blocks, 2 (K, V), num_kv_heads, block
 Token ``t`` of a sequence lives in ``block_ids[t // block_size]``, slot ``t % block_size``. One
 (layer, block, K|V, head range) is a contiguous run of bytes, so the KV transfer registers the
 whole tensor once and reads exactly the runs it needs (see docs/internals.md).
+
+Prefix caching: blocks are reference-counted. A full block can be named by its chained hash
+(:mod:`baton_worker.engine.prefix_cache`) with :meth:`KvBlockPool.register`; when its last holder
+frees it, it stays cached, evictable, and :meth:`KvBlockPool.match_prefix` hands it to the next
+request with the same prefix. Evictable blocks count as free: an allocation that finds no free
+block evicts the least recently used cached one, so caching never refuses or delays a request.
 """
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from baton_worker.engine.prefix_cache import cache_salt, extend_hashes
 
 LAYOUT = "LNKHBD"
 DEFAULT_BLOCK_SIZE = 16
@@ -43,10 +53,21 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 @dataclass(frozen=True)
 class PoolUsage:
-    free_blocks: int
+    free_blocks: int  # free or cached-and-evictable
     total_blocks: int
     waiters: int  # callers blocked in allocate_blocking
     waiting_tokens: int  # tokens those callers want room for
+    cached_blocks: int = 0  # blocks named by a prefix hash (held or evictable)
+
+
+@dataclass(frozen=True)
+class PrefixCacheStats:
+    """Counters since the pool was made (tokens are whole blocks)."""
+
+    queried_tokens: int
+    hit_tokens: int
+    evicted_blocks: int
+    cached_blocks: int
 
 
 class KvBlockPool:
@@ -66,6 +87,7 @@ class KvBlockPool:
         block_size: int = DEFAULT_BLOCK_SIZE,
         num_blocks: int | None = None,
         memory_bytes: int | None = None,
+        fingerprint: str = "",
     ) -> None:
         if block_size < 1:
             raise ValueError(f"block_size: must be >= 1, got {block_size}")
@@ -94,6 +116,8 @@ class KvBlockPool:
                 else f"num_blocks: must be >= 1, got {num_blocks}"
             )
         self.num_blocks = num_blocks
+        # Names the weights in prefix hashes: blocks of two models never share a name.
+        self.cache_salt = cache_salt(fingerprint, dtype_name(self.dtype), block_size, LAYOUT)
         # zeros, not empty: a block read before it was written must not hold NaNs from old memory.
         self.storage = torch.zeros(
             (num_layers, num_blocks, 2, num_kv_heads, block_size, head_dim), dtype=self.dtype, device=device
@@ -101,9 +125,16 @@ class KvBlockPool:
         self._cond = threading.Condition()
         # Lowest ids are handed out first (a stack popped from the end).
         self._free: list[int] = list(range(num_blocks - 1, -1, -1))
-        self._allocated = bytearray(num_blocks)
+        self._refs = [0] * num_blocks
         self._waiters = 0
         self._waiting_tokens = 0
+        # Prefix cache: block <-> hash for named blocks; the named blocks nobody holds, oldest first.
+        self._hash_of: dict[int, bytes] = {}
+        self._block_of: dict[bytes, int] = {}
+        self._evictable: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self._queried_tokens = 0
+        self._hit_tokens = 0
+        self._evicted = 0
 
     @classmethod
     def for_model(
@@ -125,6 +156,7 @@ class KvBlockPool:
             block_size=block_size,
             num_blocks=num_blocks,
             memory_bytes=memory_bytes,
+            fingerprint=model.fingerprint,
         )
 
     @property
@@ -133,8 +165,9 @@ class KvBlockPool:
 
     @property
     def num_free(self) -> int:
+        """Blocks an allocation can take now: free ones plus cached ones nobody holds."""
         with self._cond:
-            return len(self._free)
+            return len(self._free) + len(self._evictable)
 
     def blocks_needed(self, num_tokens: int) -> int:
         """Blocks that hold ``num_tokens`` tokens."""
@@ -148,11 +181,17 @@ class KvBlockPool:
             return self._take(n)
 
     def _take(self, n: int) -> list[int] | None:
-        if n > len(self._free):
+        if n > len(self._free) + len(self._evictable):
             return None
-        ids = [self._free.pop() for _ in range(n)]
+        ids = [self._free.pop() for _ in range(min(n, len(self._free)))]
+        while len(ids) < n:
+            # The least recently used cached block loses its name and is reused.
+            b, _ = self._evictable.popitem(last=False)
+            del self._block_of[self._hash_of.pop(b)]
+            self._evicted += 1
+            ids.append(b)
         for b in ids:
-            self._allocated[b] = 1
+            self._refs[b] = 1
         return ids
 
     def allocate_blocking(self, n: int, timeout: float, num_tokens: int = 0) -> list[int] | None:
@@ -185,23 +224,93 @@ class KvBlockPool:
                 self._waiting_tokens -= num_tokens
 
     def free(self, block_ids: list[int] | tuple[int, ...]) -> None:
-        """Return blocks to the pool. Freeing a block that is not allocated raises ValueError
-        (and frees nothing), because it means two owners believed they held it."""
+        """Drop one reference to each block; a block nobody holds goes back to the pool (or,
+        named by a prefix hash, stays cached and evictable). Freeing a block not held, or the
+        same block twice in one call, raises ValueError and frees nothing: it means two owners
+        believed they held the same reference."""
         with self._cond:
             seen: set[int] = set()
             for b in block_ids:
-                if not 0 <= b < self.num_blocks or not self._allocated[b] or b in seen:
+                if not 0 <= b < self.num_blocks or not self._refs[b] or b in seen:
                     raise ValueError(f"block_ids: block {b} is not allocated (double free?)")
                 seen.add(b)
             for b in block_ids:
-                self._allocated[b] = 0
-                self._free.append(b)
+                self._refs[b] -= 1
+                if self._refs[b]:
+                    continue
+                if b in self._hash_of:
+                    self._evictable[b] = None
+                else:
+                    self._free.append(b)
             if block_ids:
                 self._cond.notify_all()
 
+    # ---- prefix cache --------------------------------------------------------------------------
+    def match_prefix(self, hashes: Sequence[bytes]) -> list[int]:
+        """Take a reference to the cached blocks of the longest cached prefix of ``hashes``
+        (one hash per full block, in order); the caller frees them like allocated blocks."""
+        with self._cond:
+            found: list[int] = []
+            for h in hashes:
+                b = self._block_of.get(h)
+                if b is None:
+                    break
+                found.append(b)
+            for b in found:
+                self._refs[b] += 1
+                self._evictable.pop(b, None)
+            self._queried_tokens += len(hashes) * self.block_size
+            self._hit_tokens += len(found) * self.block_size
+            return found
+
+    def register(self, block_ids: Sequence[int], hashes: Sequence[bytes]) -> int:
+        """Name held, fully written blocks by their prefix hashes so later requests can reuse
+        them. A hash already naming another block, or a block already named, is left as it is.
+        Returns how many blocks were newly named."""
+        named = 0
+        with self._cond:
+            for b, h in zip(block_ids, hashes, strict=False):
+                if not self._refs[b]:
+                    raise ValueError(f"block_ids: block {b} is not allocated")
+                if h in self._block_of or b in self._hash_of:
+                    continue
+                self._block_of[h] = b
+                self._hash_of[b] = h
+                named += 1
+        return named
+
+    def prefix_hashes(self, token_ids: Sequence[int], known: Sequence[bytes] = ()) -> list[bytes]:
+        """The chained hashes of every full block of ``token_ids`` (``known``: the first ones)."""
+        return extend_hashes(known, token_ids, self.block_size, self.cache_salt)
+
+    def cached_prefix_blocks(self, hashes: Sequence[bytes]) -> int:
+        """How many leading ``hashes`` are cached now (takes nothing)."""
+        with self._cond:
+            n = 0
+            for h in hashes:
+                if h not in self._block_of:
+                    break
+                n += 1
+            return n
+
+    def prefix_stats(self) -> PrefixCacheStats:
+        with self._cond:
+            return PrefixCacheStats(self._queried_tokens, self._hit_tokens, self._evicted, len(self._hash_of))
+
+    def leaked_blocks(self) -> list[int]:
+        """Blocks still held by someone (for tests: empty once every request is done)."""
+        with self._cond:
+            return [b for b, r in enumerate(self._refs) if r]
+
     def usage(self) -> PoolUsage:
         with self._cond:
-            return PoolUsage(len(self._free), self.num_blocks, self._waiters, self._waiting_tokens)
+            return PoolUsage(
+                len(self._free) + len(self._evictable),
+                self.num_blocks,
+                self._waiters,
+                self._waiting_tokens,
+                len(self._hash_of),
+            )
 
     def block_view(self, layer: int, block_id: int) -> torch.Tensor:
         """The ``[2, num_kv_heads, block_size, head_dim]`` view of one (layer, block)."""

@@ -78,17 +78,117 @@ class PagedModel:
         x = x + layer.self_attn.o_proj(attn_out.transpose(1, 2).reshape(b, t, self._hq * self._d))
         return x + layer.mlp(layer.post_attention_layernorm(x))
 
-    def prefill(self, token_ids: list[list[int]], block_tables: list[list[int]]) -> torch.Tensor:
-        """Run whole prefixes from position 0, write their KV into their blocks, return the
-        float32 logits of each sequence's last token, shape ``[B, vocab]``."""
-        return self.prefill_full(token_ids, block_tables, ())[0]
+    def prefill(
+        self, token_ids: list[list[int]], block_tables: list[list[int]], starts: Sequence[int] = ()
+    ) -> torch.Tensor:
+        """Run whole prefixes, write their KV into their blocks, return the float32 logits of
+        each sequence's last token, shape ``[B, vocab]``. ``starts[b]`` tokens of sequence ``b``
+        (a whole number of blocks) already have their KV in its first blocks (a prefix cache
+        hit): only the rest is computed, attending to the cached KV."""
+        return self.prefill_full(token_ids, block_tables, (), starts)[0]
 
-    @torch.inference_mode()
     def prefill_full(
-        self, token_ids: list[list[int]], block_tables: list[list[int]], keep: Sequence[bool]
+        self,
+        token_ids: list[list[int]],
+        block_tables: list[list[int]],
+        keep: Sequence[bool],
+        starts: Sequence[int] = (),
     ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
         """:meth:`prefill`, plus the float32 logits of every position ``[T, vocab]`` of the
-        sequences whose ``keep`` flag is set (for prompt logprobs; None for the others)."""
+        sequences whose ``keep`` flag is set (for prompt logprobs; None for the others). A
+        sequence that keeps its logits must start at 0."""
+        starts = list(starts) or [0] * len(token_ids)
+        if not any(starts):
+            return self._prefill_from_zero(token_ids, block_tables, keep)
+        keep = list(keep) + [False] * (len(token_ids) - len(keep))
+        if not any(keep):
+            return self._prefill_after_cached(token_ids, block_tables, starts), []
+        if any(k and s for k, s in zip(keep, starts, strict=True)):
+            raise ValueError("starts: a sequence keeping every position's logits must start at 0")
+        whole = [i for i, s in enumerate(starts) if s == 0]
+        rest = [i for i, s in enumerate(starts) if s > 0]
+        logits, part = self._prefill_from_zero(
+            [token_ids[i] for i in whole], [block_tables[i] for i in whole], [keep[i] for i in whole]
+        )
+        more = self._prefill_after_cached(
+            [token_ids[i] for i in rest], [block_tables[i] for i in rest], [starts[i] for i in rest]
+        )
+        rows = {i: logits[k] for k, i in enumerate(whole)} | {i: more[k] for k, i in enumerate(rest)}
+        full: list[torch.Tensor | None] = [None] * len(token_ids)
+        for k, i in enumerate(whole):
+            full[i] = part[k]
+        return torch.stack([rows[i] for i in range(len(token_ids))]), full
+
+    @torch.inference_mode()
+    def _prefill_after_cached(
+        self, token_ids: list[list[int]], block_tables: list[list[int]], starts: Sequence[int]
+    ) -> torch.Tensor:
+        bsz = len(token_ids)
+        bs = self.pool.block_size
+        lens = [len(t) for t in token_ids]
+        for i, (n, start, table) in enumerate(zip(lens, starts, block_tables, strict=True)):
+            if start % bs or not 0 <= start < n:
+                raise ValueError(f"starts[{i}]: {start} is not a block boundary below {n} tokens")
+            if len(table) < self.pool.blocks_needed(n):
+                raise ValueError(f"block_tables[{i}]: {len(table)} blocks cannot hold {n} tokens")
+        dev = self.device
+        new = [n - s for n, s in zip(lens, starts, strict=True)]
+        tmax = max(new)
+        ids = torch.zeros((bsz, tmax), dtype=torch.long)
+        for i, (t, s) in enumerate(zip(token_ids, starts, strict=True)):
+            ids[i, : len(t) - s] = torch.tensor(t[s:], dtype=torch.long)
+        ids = ids.to(dev)
+        offs = torch.tensor(list(starts), device=dev).unsqueeze(1)
+        positions = offs + torch.arange(tmax, device=dev).unsqueeze(0)  # [B, T]
+        valid = torch.arange(tmax, device=dev).unsqueeze(0) < torch.tensor(new, device=dev).unsqueeze(1)
+        blk = torch.tensor(
+            [tbl[p // bs] for tbl, n, s in zip(block_tables, lens, starts, strict=True) for p in range(s, n)],
+            dtype=torch.long,
+            device=dev,
+        )
+        slot = torch.tensor(
+            [p % bs for n, s in zip(lens, starts, strict=True) for p in range(s, n)], device=dev
+        )
+        # Every sequence's context, read back from its blocks: [B, W] block ids (padded with
+        # its own first block), keys at positions < its length and <= the query's position.
+        width = self.pool.blocks_needed(max(lens))
+        table = torch.tensor(
+            [
+                tbl[: self.pool.blocks_needed(n)] + [tbl[0]] * (width - self.pool.blocks_needed(n))
+                for tbl, n in zip(block_tables, lens, strict=True)
+            ],
+            dtype=torch.long,
+            device=dev,
+        ).reshape(-1)
+        key_pos = torch.arange(width * bs, device=dev)
+        mask = (key_pos.view(1, 1, -1) <= positions.unsqueeze(2)) & (
+            key_pos.view(1, 1, -1) < torch.tensor(lens, device=dev).view(bsz, 1, 1)
+        )
+        mask = mask.unsqueeze(1)  # [B, 1, T, ctx]
+        x = self._inner.embed_tokens(ids)
+        cos, sin = self._rotary(x, positions)
+        storage = self.pool.storage
+        hkv, d = self._hkv, self._d
+        for li, layer in enumerate(self._layers):
+            q, k, v = self._qkv(layer, layer.input_layernorm(x), cos, sin)
+            storage[li, blk, 0, :, slot, :] = k.transpose(1, 2)[valid]
+            storage[li, blk, 1, :, slot, :] = v.transpose(1, 2)[valid]
+            # [B*W, H, bs, D] -> [B, H, W*bs, D]
+            keys = storage[li, :, 0].index_select(0, table).view(bsz, width, hkv, bs, d)
+            vals = storage[li, :, 1].index_select(0, table).view(bsz, width, hkv, bs, d)
+            keys = keys.permute(0, 2, 1, 3, 4).reshape(bsz, hkv, width * bs, d)
+            vals = vals.permute(0, 2, 1, 3, 4).reshape(bsz, hkv, width * bs, d)
+            out = F.scaled_dot_product_attention(
+                q, keys, vals, attn_mask=mask, scale=self._scale, enable_gqa=True
+            )
+            x = self._finish_layer(layer, x, out)
+        last = x[torch.arange(bsz, device=dev), torch.tensor(new, device=dev) - 1]
+        return self._lm_head(self._inner.norm(last)).float()
+
+    @torch.inference_mode()
+    def _prefill_from_zero(
+        self, token_ids: list[list[int]], block_tables: list[list[int]], keep: Sequence[bool]
+    ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
         bsz = len(token_ids)
         lens = [len(t) for t in token_ids]
         tmax = max(lens)

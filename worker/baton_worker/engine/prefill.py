@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from baton_worker.engine.kv_pool import KvBlockPool
 from baton_worker.engine.loader import LoadedModel
 from baton_worker.engine.model import PagedModel
+from baton_worker.engine.prefix_cache import reusable_blocks
 from baton_worker.engine.sampling import Row, prompt_logprobs, random_seed, sample_rows
 from baton_worker.engine.types import (
     DuplicateRequestError,
@@ -45,6 +46,8 @@ class _Job:
     prompt_len: int
     blocks: list[int]
     enqueued: float
+    start: int = 0  # tokens whose KV came from the prefix cache
+    hashes: list[bytes] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
     result: PrefillResult | None = None
     error: BaseException | None = None
@@ -62,12 +65,15 @@ class PrefillStats:
 class PrefillRunner:
     """Prefill over ``pool``; see the module docstring for the threading contract."""
 
-    def __init__(self, model: LoadedModel, pool: KvBlockPool, max_batch_size: int = 1) -> None:
+    def __init__(
+        self, model: LoadedModel, pool: KvBlockPool, max_batch_size: int = 1, prefix_caching: bool = True
+    ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size: must be >= 1, got {max_batch_size}")
         self.model = model
         self.pool = pool
         self.max_batch_size = max_batch_size
+        self.prefix_caching = prefix_caching
         self.runner = PagedModel(model, pool)
         self._lock = threading.Lock()  # guards _pending, _held, _reserved
         self._run_lock = threading.Lock()  # one batch on the model at a time
@@ -98,11 +104,14 @@ class PrefillRunner:
                 raise DuplicateRequestError(request_id)
             self._reserved.add(request_id)
         try:
-            need = self.pool.blocks_needed(len(tokens))
             t0 = time.monotonic()
-            blocks = self.pool.allocate_blocking(need, block_wait_s, num_tokens=len(tokens))
-            if blocks is None:
+            hashes, hit = self._cached_prefix(tokens, sampling)
+            need = self.pool.blocks_needed(len(tokens)) - len(hit)
+            fresh = self.pool.allocate_blocking(need, block_wait_s, num_tokens=len(tokens))
+            if fresh is None:
+                self.pool.free(hit)
                 raise PoolExhaustedError(request_id, need, time.monotonic() - t0)
+            blocks = hit + fresh
             seed = sampling.seed if sampling.seed is not None else random_seed()
             job = _Job(
                 request_id,
@@ -113,6 +122,8 @@ class PrefillRunner:
                 len(req.prompt_token_ids),
                 blocks,
                 t0,
+                len(hit) * self.pool.block_size,
+                hashes,
             )
             with self._lock:
                 self._pending.append(job)
@@ -127,6 +138,16 @@ class PrefillRunner:
         finally:
             with self._lock:
                 self._reserved.discard(request_id)
+
+    def _cached_prefix(self, tokens: list[int], sampling: SamplingParams) -> tuple[list[bytes], list[int]]:
+        """The prompt's block hashes and the cached blocks of its longest cached prefix (held)."""
+        if not self.prefix_caching:
+            return [], []
+        hashes = self.pool.prefix_hashes(tokens)
+        if sampling.prompt_logprobs is not None:
+            return hashes, []  # every prompt position's logits are needed: compute them all
+        reuse = reusable_blocks(len(tokens), self.pool.block_size, must_compute_last=True)
+        return hashes, self.pool.match_prefix(hashes[:reuse])
 
     def _drive(self, job: _Job) -> None:
         # Whoever holds the run lock runs the oldest pending jobs, its own or others'.
@@ -145,11 +166,11 @@ class PrefillRunner:
     def _run(self, batch: list[_Job]) -> None:
         try:
             keep = [j.sampling.prompt_logprobs is not None for j in batch]
-            tables = [j.blocks for j in batch]
-            if any(keep):
-                logits, full = self.runner.prefill_full([j.tokens for j in batch], tables, keep)
-            else:
-                logits, full = self.runner.prefill([j.tokens for j in batch], tables), []
+            logits, full = self.runner.prefill_full(
+                [j.tokens for j in batch], [j.blocks for j in batch], keep, [j.start for j in batch]
+            )
+            for j in batch:
+                self.pool.register(j.blocks, j.hashes)
             rows = [
                 Row(j.sampling, j.seed, j.index, j.tokens, j.prompt_len, self.model.eos_token_ids)
                 for j in batch
@@ -171,6 +192,7 @@ class PrefillRunner:
                     now - job.enqueued,
                     lp,
                     prompt_lps,
+                    job.start,
                 )
         except Exception as exc:
             for job in batch:

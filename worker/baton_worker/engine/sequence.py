@@ -48,6 +48,9 @@ class Sequence:
     finish_reason: FinishReason | None = None
     # Set when the sequence was preempted: its KV must be recomputed before it decodes again.
     needs_recompute: bool = False
+    # Prefix-cache hashes of its first full blocks of ``tokens`` (extended as it grows).
+    hashes: list[bytes] = field(default_factory=list)
+    cached_tokens: int = 0  # prompt tokens whose KV came from a prefix cache at admission
 
     @property
     def request_id(self) -> str:

@@ -216,15 +216,22 @@ class TpDrivenModel:
         self.pool = group.rank0.pool
         self.device = group.rank0.paged.device
 
-    def prefill(self, token_ids: list[list[int]], block_tables: list[list[int]]) -> torch.Tensor:
-        return self.prefill_full(token_ids, block_tables, ())[0]
+    def prefill(
+        self, token_ids: list[list[int]], block_tables: list[list[int]], starts: Sequence[int] = ()
+    ) -> torch.Tensor:
+        return self.prefill_full(token_ids, block_tables, (), starts)[0]
 
     def prefill_full(
-        self, token_ids: list[list[int]], block_tables: list[list[int]], keep: Sequence[bool]
+        self,
+        token_ids: list[list[int]],
+        block_tables: list[list[int]],
+        keep: Sequence[bool],
+        starts: Sequence[int] = (),
     ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-        # The followers run the same forward; only rank 0's logits are read.
-        self._group._announce(("prefill", token_ids, block_tables))
-        return self._group.rank0.paged.prefill_full(token_ids, block_tables, keep)
+        # The followers run the same forward (the same cached prefix in their own head shard);
+        # only rank 0's logits are read.
+        self._group._announce(("prefill", token_ids, block_tables, list(starts)))
+        return self._group.rank0.paged.prefill_full(token_ids, block_tables, keep, starts)
 
     def decode(
         self, token_ids: torch.Tensor, positions: torch.Tensor, block_table: torch.Tensor

@@ -226,6 +226,7 @@ class PrefillResult:
     prefill_seconds: float
     first_logprob: TokenLogprob | None = None
     prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+    cached_tokens: int = 0  # leading tokens whose KV came from the prefix cache
 
 
 @dataclass(frozen=True)
