@@ -5,9 +5,12 @@ A child process (:mod:`.kv_source`) plays the prefill side without a model: it h
 and serves the real control plane (``Prefill`` returns a real KvHandle, ``GetAgentMetadata``,
 ``PullKv``, ``Release``) through :class:`KvSource`. This process is the decode side: it pulls
 each size with :class:`KvSink` (NIXL READ, then the gRPC PullKv stream) into its own pool and
-checks every byte. ``memcpy`` is a plain single-threaded in-process copy of the same number of
-bytes: the reference. It also reports the handle round trip (what each request pays on the
-control plane) against the transfer time of 512 MiB (an 8B model's 4k-token prompt).
+checks every byte, the backends taking turns. ``memcpy`` is the reference (:mod:`.kv_reference`):
+the same byte runs copied into the same destination within this process, on as many threads as
+the NIXL reader has lanes, and (``gbps_1thread``) on one thread. A backend asked for that cannot
+be measured (NIXL does not load) fails the bench with exit code 1 and ``{"error": ...}``. It
+also reports the handle round trip (what each request pays on the control plane) against the
+transfer time of 512 MiB (an 8B model's 4k-token prompt).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import os
 import statistics
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -38,6 +42,12 @@ from baton_worker.bench.kv_source import (
     start_source,
 )
 
+if TYPE_CHECKING:
+    from baton_worker.bench.kv_reference import CopyFigure, CopyReference
+    from baton_worker.kv.layout import Run
+    from baton_worker.kv.sink import KvSink
+    from baton_worker.rpc.pb2_grpc import PrefillWorkerStub
+
 DEFAULT_SIZES = [1, 4, 16, 64, 256, 512, 1024]
 RTT_SAMPLES = 60
 
@@ -56,47 +66,11 @@ def _expected_ok(dst, src_blocks: int, dst_start: int, num_blocks: int) -> bool:
     return True
 
 
-def _memcpy_gbps(nbytes: int, repeats: int, device: str = "cpu") -> float:
-    """The reference: one copy of ``nbytes`` within this process. On the CPU a single-threaded
-    copy (like memcpy); on a GPU a device-to-device copy on that GPU."""
-    if device != "cpu":
-        return _device_copy_gbps(nbytes, repeats, device)
-    src = np.arange(nbytes // 8, dtype=np.int64)
-    dst = np.zeros_like(src)
-    np.copyto(dst, src)  # untimed: the first copy also faults in the destination's pages
-    best = []
-    for _ in range(max(3, repeats)):
-        t0 = time.perf_counter()
-        np.copyto(dst, src)  # one thread, like memcpy
-        best.append(nbytes / (time.perf_counter() - t0) / 1e9)
-    if not np.array_equal(dst, src):
-        raise AssertionError("memcpy reference copied wrong bytes")
-    return statistics.median(best)
-
-
 def prompt_ids(num_tokens: int) -> list[int]:
     """A fixed prompt with token ids spread over a Llama-3-sized vocabulary (real ids take 2-3
     bytes on the wire each, zeros only 1)."""
     rng = np.random.default_rng(0)
     return rng.integers(0, 128256, size=num_tokens).tolist()
-
-
-def _device_copy_gbps(nbytes: int, repeats: int, device: str) -> float:
-    import torch
-
-    src = torch.arange(nbytes // 8, dtype=torch.int64, device=device)
-    dst = torch.zeros_like(src)
-    dst.copy_(src)  # untimed warm-up
-    torch.cuda.synchronize(device)
-    rates = []
-    for _ in range(max(3, repeats)):
-        t0 = time.perf_counter()
-        dst.copy_(src)
-        torch.cuda.synchronize(device)
-        rates.append(nbytes / (time.perf_counter() - t0) / 1e9)
-    if not torch.equal(dst, src):
-        raise AssertionError("device copy reference copied wrong bytes")
-    return statistics.median(rates)
 
 
 async def _handle_round_trips(address: str, num_tokens: int, samples: int) -> dict[str, list[float]]:
@@ -168,29 +142,98 @@ async def _handle_round_trips(address: str, num_tokens: int, samples: int) -> di
     return out
 
 
+class BenchFailed(RuntimeError):
+    """The bench could not measure what was asked: reported as ``{"error": ...}``, exit code 1."""
+
+
+def require_nixl(backends: list[str]) -> None:
+    """Raise :class:`BenchFailed`, saying why, when ``nixl`` is asked for and does not load here."""
+    from baton_worker.kv.errors import KvBackendUnavailable
+    from baton_worker.kv.nixl_agent import load_nixl
+
+    if "nixl" not in backends:
+        return
+    try:
+        load_nixl()
+    except KvBackendUnavailable as exc:
+        why = str(exc).removesuffix("; use --kv-backend grpc")
+        raise BenchFailed(
+            f"nixl was asked for (--backends) and did not load: {why}. "
+            "To measure the other backends without it: --backends grpc,memcpy"
+        ) from None
+
+
+def _pull_once(
+    stub: PrefillWorkerStub, sink: KvSink, backend: str, n: int, seq: int, meta: dict
+) -> tuple[float, bool]:
+    """One pull of ``n`` blocks over ``backend`` into the last ``n`` blocks of the sink's pool:
+    its seconds, and whether every byte arrived."""
+    from baton_worker.kv.handle import check_handle
+    from baton_worker.rpc import pb2
+
+    dst = sink.storage
+    pre = stub.Prefill(
+        pb2.PrefillRequest(request_id=f"b{seq}", prompt_token_ids=[0] * (n * BLOCK)),
+        timeout=30,
+    )
+    check_handle(pre.handle, bench_compat())
+    dst[:, dst.shape[1] - n :].zero_()
+    if backend == "nixl" and "agent_first_contact_ms" not in meta:
+        t1 = time.perf_counter()
+        sink._remote_agent(pre.handle, pre.handle.shards[0], time.monotonic() + 30)
+        meta["agent_first_contact_ms"] = round((time.perf_counter() - t1) * 1000, 3)
+    dst_blocks = list(range(dst.shape[1] - n, dst.shape[1]))
+    res = sink.pull(pre.handle, dst_blocks, time.monotonic() + 120)
+    if res.backend != backend:
+        raise BenchFailed(f"{backend} was asked for, and the pull went over {res.backend}")
+    if res.bytes != n * BLOCK_BYTES:
+        raise AssertionError(f"{backend}: moved {res.bytes} of {n * BLOCK_BYTES} bytes")
+    return res.seconds, _expected_ok(dst, n, dst.shape[1] - n, dst.shape[1])
+
+
+def _copy_once(reference: CopyReference, runs: list[Run], lanes: int, n: int) -> CopyFigure:
+    """One reference copy of ``runs`` on ``lanes`` threads, checked byte for byte."""
+    dst = reference.dst
+    dst[:, dst.shape[1] - n :].zero_()
+    figure = reference.copy(runs, lanes)
+    if figure.bytes != n * BLOCK_BYTES:
+        raise AssertionError(f"memcpy: copied {figure.bytes} of {n * BLOCK_BYTES} bytes")
+    if not _expected_ok(dst, n, dst.shape[1] - n, dst.shape[1]):
+        raise AssertionError(f"memcpy on {lanes} thread(s): wrong bytes at {figure.bytes} bytes")
+    return figure
+
+
 def run(sizes_mib: list[int], backends: list[str], repeats: int, device: str = "cpu") -> dict:
+    """Measure every size over every backend, the backends taking turns; raises
+    :class:`BenchFailed` when a backend asked for cannot be measured (NIXL did not load, or a
+    pull went over another backend)."""
     import grpc
     import torch
 
-    from baton_worker.kv.handle import check_handle
+    from baton_worker.bench.kv_reference import CopyReference, lanes_used, pull_runs, summary
     from baton_worker.kv.nixl_agent import (
         UCX_DEFAULTS_ALWAYS,
         UCX_DEFAULTS_CPU,
         UCX_DEFAULTS_CUDA,
         apply_ucx_defaults,
-        nixl_available,
+        default_read_lanes,
     )
     from baton_worker.kv.sink import KvSink
-    from baton_worker.rpc import pb2, pb2_grpc
+    from baton_worker.rpc import pb2_grpc
 
     torch.set_num_threads(1)
+    require_nixl(backends)
     max_blocks = geometry_blocks(max(sizes_mib) * MIB)
-    if "nixl" in backends and not nixl_available():
-        backends = [b for b in backends if b != "nixl"]
     cuda = device.startswith("cuda")
     applied = apply_ucx_defaults(cuda=cuda) if "nixl" in backends else {}
-    child, address, _ = start_source(max_blocks, device)
+    child, address, source_backend = start_source(max_blocks, device)
+    reference: CopyReference | None = None
     try:
+        if "nixl" in backends and source_backend != "nixl":
+            raise BenchFailed(
+                "nixl was asked for, and the source process did not load it (it serves its KV over "
+                f"{source_backend}): see its log above"
+            )
         stub = pb2_grpc.PrefillWorkerStub(
             grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 * MIB)])
         )
@@ -200,57 +243,70 @@ def run(sizes_mib: list[int], backends: list[str], repeats: int, device: str = "
             for b in backends
             if b != "memcpy"
         }
+        nixl_endpoint = sinks["nixl"].endpoint if "nixl" in sinks else None
+        # The reference copies on as many threads as the NIXL reader has lanes (or would have).
+        lanes = nixl_endpoint.read_lanes if nixl_endpoint else default_read_lanes("VRAM" if cuda else "DRAM")
+        if "memcpy" in backends:
+            reference = CopyReference(dst, lanes)
         results: list[dict] = []
-        meta: dict[str, float] = {}
+        meta: dict[str, float] = {"memcpy_threads": lanes} if reference else {}
         xfer_512: dict[str, list[float]] = {}
         seq = 0
         for size in sizes_mib:
             n = geometry_blocks(size * MIB)
             nbytes = n * BLOCK_BYTES
+            runs = pull_runs(max_blocks, n)
             reps = repeats if size < 256 else max(2, repeats // 2)
+            secs: dict[str, list[float]] = {b: [] for b in sinks}
+            copies: dict[int, list[CopyFigure]] = {lanes: [], 1: []}
+            for _ in range(reps):
+                # The backends take turns, so that the machine's noise hits them alike.
+                for backend in backends:
+                    if backend == "memcpy":
+                        assert reference is not None
+                        for threads in dict.fromkeys((lanes, 1)):
+                            copies[threads].append(_copy_once(reference, runs, threads, n))
+                        continue
+                    seq += 1
+                    took, ok = _pull_once(stub, sinks[backend], backend, n, seq, meta)
+                    if not ok:
+                        raise AssertionError(f"{backend}: bytes did not arrive intact at {nbytes} bytes")
+                    secs[backend].append(took)
+            rows: dict[str, dict] = {}
             for backend in backends:
                 if backend == "memcpy":
-                    results.append(
-                        {
-                            "backend": "memcpy",
-                            "bytes": nbytes,
-                            "gbps": round(_memcpy_gbps(nbytes, reps, device), 3),
-                            "verified": True,
-                        }
-                    )
+                    one = summary(copies[1])
+                    rows[backend] = {
+                        "backend": "memcpy",
+                        "bytes": nbytes,
+                        **summary(copies[lanes]),
+                        "lanes": copies[lanes][0].threads,
+                        "gbps_1thread": one["gbps"],
+                        "gbps_1thread_best": one["gbps_best"],
+                        "verified": True,  # _copy_once raised otherwise
+                    }
                     continue
-                rates, secs, ok = [], [], True
-                for _ in range(reps):
-                    seq += 1
-                    pre = stub.Prefill(
-                        pb2.PrefillRequest(request_id=f"b{seq}", prompt_token_ids=[0] * (n * BLOCK)),
-                        timeout=30,
-                    )
-                    check_handle(pre.handle, bench_compat())
-                    dst[:, dst.shape[1] - n :].zero_()
-                    if backend == "nixl" and "agent_first_contact_ms" not in meta:
-                        t1 = time.perf_counter()
-                        sinks[backend]._remote_agent(pre.handle, pre.handle.shards[0], time.monotonic() + 30)
-                        meta["agent_first_contact_ms"] = round((time.perf_counter() - t1) * 1000, 3)
-                    dst_blocks = list(range(dst.shape[1] - n, dst.shape[1]))
-                    res = sinks[backend].pull(pre.handle, dst_blocks, time.monotonic() + 120)
-                    if res.bytes != nbytes:
-                        raise AssertionError(f"{backend}: moved {res.bytes} of {nbytes} bytes")
-                    ok = ok and _expected_ok(dst, n, dst.shape[1] - n, max_blocks)
-                    rates.append(nbytes / res.seconds / 1e9)
-                    secs.append(res.seconds)
-                    if size == RTT_MIB:
-                        xfer_512[backend] = secs
-                results.append({
+                rates = [nbytes / t / 1e9 for t in secs[backend]]
+                rows[backend] = {
                     "backend": backend,
                     "bytes": nbytes,
                     "gbps": round(statistics.median(rates), 3),
                     "gbps_best": round(max(rates), 3),
-                    "seconds": round(statistics.median(secs), 6),
-                    "verified": ok,
-                })  # fmt: skip
-                if not ok:
-                    raise AssertionError(f"{backend}: bytes did not arrive intact at {nbytes} bytes")
+                    "seconds": round(statistics.median(secs[backend]), 6),
+                    "verified": True,  # _pull_once's check raised otherwise
+                }
+                if backend == "nixl" and nixl_endpoint is not None:
+                    rows[backend]["lanes"] = lanes_used(runs, nixl_endpoint.read_lanes)
+                if size == RTT_MIB:
+                    xfer_512[backend] = secs[backend]
+            if "memcpy" in rows:
+                ref = rows["memcpy"]
+                for row in rows.values():
+                    if row is not ref:
+                        # against the copy on as many threads as nixl's lanes, and against one thread
+                        row["ratio_to_memcpy"] = round(row["gbps"] / ref["gbps"], 3)
+                        row["ratio_to_memcpy_1thread"] = round(row["gbps"] / ref["gbps_1thread"], 3)
+            results += rows.values()
         if xfer_512:
             # The control plane a request pays before its bytes move: the Prefill call that
             # returns the handle of a 4k-token prompt, then the decode side's check of it.
@@ -266,29 +322,32 @@ def run(sizes_mib: list[int], backends: list[str], repeats: int, device: str = "
             meta["handle_rtt_ms_unary_best"] = round(min(unary) * 1000, 3)
             control = by_transport["stream_no_handle"]
             meta["prefill_call_without_handle_ms"] = round(statistics.median(control) * 1000, 3)
-            # What handing out the KV metadata adds to the Prefill call a request makes anyway.
-            marginal = max(0.0, statistics.median(rtts) - statistics.median(control))
+            # What handing out the KV metadata adds to the Prefill call a request makes anyway
+            # (median minus median: below zero when the machine's noise is larger than the cost).
+            marginal = statistics.median(rtts) - statistics.median(control)
             meta["handle_marginal_ms"] = round(marginal * 1000, 3)
             floor = by_transport["grpc_floor"]
             meta["grpc_floor_rtt_ms"] = round(statistics.median(floor) * 1000, 3)
             meta["grpc_floor_rtt_ms_best"] = round(min(floor) * 1000, 3)
-            for b, secs in xfer_512.items():
-                meta[f"transfer_512mib_ms_{b}"] = round(statistics.median(secs) * 1000, 3)
-                meta[f"transfer_512mib_ms_{b}_best"] = round(min(secs) * 1000, 3)
+            for b, xfer in xfer_512.items():
+                meta[f"transfer_512mib_ms_{b}"] = round(statistics.median(xfer) * 1000, 3)
+                meta[f"transfer_512mib_ms_{b}_best"] = round(min(xfer) * 1000, 3)
                 # median against median; _best: best against best
                 meta[f"handle_rtt_fraction_of_512mib_{b}"] = round(
-                    statistics.median(rtts) / statistics.median(secs), 5
+                    statistics.median(rtts) / statistics.median(xfer), 5
                 )
-                meta[f"handle_rtt_fraction_of_512mib_{b}_best"] = round(min(rtts) / min(secs), 5)
-                meta[f"handle_marginal_fraction_of_512mib_{b}"] = round(marginal / statistics.median(secs), 5)
+                meta[f"handle_rtt_fraction_of_512mib_{b}_best"] = round(min(rtts) / min(xfer), 5)
+                meta[f"handle_marginal_fraction_of_512mib_{b}"] = round(marginal / statistics.median(xfer), 5)
                 meta[f"grpc_floor_fraction_of_512mib_{b}"] = round(
-                    statistics.median(floor) / statistics.median(secs), 5
+                    statistics.median(floor) / statistics.median(xfer), 5
                 )
-        if "nixl" in sinks and sinks["nixl"].endpoint is not None:
-            meta["nixl_read_lanes"] = sinks["nixl"].endpoint.read_lanes
+        if nixl_endpoint is not None:
+            meta["nixl_read_lanes"] = nixl_endpoint.read_lanes
         for sink in sinks.values():
             sink.close()
     finally:
+        if reference is not None:
+            reference.close()
         if child.stdin:
             child.stdin.close()
         child.wait(timeout=30)
@@ -358,25 +417,40 @@ def main(argv: list[str]) -> int:
                 file=sys.stderr,
             )
             return 2
-    if a.ucx_tls:
-        from baton_worker.bench.kv_sweep import parse_ucx_settings, sweep
+    try:
+        if a.ucx_tls:
+            from baton_worker.bench.kv_sweep import parse_ucx_settings, sweep
 
-        try:
-            settings = parse_ucx_settings(a.ucx_tls)
-        except ValueError as exc:
-            print(f"baton bench kv: {exc}", file=sys.stderr)
-            return 2
-        args = ["--sizes", ",".join(map(str, sizes)), "--backends", ",".join(backends)]
-        args += ["--repeats", str(max(1, a.repeats)), "--device", a.device]
-        out = sweep(settings, args, a.setting_timeout_s)
-    else:
-        out = run(sizes, backends, max(1, a.repeats), a.device)
+            try:
+                settings = parse_ucx_settings(a.ucx_tls)
+            except ValueError as exc:
+                print(f"baton bench kv: {exc}", file=sys.stderr)
+                return 2
+            require_nixl(backends)  # here, not once per setting
+            args = ["--sizes", ",".join(map(str, sizes)), "--backends", ",".join(backends)]
+            args += ["--repeats", str(max(1, a.repeats)), "--device", a.device]
+            out = sweep(settings, args, a.setting_timeout_s)
+        else:
+            out = run(sizes, backends, max(1, a.repeats), a.device)
+    except BenchFailed as exc:
+        print(f"baton bench kv: {exc}", file=sys.stderr)
+        if a.json:
+            print(json.dumps({"error": str(exc), "backends": backends, "device": a.device}))
+        return 1
     if a.json:
         print(json.dumps(out))
     else:
         for r in out["results"]:
             tls = f"  UCX_TLS={r['ucx_tls']}" if "ucx_tls" in r else ""
-            print(f"{r['backend']:>7} {r['bytes'] / MIB:>7.0f} MiB {r['gbps']:>8.2f} GB/s{tls}")
+            if r["backend"] == "memcpy":
+                extra = f"  on {r['lanes']} thread(s); 1 thread {r['gbps_1thread']:.2f} GB/s"
+            elif "ratio_to_memcpy" in r:
+                extra = (
+                    f"  {r['ratio_to_memcpy']:.2f} of memcpy, {r['ratio_to_memcpy_1thread']:.2f} of 1 thread"
+                )
+            else:
+                extra = ""
+            print(f"{r['backend']:>7} {r['bytes'] / MIB:>7.0f} MiB {r['gbps']:>8.2f} GB/s{extra}{tls}")
         print(json.dumps(out.get("metadata", out.get("sweep"))))
     return 0
 

@@ -47,6 +47,15 @@ def why_failed(stderr: str, code: int) -> str:
     return (errors[-1] if errors else lines[-1] if lines else f"exit code {code}")[-600:]
 
 
+def _reported_error(stdout: str) -> str:
+    """The ``error`` of a run that failed on purpose (``{"error": ...}`` on stdout), else ''."""
+    try:
+        doc = json.loads(stdout)
+    except ValueError:
+        return ""
+    return str(doc.get("error", "")) if isinstance(doc, dict) else ""
+
+
 def sweep(settings: list[str], bench_args: list[str], timeout_s: float) -> dict:
     """Run the whole bench once per UCX_TLS setting, each in a process of its own (UCX reads its
     environment once), and gather the rows, each marked with its ``ucx_tls``. A setting that
@@ -64,9 +73,8 @@ def sweep(settings: list[str], bench_args: list[str], timeout_s: float) -> dict:
             runs.append({"ucx_tls": setting, "error": f"no result within {timeout_s:.0f}s (hung?)"})
             continue
         if proc.returncode != 0:
-            runs.append(
-                {"ucx_tls": setting, "error": proc.stderr.strip()[-1500:] or f"exit {proc.returncode}"}
-            )
+            error = _reported_error(proc.stdout) or proc.stderr.strip()[-1500:] or f"exit {proc.returncode}"
+            runs.append({"ucx_tls": setting, "error": error})
             continue
         out = json.loads(proc.stdout)
         rows += [{**row, "ucx_tls": setting} for row in out["results"]]
