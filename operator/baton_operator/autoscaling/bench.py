@@ -4,8 +4,6 @@ Each run holds the queue at zero until both roles sit at minReplicas, waits a ra
 scrape cycle, sets a spike on a queue endpoint the pool's `metricsUrl` points at, and times until
 the prefill StatefulSet and decode Deployment carry the new replicas. It splits the reaction into
 *detect* (spike -> first scrape that saw it) and *actuate* (that scrape -> replicas written).
-The HPA and KEDA figures are models of their documented periods, not measurements: HPA = 15 s
-sync + a 15 s metrics-server (or 30 s Prometheus) scrape, KEDA = 30 s polling (+ the HPA sync).
 """
 
 from __future__ import annotations
@@ -45,21 +43,6 @@ def _summary(xs: list[float]) -> dict[str, float]:
         "p90": round(_pct(xs, 0.9), 3),
         "min": round(min(xs), 3),
         "max": round(max(xs), 3),
-    }
-
-
-def reference_models() -> dict[str, Any]:
-    """Expected reaction of the usual autoscalers from their documented periods (uniform phase)."""
-
-    def model(periods: list[float], note: str) -> dict[str, Any]:
-        return {"p50_s": sum(periods) / 2, "worst_s": sum(periods), "periods_s": periods, "basis": note}
-
-    return {
-        "hpa_metrics_server": model([15, 15], "HPA 15 s sync + metrics-server 15 s resolution"),
-        "hpa_prometheus_adapter": model(
-            [15, 30], "HPA 15 s sync + Prometheus 30 s scrape (adapter relist extra)"
-        ),
-        "keda": model([30, 15], "KEDA 30 s pollingInterval + HPA 15 s sync of the external metric"),
     }
 
 
@@ -152,11 +135,6 @@ def run(runs: int, interval_s: int, timeout_s: float, log: Any = print) -> dict[
         "detect_s": _summary([r["detect_s"] for r in results]),
         "actuate_s": _summary([r["actuate_s"] for r in results]),
         "expected_p50_s": interval_s / 2,
-        "reference_models": reference_models(),
-        "speedup_p50_vs": {
-            k: round(v["p50_s"] / max(statistics.median(reaction), 1e-3), 1)
-            for k, v in reference_models().items()
-        },
         "samples": [{k: round(v, 3) for k, v in r.items()} for r in results],
     }
 
@@ -181,6 +159,4 @@ def main(argv: list[str]) -> int:
     )
     print(f"  p50 {r['p50']:.2f} s  p90 {r['p90']:.2f} s  min {r['min']:.2f} s  max {r['max']:.2f} s")
     print(f"  detect p50 {doc['detect_s']['p50']:.2f} s, actuate p50 {doc['actuate_s']['p50']:.2f} s")
-    for name, m in doc["reference_models"].items():
-        print(f"  {name:<24} model p50 {m['p50_s']:.1f} s, worst {m['worst_s']:.1f} s ({m['basis']})")
     return 0

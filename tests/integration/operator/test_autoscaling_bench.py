@@ -27,5 +27,8 @@ def test_autoscaling_bench_cli_reports_reaction(sandbox: Sandbox) -> None:
     assert doc["runs"] == 3 and len(doc["samples"]) == 3
     # A spike lands at a random point of a 3 s cycle: two intervals cover detection and the writes.
     assert 0 < doc["reaction_s"]["p50"] <= 6.0, doc["reaction_s"]
-    assert doc["reaction_s"]["p50"] < doc["reference_models"]["hpa_metrics_server"]["p50_s"]
-    assert set(doc["reference_models"]) == {"hpa_metrics_server", "hpa_prometheus_adapter", "keda"}
+    for sample in doc["samples"]:
+        # The spike was seen by a scrape of the queue endpoint (not the no-scrape fallback of 0),
+        # and by the next scrape or the one after (a loaded machine may delay one).
+        assert 0 < sample["detect_s"] <= 2 * 3, sample
+    assert "reference_models" not in doc and "speedup_p50_vs" not in doc  # nothing modelled
