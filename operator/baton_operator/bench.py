@@ -91,6 +91,14 @@ def scrape_metric(url: str, name: str, **labels: str) -> float:
     return total
 
 
+def serves_metric(url: str, name: str) -> bool:
+    """Whether the Prometheus endpoint at ``url`` declares the metric ``name`` (its ``# TYPE``
+    line, there before any sample is): the process meant answers, not just something on the port."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return any(line.startswith(f"# TYPE {name} ") for line in text.splitlines())
+
+
 def _wait(predicate: Any, timeout: float, what: str, interval: float = 0.2) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -125,9 +133,7 @@ def run(pools: int, resync_seconds: float, timeout: float, log: Any = print) -> 
     args = ["-n", namespace, "--standalone", f"--resync-seconds={resync_seconds}", f"--metrics-port={port}"]
     op = start_operator(sandbox, args=args, name="operator-bench")
     try:
-        _wait(
-            lambda: scrape_metric(url, "baton_operator_reconciles_total") >= 0, 60, "the operator's metrics"
-        )
+        _wait(lambda: serves_metric(url, "baton_operator_reconciles_total"), 60, "the operator's metrics")
         # One pool first, so the figures measure reconciling, not the operator's start-up (imports,
         # watch streams) on a busy machine.
         api.request("POST", POOL.path(namespace), pool_manifest("warmup", namespace))

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from baton_operator.bench import serves_metric
 from baton_operator.sandbox import procs
 from baton_operator.sandbox.handle import Sandbox
 from baton_operator.sandbox.operator_proc import (
@@ -68,7 +69,9 @@ class OperatorUnderTest:
     def wait_serving(self, timeout: float = 60.0) -> None:
         """Until the metrics endpoint answers (the process is up; leadership may follow)."""
         wait_for(
-            lambda: self.metric("baton_operator_reconciles_total") >= 0, timeout, "operator metrics endpoint"
+            lambda: serves_metric(self.metrics_url, "baton_operator_reconciles_total"),
+            timeout,
+            "operator metrics endpoint",
         )
 
     def restart(self, kill: bool = False) -> None:
