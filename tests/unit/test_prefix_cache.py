@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from baton_worker.engine import KvBlockPool
-from baton_worker.engine.prefix_cache import block_hashes, cache_salt, extend_hashes, reusable_blocks
+from baton_worker.prefix_hash import block_hashes, cache_salt, extend_hashes, reusable_blocks
 
 SALT = cache_salt("weights-a", "float32", 4, "LNKHBD")
 
@@ -117,3 +117,28 @@ def test_a_name_already_taken_is_not_given_to_a_second_block() -> None:
     pool.free(first)
     assert pool.usage().cached_blocks == 1
     assert pool.match_prefix(hashes) == first
+
+
+def test_prefix_events_give_the_net_change_since_a_sequence_number() -> None:
+    pool = _pool(num_blocks=2)
+    full = pool.prefix_events(-1)
+    assert full.reset and full.stored == () and full.seq == 0
+    a, b, c = (pool.prefix_hashes(list(range(k, k + 4))) for k in (0, 100, 200))
+    blocks = pool.allocate(2)
+    assert blocks is not None
+    pool.register(blocks[:1], a)
+    pool.register(blocks[1:], b)
+    pool.free(blocks)
+    after_ab = pool.prefix_events(0)
+    assert not after_ab.reset and set(after_ab.stored) == {a[0], b[0]} and after_ab.evicted == ()
+    # c evicts a (the least recently used): a reader at after_ab.seq learns exactly that.
+    taken = pool.allocate(1)
+    assert taken is not None
+    pool.register(taken, c)
+    delta = pool.prefix_events(after_ab.seq)
+    assert (delta.stored, delta.evicted) == ((c[0],), (a[0],))
+    assert pool.prefix_events(delta.seq).stored == ()
+    # A number this pool never gave (another engine's) gets the full listing.
+    again = pool.prefix_events(delta.seq + 5)
+    assert again.reset and set(again.stored) == {b[0], c[0]}
+    pool.free(taken)

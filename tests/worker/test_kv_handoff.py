@@ -116,8 +116,11 @@ def test_kv_handoff_equals_single_process(
     assert tokens == ref_for(sp)
     assert tokens[0] == pre.first_token
     assert chunks[-1].finish_reason == "length"
-    # Bytes of 45 tokens = 3 blocks x 4 layers x K,V x 8 heads x 16 x 32 x float32.
-    assert chunks[0].kv_transfer_bytes == 3 * 4 * 2 * 8 * 16 * 32 * 4
+    # Bytes of 45 tokens = 3 blocks x 4 layers x K,V x 8 heads x 16 x 32 x float32 the first time
+    # this decode worker sees PROMPT; after that its prefix cache holds the 2 full blocks and only
+    # the partial last one moves (tests/worker/test_kv_prefix_reuse.py checks which, when).
+    per_block = 4 * 2 * 8 * 16 * 32 * 4
+    assert chunks[0].kv_transfer_bytes in (3 * per_block, per_block)
     assert chunks[0].kv_transfer_seconds > 0
     wait_for("prefill blocks freed after the handoff", lambda: all_blocks_free(prefill))
     wait_for("decode blocks freed after the request", lambda: all_blocks_free(decode))

@@ -19,7 +19,6 @@ from baton_worker.engine.detok import IncrementalDetokenizer
 from baton_worker.engine.kv_pool import KvBlockPool
 from baton_worker.engine.loader import LoadedModel
 from baton_worker.engine.model import PagedModel
-from baton_worker.engine.prefix_cache import reusable_blocks
 from baton_worker.engine.sampling import Row, prompt_logprobs, random_seed, sample_rows
 from baton_worker.engine.sequence import OutputCollector, Sequence
 from baton_worker.engine.types import (
@@ -31,6 +30,7 @@ from baton_worker.engine.types import (
     RequestTooLongError,
     TokenLogprob,
 )
+from baton_worker.prefix_hash import reusable_blocks
 
 
 def validate_request(request: EngineRequest, max_model_len: int, pool: KvBlockPool, vocab_size: int) -> None:

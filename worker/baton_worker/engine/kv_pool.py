@@ -6,7 +6,7 @@ Token ``t`` of a sequence lives in ``block_ids[t // block_size]``, slot ``t % bl
 whole tensor once and reads exactly the runs it needs (see docs/internals.md).
 
 Prefix caching: blocks are reference-counted. A full block can be named by its chained hash
-(:mod:`baton_worker.engine.prefix_cache`) with :meth:`KvBlockPool.register`; when its last holder
+(:mod:`baton_worker.prefix_hash`) with :meth:`KvBlockPool.register`; when its last holder
 frees it, it stays cached, evictable, and :meth:`KvBlockPool.match_prefix` hands it to the next
 request with the same prefix. Evictable blocks count as free: an allocation that finds no free
 block evicts the least recently used cached one, so caching never refuses or delays a request.
@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from baton_worker.engine.prefix_cache import cache_salt, extend_hashes
+from baton_worker.prefix_hash import cache_salt, extend_hashes
 
 LAYOUT = "LNKHBD"
 DEFAULT_BLOCK_SIZE = 16
@@ -58,6 +58,21 @@ class PoolUsage:
     waiters: int  # callers blocked in allocate_blocking
     waiting_tokens: int  # tokens those callers want room for
     cached_blocks: int = 0  # blocks named by a prefix hash (held or evictable)
+
+
+MAX_EVENT_LOG = 100_000  # hashes whose last change is remembered for routers that poll
+
+
+@dataclass(frozen=True)
+class PrefixEvents:
+    """What changed in the prefix cache after sequence number ``after`` (see
+    :meth:`KvBlockPool.prefix_events`): the net effect per block hash, or, with ``reset``, every
+    hash cached now (the caller's view was too old or from another engine)."""
+
+    seq: int
+    reset: bool
+    stored: tuple[bytes, ...]
+    evicted: tuple[bytes, ...]
 
 
 @dataclass(frozen=True)
@@ -135,6 +150,11 @@ class KvBlockPool:
         self._queried_tokens = 0
         self._hit_tokens = 0
         self._evicted = 0
+        # The sequence number of each hash's last change (named or evicted), oldest first; what
+        # falls off the end moves the floor below which a reader must start over.
+        self._event_seq = 0
+        self._event_floor = 0
+        self._changed: collections.OrderedDict[bytes, int] = collections.OrderedDict()
 
     @classmethod
     def for_model(
@@ -187,8 +207,10 @@ class KvBlockPool:
         while len(ids) < n:
             # The least recently used cached block loses its name and is reused.
             b, _ = self._evictable.popitem(last=False)
-            del self._block_of[self._hash_of.pop(b)]
+            h = self._hash_of.pop(b)
+            del self._block_of[h]
             self._evicted += 1
+            self._note_change(h)
             ids.append(b)
         for b in ids:
             self._refs[b] = 1
@@ -276,8 +298,32 @@ class KvBlockPool:
                     continue
                 self._block_of[h] = b
                 self._hash_of[b] = h
+                self._note_change(h)
                 named += 1
         return named
+
+    def _note_change(self, h: bytes) -> None:
+        self._event_seq += 1
+        self._changed[h] = self._event_seq
+        self._changed.move_to_end(h)
+        if len(self._changed) > MAX_EVENT_LOG:
+            _, seq = self._changed.popitem(last=False)
+            self._event_floor = seq
+
+    def prefix_events(self, after: int) -> PrefixEvents:
+        """The hashes named or evicted since sequence number ``after`` (what a router polling
+        this worker needs to keep its view of the cache exact). ``after`` beyond the current
+        number (another engine's) or older than the remembered log gives a full listing."""
+        with self._cond:
+            if after > self._event_seq or after < self._event_floor:
+                return PrefixEvents(self._event_seq, True, tuple(self._block_of), ())
+            stored: list[bytes] = []
+            evicted: list[bytes] = []
+            for h, seq in reversed(self._changed.items()):
+                if seq <= after:
+                    break
+                (stored if h in self._block_of else evicted).append(h)
+            return PrefixEvents(self._event_seq, False, tuple(stored), tuple(evicted))
 
     def prefix_hashes(self, token_ids: Sequence[int], known: Sequence[bytes] = ()) -> list[bytes]:
         """The chained hashes of every full block of ``token_ids`` (``known``: the first ones)."""

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from baton_worker.engine.kv_pool import KvBlockPool
 from baton_worker.engine.loader import LoadedModel
 from baton_worker.engine.model import PagedModel
-from baton_worker.engine.prefix_cache import reusable_blocks
 from baton_worker.engine.sampling import Row, prompt_logprobs, random_seed, sample_rows
 from baton_worker.engine.types import (
     DuplicateRequestError,
@@ -24,6 +23,7 @@ from baton_worker.engine.types import (
     PrefillResult,
     SamplingParams,
 )
+from baton_worker.prefix_hash import reusable_blocks
 
 DEFAULT_BLOCK_WAIT_S = 30.0
 

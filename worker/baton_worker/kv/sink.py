@@ -89,24 +89,34 @@ class KvSink:
                 self._channels[address] = channel
         return pb2_grpc.PrefillWorkerStub(channel)
 
-    def pull(self, handle: pb2.KvHandle, dst_blocks: list[int], deadline: float) -> PullResult:
-        """Copy the handle's blocks into ``dst_blocks`` (same order) before ``deadline``
-        (time.monotonic()). Raises KvTransferError / KvExpiredError (retryable) or
-        KvHandleError / KvCompatError; the caller owns ``dst_blocks`` either way."""
+    # Whether pull() can leave out leading blocks this worker already holds (prefix cache).
+    supports_skip = True
+
+    def pull(self, handle: pb2.KvHandle, dst_blocks: list[int], deadline: float, skip: int = 0) -> PullResult:
+        """Copy the handle's blocks after the first ``skip`` (which this worker already holds)
+        into ``dst_blocks`` (same order) before ``deadline`` (time.monotonic()). Raises
+        KvTransferError / KvExpiredError (retryable) or KvHandleError / KvCompatError; the caller
+        owns ``dst_blocks`` either way."""
         t0 = time.monotonic()
-        if len(dst_blocks) != len(handle.block_ids):
-            raise KvHandleError("block_ids", f"{len(handle.block_ids)} blocks, {len(dst_blocks)} allocated")
+        if len(dst_blocks) + skip != len(handle.block_ids):
+            raise KvHandleError(
+                "block_ids", f"{len(handle.block_ids)} blocks, {skip} cached + {len(dst_blocks)} allocated"
+            )
         now_ms = int(time.time() * 1000)
         if handle.expires_unix_ms - EXPIRY_MARGIN_MS <= now_ms:
             # A one-sided READ of freed blocks would return someone else's KV: refuse instead.
             raise KvExpiredError(
                 f"handle of {handle.request_id!r} expired at {handle.expires_unix_ms} (now {now_ms})"
             )
+        if not dst_blocks:
+            # Every block was cached here: nothing to read, the prefill side may free its copy.
+            self.release_remote(handle, deadline)
+            return PullResult(0, time.monotonic() - t0, "cache")
         use_nixl = self.endpoint is not None and handle.backend == "nixl"
         moved = (
-            self._pull_nixl(handle, dst_blocks, deadline)
+            self._pull_nixl(handle, dst_blocks, deadline, skip)
             if use_nixl
-            else self._pull_grpc(handle, dst_blocks, deadline)
+            else self._pull_grpc(handle, dst_blocks, deadline, skip)
         )
         return PullResult(moved, time.monotonic() - t0, "nixl" if use_nixl else "grpc")
 
@@ -132,7 +142,7 @@ class KvSink:
         check_agent_metadata(meta, handle, shard)
         return self.endpoint.add_peer(key, meta.metadata)
 
-    def _pull_nixl(self, handle: pb2.KvHandle, dst_blocks: list[int], deadline: float) -> int:
+    def _pull_nixl(self, handle: pb2.KvHandle, dst_blocks: list[int], deadline: float, skip: int) -> int:
         assert self.endpoint is not None
         moved = 0
         for shard in handle.shards:
@@ -140,7 +150,7 @@ class KvSink:
             try:
                 runs = plan_runs(
                     shard_geometry(handle, shard),
-                    list(handle.block_ids),
+                    list(handle.block_ids)[skip:],
                     shard.head_start,
                     self.geometry,
                     dst_blocks,
@@ -161,7 +171,7 @@ class KvSink:
                 raise
         return moved
 
-    def _pull_grpc(self, handle: pb2.KvHandle, dst_blocks: list[int], deadline: float) -> int:
+    def _pull_grpc(self, handle: pb2.KvHandle, dst_blocks: list[int], deadline: float, skip: int) -> int:
         moved = 0
         for shard in handle.shards:
             what = f"PullKv(rank {shard.rank}) at {shard.metadata_address}"
@@ -172,6 +182,7 @@ class KvSink:
                 head_start=0,
                 head_end=shard.head_end - shard.head_start,
                 compat_hash=handle.compat_hash,
+                skip_blocks=skip,
             )
             h0 = shard.head_start
             h1 = shard.head_end
@@ -190,7 +201,7 @@ class KvSink:
                         h0,
                         h1,
                         chunk.layer,
-                        chunk.block_index,
+                        chunk.block_index - skip,
                         chunk.count,
                         chunk.data,
                     )

@@ -193,14 +193,21 @@ class KvSource:
             raise PullRefused(
                 "NOT_FOUND", f"request_id: {req.request_id!r} holds no KV blocks (expired or released)"
             )
-        return self._stream(held.block_ids, h0, h1)
+        skip = req.skip_blocks
+        if skip > len(held.block_ids):
+            raise PullRefused(
+                "INVALID_ARGUMENT", f"skip_blocks: {skip} but the request holds {len(held.block_ids)} blocks"
+            )
+        return self._stream(held.block_ids[skip:], h0, h1, skip)
 
-    def _stream(self, block_ids: tuple[int, ...], h0: int, h1: int) -> Iterator[pb2.KvChunk]:
+    def _stream(self, block_ids: tuple[int, ...], h0: int, h1: int, skip: int) -> Iterator[pb2.KvChunk]:
         for spec, data in iter_chunks(self.storage, list(block_ids), h0, h1, self.chunk_bytes):
             if self.pull_delay_s:
                 time.sleep(self.pull_delay_s)
             self.counters.pulled_bytes += len(data)
-            yield pb2.KvChunk(layer=spec.layer, block_index=spec.block_index, count=spec.count, data=data)
+            yield pb2.KvChunk(
+                layer=spec.layer, block_index=skip + spec.block_index, count=spec.count, data=data
+            )
 
     def poll(self) -> None:
         """Free what the notifications and the TTL say is done (the housekeeping thread's step)."""

@@ -10,6 +10,7 @@ from baton_worker.engine import (
     DuplicateRequestError,
     EngineFailedError,
     InvalidRequestError,
+    KvBlockPool,
     PoolExhaustedError,
     RequestOutput,
     RequestTooLongError,
@@ -119,3 +120,18 @@ def token_chunk(out: RequestOutput, kv_seconds: float = 0.0, kv_bytes: int = 0) 
     if out.prompt_logprobs is not None:
         chunk.prompt_logprobs.CopyFrom(prompt_logprobs_to_pb(out.prompt_logprobs))
     return chunk
+
+
+def prefix_events_pb(pool: KvBlockPool, request: pb2.HealthRequest, engine_id: str) -> pb2.PrefixCacheEvents:
+    """The prefix-cache changes a Health caller asked for (a full listing for another engine)."""
+    # -1 is below any floor: a full listing.
+    after = request.prefix_events_after if request.prefix_events_engine == engine_id else -1
+    ev = pool.prefix_events(after)
+    return pb2.PrefixCacheEvents(
+        salt=pool.cache_salt,
+        block_size=pool.block_size,
+        seq=ev.seq,
+        reset=ev.reset,
+        stored=list(ev.stored),
+        evicted=list(ev.evicted),
+    )

@@ -28,8 +28,9 @@ from baton_worker.engine import (
 from baton_worker.kv.errors import KvError, KvHandleError, KvTransferError
 from baton_worker.kv.handle import CompatInfo, check_handle
 from baton_worker.kv.sink import KvSink
+from baton_worker.prefix_hash import reusable_blocks
 from baton_worker.rpc import pb2, pb2_grpc
-from baton_worker.server.convert import sampling_from_pb, status_for, token_chunk
+from baton_worker.server.convert import prefix_events_pb, sampling_from_pb, status_for, token_chunk
 from baton_worker.server.lifecycle import Lifecycle, NotAccepting
 from baton_worker.server.metrics import LoadSnapshot, WorkerMetrics
 
@@ -73,6 +74,7 @@ class DecodeService(pb2_grpc.DecodeWorkerServicer):
             ready=ready,
             draining=self.lifecycle.draining,
             freed={},
+            prefix=self.pool.prefix_stats() if self.loop.engine.prefix_caching else None,
         )
 
     def Generate(
@@ -121,7 +123,9 @@ class DecodeService(pb2_grpc.DecodeWorkerServicer):
         kv_seconds, kv_bytes = 0.0, 0
         engine_request = plain
         if handle is not None:
-            blocks, kv_seconds, kv_bytes = self._pull(handle, plain.prefix_len, context)
+            blocks, kv_seconds, kv_bytes = self._pull(
+                handle, [*plain.prompt_token_ids, *plain.resume_token_ids], context
+            )
             engine_request = EngineRequest(
                 plain.request_id,
                 plain.prompt_token_ids,
@@ -178,30 +182,40 @@ class DecodeService(pb2_grpc.DecodeWorkerServicer):
                 self.metrics.request(out.finish_reason or "stop")
                 return
 
+    def _cached_for_pull(self, handle: pb2.KvHandle, tokens: list[int]) -> list[int]:
+        """Held blocks of the handle's leading blocks that this worker's prefix cache already has
+        (a follow-up turn of a conversation it served): those are not transferred again."""
+        if not self.loop.engine.prefix_caching or not getattr(self.sink, "supports_skip", False):
+            return []
+        hashes = self.pool.prefix_hashes(tokens)
+        reuse = min(
+            reusable_blocks(len(tokens), self.pool.block_size, must_compute_last=False), len(handle.block_ids)
+        )
+        return self.pool.match_prefix(hashes[:reuse])
+
     def _pull(
-        self, handle: pb2.KvHandle, prefix_len: int, context: grpc.ServicerContext
+        self, handle: pb2.KvHandle, tokens: list[int], context: grpc.ServicerContext
     ) -> tuple[list[int], float, int]:
         left = context.time_remaining()
         budget = self.kv_timeout_s if left is None else min(self.kv_timeout_s, left)
         deadline = time.monotonic() + budget
+        hit = self._cached_for_pull(handle, tokens)
         blocks: list[int] | None = None
         counted = False
         try:
             # Waiting for blocks counts in the pool's waiters (the queue depth Health reports).
+            need = len(handle.block_ids) - len(hit)
             blocks = self.pool.allocate_blocking(
-                len(handle.block_ids), max(0.0, deadline - time.monotonic()), num_tokens=prefix_len
+                need, max(0.0, deadline - time.monotonic()), num_tokens=len(tokens)
             )
             if blocks is None:
-                raise KvTransferError(
-                    f"no free KV blocks for {len(handle.block_ids)} blocks within {budget:.1f}s"
-                )
+                raise KvTransferError(f"no free KV blocks for {need} blocks within {budget:.1f}s")
             with self._lock:
                 self._pulling += 1
                 counted = True
-            result = self.sink.pull(handle, blocks, deadline)
+            result = self.sink.pull(handle, blocks, deadline, skip=len(hit))
         except Exception as exc:
-            if blocks is not None:
-                self.pool.free(blocks)
+            self.pool.free(hit + (blocks or []))
             self.sink.release_remote(handle, time.monotonic() + 1.0)
             if not isinstance(exc, KvError):
                 exc = KvTransferError(f"{type(exc).__name__}: {exc}")
@@ -212,7 +226,7 @@ class DecodeService(pb2_grpc.DecodeWorkerServicer):
                 with self._lock:
                     self._pulling -= 1
         self.metrics.transfer(result.backend, result.bytes, result.seconds)
-        return blocks, result.seconds, result.bytes
+        return hit + blocks, result.seconds, result.bytes
 
     def Cancel(self, request: pb2.CancelRequest, context: grpc.ServicerContext) -> pb2.CancelResponse:  # noqa: N802
         if self.loop.abort(request.request_id):
@@ -233,7 +247,7 @@ class DecodeService(pb2_grpc.DecodeWorkerServicer):
     def Health(self, request: pb2.HealthRequest, context: grpc.ServicerContext) -> pb2.HealthResponse:  # noqa: N802
         stats = self.loop.engine.stats()
         ready, _ = self.lifecycle.readiness()
-        return pb2.HealthResponse(
+        reply = pb2.HealthResponse(
             role="decode",
             ready=ready,
             queue_depth=stats.waiting + self._pulling,
@@ -249,6 +263,9 @@ class DecodeService(pb2_grpc.DecodeWorkerServicer):
             max_batch_size=stats.max_batch_size,
             draining=self.lifecycle.draining,
         )
+        if request.want_prefix_events and self.loop.engine.prefix_caching:
+            reply.prefix_cache.CopyFrom(prefix_events_pb(self.pool, request, self.engine_id))
+        return reply
 
     def abort_all(self) -> int:
         """Abort every running request (end of drain): their streams end with "abort"."""

@@ -45,6 +45,7 @@ class WorkerOptions:
     threads: int
     kv_pull_delay_ms: float
     kv_read_lanes: int = 0  # 0: auto (baton_worker.kv.nixl_agent.default_read_lanes)
+    prefix_caching: bool = True
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="decode, NIXL: parallel READs a large pull is split across (0 = auto: one per usable core "
         "up to 4 for host memory, 1 for GPU memory; $BATON_KV_READ_LANES)",
+    )
+    p.add_argument(
+        "--no-prefix-caching",
+        dest="prefix_caching",
+        action="store_false",
+        help="compute every prompt from its first token (default: reuse the KV of cached prompt prefixes)",
     )
     p.add_argument("--drain-grace-s", type=float, default=30.0, help="SIGTERM: let running requests finish")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
@@ -132,6 +139,7 @@ def parse_options(argv: list[str]) -> WorkerOptions:
         threads=a.threads,
         kv_pull_delay_ms=a.kv_pull_delay_ms,
         kv_read_lanes=a.kv_read_lanes,
+        prefix_caching=a.prefix_caching,
     )
 
 

@@ -4,17 +4,24 @@ Names (role is a label so one dashboard covers both pools):
 ``baton_worker_queue_depth``, ``baton_worker_running``, ``baton_worker_kv_blocks{state}``,
 ``baton_worker_kv_block_usage`` (0..1), ``baton_worker_ready``, ``baton_worker_draining``,
 ``baton_worker_requests_total{outcome}``, ``baton_worker_kv_transfer_bytes_total``,
-``baton_worker_kv_transfer_seconds`` (histogram), ``baton_worker_kv_freed_total{reason}`` (prefill).
+``baton_worker_kv_transfer_seconds`` (histogram), ``baton_worker_kv_freed_total{reason}`` (prefill),
+``baton_worker_prefix_cache_queried_tokens_total``, ``baton_worker_prefix_cache_hit_tokens_total``
+(hit rate = rate of hits / rate of queries), ``baton_worker_prefix_cache_evicted_blocks_total``,
+``baton_worker_prefix_cache_blocks`` (blocks named by a prefix hash, held or evictable).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from baton_worker.engine.kv_pool import PrefixCacheStats
 
 
 @dataclass(frozen=True)
@@ -28,6 +35,7 @@ class LoadSnapshot:
     ready: bool
     draining: bool
     freed: dict[str, int]
+    prefix: PrefixCacheStats | None = None
 
 
 class _LoadCollector(Collector):
@@ -35,7 +43,7 @@ class _LoadCollector(Collector):
         self._role = role
         self._snapshot = snapshot
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         s = self._snapshot()
         role = [self._role]
 
@@ -66,6 +74,30 @@ class _LoadCollector(Collector):
         for reason, n in sorted(s.freed.items()):
             freed.add_metric([self._role, reason], n)
         yield freed
+        if s.prefix is not None:
+            yield from self._prefix(s.prefix)
+
+    def _prefix(self, p: PrefixCacheStats) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        role = [self._role]
+        for name, doc, value in (
+            (
+                "queried_tokens",
+                "Prompt tokens looked up in the prefix cache (whole blocks)",
+                p.queried_tokens,
+            ),
+            ("hit_tokens", "Prompt tokens whose KV came from the prefix cache", p.hit_tokens),
+            ("evicted_blocks", "Cached KV blocks evicted to make room", p.evicted_blocks),
+        ):
+            c = CounterMetricFamily(f"baton_worker_prefix_cache_{name}", doc, labels=["role"])
+            c.add_metric(role, value)
+            yield c
+        g = GaugeMetricFamily(
+            "baton_worker_prefix_cache_blocks",
+            "KV blocks named by a prefix hash (held or evictable)",
+            labels=["role"],
+        )
+        g.add_metric(role, p.cached_blocks)
+        yield g
 
 
 class WorkerMetrics:

@@ -15,7 +15,13 @@ import grpc
 from baton_worker.engine import LoadedModel, PrefillRunner
 from baton_worker.kv.source import KvSource, PullRefused
 from baton_worker.rpc import pb2, pb2_grpc
-from baton_worker.server.convert import logprob_to_pb, prompt_logprobs_to_pb, sampling_from_pb, status_for
+from baton_worker.server.convert import (
+    logprob_to_pb,
+    prefix_events_pb,
+    prompt_logprobs_to_pb,
+    sampling_from_pb,
+    status_for,
+)
 from baton_worker.server.lifecycle import Lifecycle, NotAccepting
 from baton_worker.server.metrics import LoadSnapshot, WorkerMetrics
 from baton_worker.server.prefill_stream import CallRefused, CallState, PrefillStreams
@@ -64,6 +70,7 @@ class PrefillService(pb2_grpc.PrefillWorkerServicer):
                 "release": c.freed_by_release,
                 "ttl": c.freed_by_ttl,
             },
+            prefix=self.runner.pool.prefix_stats() if self.runner.prefix_caching else None,
         )
 
     def Prefill(self, request: pb2.PrefillRequest, context: grpc.ServicerContext) -> pb2.PrefillResponse:  # noqa: N802
@@ -159,7 +166,7 @@ class PrefillService(pb2_grpc.PrefillWorkerServicer):
     def Health(self, request: pb2.HealthRequest, context: grpc.ServicerContext) -> pb2.HealthResponse:  # noqa: N802
         stats = self.runner.stats()
         ready, _ = self.lifecycle.readiness()
-        return pb2.HealthResponse(
+        reply = pb2.HealthResponse(
             role="prefill",
             ready=ready,
             queue_depth=stats.waiting,
@@ -175,3 +182,6 @@ class PrefillService(pb2_grpc.PrefillWorkerServicer):
             max_batch_size=self.runner.max_batch_size,
             draining=self.lifecycle.draining,
         )
+        if request.want_prefix_events and self.runner.prefix_caching:
+            reply.prefix_cache.CopyFrom(prefix_events_pb(self.runner.pool, request, self.source.engine_id))
+        return reply

@@ -85,7 +85,9 @@ def run_worker(opts: WorkerOptions, lifecycle: Lifecycle, stop: threading.Event)
         from baton_worker.kv.source import KvSource
         from baton_worker.server.prefill import PrefillService
 
-        runner = PrefillRunner(model, pool, max_batch_size=opts.max_batch_size)
+        runner = PrefillRunner(
+            model, pool, max_batch_size=opts.max_batch_size, prefix_caching=opts.prefix_caching
+        )
         if tp is not None:
             tp.drive(runner)
         source = KvSource(
@@ -108,7 +110,9 @@ def run_worker(opts: WorkerOptions, lifecycle: Lifecycle, stop: threading.Event)
         from baton_worker.kv.sink import KvSink
         from baton_worker.server.decode import DecodeService
 
-        engine = DecodeEngine(model, pool, max_batch_size=opts.max_batch_size)
+        engine = DecodeEngine(
+            model, pool, max_batch_size=opts.max_batch_size, prefix_caching=opts.prefix_caching
+        )
         if tp is not None:
             tp.drive(engine)
         loop = EngineLoop(engine).start()

@@ -65,10 +65,15 @@ class TpSink:
         self.group = group
         self._release = release_via  # a grpc-backend KvSink: its Release call and channels
 
-    def pull(self, handle: pb2.KvHandle, dst_blocks: list[int], deadline: float) -> PullResult:
+    # Every rank pulls the whole handle: the decode-side prefix cache is not consulted.
+    supports_skip = False
+
+    def pull(self, handle: pb2.KvHandle, dst_blocks: list[int], deadline: float, skip: int = 0) -> PullResult:
         """Every decode rank pulls its heads at once; then the prefill blocks are released (no
         rank's READ carries the done notification: the prefill side must not free before the
         last rank has read). Raises KvTransferError (retryable) on any rank's failure."""
+        if skip:
+            raise ValueError("skip: a TP decode worker pulls every block of a handle")
         t0 = time.monotonic()
         try:
             results = self.group.pull(
