@@ -11,8 +11,6 @@ import hashlib
 import json
 from typing import Any
 
-from baton_worker.router.auth import API_KEY_ENV
-
 from baton_operator.names import (
     MANAGED_BY,
     child_name,
@@ -23,42 +21,29 @@ from baton_operator.names import (
     router_service_account_name,
     selector_labels,
 )
+from baton_operator.pods import (
+    CONFIG_FILE,
+    POD_SECURITY,
+    container_env,
+    container_extras,
+    container_security,
+    pod_extras,
+    probe,
+    spread,
+    volumes,
+)
 from baton_operator.spec import Pool, RoleSpec
 
 __all__ = ["MANAGED_BY", "child_name", "config_map_name", "labels", "selector_labels"]
 
 WORKER_GRPC_PORT = 50051
 WORKER_METRICS_PORT = 8081
-CONFIG_MOUNT = "/etc/baton"
-CONFIG_FILE = "config.json"
-SHM_SIZE = "16Gi"
 # preStop pause so EndpointSlices drop the pod (the router stops sending) before SIGTERM drains it.
 PRE_STOP_SECONDS = 5
 # Long enough for a decode pod to finish its running sequences after readiness drops.
 GRACE_SECONDS = {"prefill": 120, "decode": 600, "router": 60}
 ROUTER_RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
 CONFIG_HASH_ANNOTATION = "baton.dev/config-hash"
-# The images' non-root user (images/*.Containerfile).
-RUN_AS = 65532
-# Pods meet the Pod Security Standard "restricted": non-root, seccomp RuntimeDefault, no
-# privilege escalation, every capability dropped, a read-only root filesystem (writable:
-# /tmp, the model cache, /dev/shm). RDMA pools add IPC_LOCK (registering memory with a NIC pins
-# pages), which "restricted" forbids: their namespace needs "baseline".
-POD_SECURITY = {
-    "runAsNonRoot": True,
-    "runAsUser": RUN_AS,
-    "runAsGroup": RUN_AS,
-    "fsGroup": RUN_AS,
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
-
-
-def container_security(add: tuple[str, ...] = ()) -> dict[str, Any]:
-    """A container's securityContext: read-only root, no escalation, only the ``add`` capabilities."""
-    caps: dict[str, Any] = {"drop": ["ALL"]}
-    if add:
-        caps["add"] = list(add)
-    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": caps}
 
 
 def worker_config(pool: Pool) -> dict[str, Any]:
@@ -153,70 +138,9 @@ def _worker_resources(pool: Pool, role: RoleSpec) -> dict[str, Any]:
     return {"requests": requests, "limits": limits}
 
 
-def _volumes(pool: Pool, shm: bool = True) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Volumes and mounts of the pool config and model (and /dev/shm for workers, when ``shm``)."""
-    volumes: list[dict[str, Any]] = [
-        {"name": "config", "configMap": {"name": config_map_name(pool)}},
-        {"name": "model-cache", "emptyDir": {}},
-        {"name": "tmp", "emptyDir": {}},
-    ]
-    mounts: list[dict[str, Any]] = [
-        {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
-        {"name": "model-cache", "mountPath": "/var/cache/baton"},
-        # HOME: caches of the Python libraries; the root filesystem is read-only.
-        {"name": "tmp", "mountPath": "/tmp"},
-    ]
-    if shm:
-        volumes.insert(0, {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}})
-        mounts.insert(0, {"name": "dshm", "mountPath": "/dev/shm"})
-    source = pool.spec.model.source
-    if source.startswith("pvc://"):
-        claim = source[len("pvc://") :].split("/", 1)[0]
-        volumes.append({"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
-        mounts.append({"name": "model", "mountPath": f"/models/{claim}", "readOnly": True})
-    return volumes, mounts
-
-
-def _env(pool: Pool, role: str) -> list[dict[str, Any]]:
-    def field_ref(path: str) -> dict[str, Any]:
-        return {"valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}}
-
-    return [
-        {"name": "POD_NAME", **field_ref("metadata.name")},
-        {"name": "POD_NAMESPACE", **field_ref("metadata.namespace")},
-        {"name": "POD_IP", **field_ref("status.podIP")},
-        {"name": "BATON_POOL", "value": pool.name},
-        {"name": "BATON_ROLE", "value": role},
-        {"name": "BATON_CONFIG", "value": f"{CONFIG_MOUNT}/{CONFIG_FILE}"},
-        # The workers' UCX settings (the router moves no KV). The worker applies its own UCX
-        # defaults only to variables left unset, so these win.
-        *({"name": k, "value": v} for k, v in (pool.spec.kv_transfer.ucx if role != "router" else ())),
-    ]
-
-
-def _probe(path: str, port: str, period: int, failures: int) -> dict[str, Any]:
-    return {
-        "httpGet": {"path": path, "port": port},
-        "periodSeconds": period,
-        "timeoutSeconds": 3,
-        "failureThreshold": failures,
-    }
-
-
-def _spread(pool: Pool, role: str) -> list[dict[str, Any]]:
-    return [
-        {
-            "maxSkew": 1,
-            "topologyKey": "kubernetes.io/hostname",
-            "whenUnsatisfiable": "ScheduleAnyway",
-            "labelSelector": {"matchLabels": selector_labels(pool, role)},
-        }
-    ]
-
-
 def worker_pod_template(pool: Pool, role: RoleSpec) -> dict[str, Any]:
     """Pod template of a prefill or decode worker: GPUs, GPU-type node selector, probes, drain."""
-    volumes, mounts = _volumes(pool)
+    pod_volumes, mounts = volumes(pool)
     # Registering memory with an RDMA NIC pins pages.
     security = container_security(("IPC_LOCK",) if pool.spec.kv_transfer.rdma_resource else ())
     container: dict[str, Any] = {
@@ -228,15 +152,16 @@ def worker_pod_template(pool: Pool, role: RoleSpec) -> dict[str, Any]:
             {"name": "grpc", "containerPort": WORKER_GRPC_PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": WORKER_METRICS_PORT, "protocol": "TCP"},
         ],
-        "env": _env(pool, role.role),
+        "env": container_env(pool, role.role),
+        **container_extras(pool),
         "resources": _worker_resources(pool, role),
         "volumeMounts": mounts,
         # /health is 200 only when the model is loaded and the worker is not draining: readiness.
         # Liveness asks only that the process answers, so a long load or a drain is not a restart.
         # Probed every 2 s: a pod is Ready (and the router sends it work) at most 2 s after its
         # model loaded; 900 failures allow a 30 min load of a large checkpoint.
-        "startupProbe": _probe("/health", "metrics", 2, 900),
-        "readinessProbe": _probe("/health", "metrics", 5, 3),
+        "startupProbe": probe("/health", "metrics", 2, 900),
+        "readinessProbe": probe("/health", "metrics", 5, 3),
         "livenessProbe": {
             "tcpSocket": {"port": "metrics"},
             "periodSeconds": 10,
@@ -255,11 +180,12 @@ def worker_pod_template(pool: Pool, role: RoleSpec) -> dict[str, Any]:
     tolerations += [t for t in role.tolerations if t not in tolerations]
     pod_spec: dict[str, Any] = {
         "containers": [container],
-        "topologySpreadConstraints": _spread(pool, role.role),
+        "topologySpreadConstraints": spread(pool, role.role),
         "terminationGracePeriodSeconds": GRACE_SECONDS[role.role],
         "automountServiceAccountToken": False,
         "securityContext": POD_SECURITY,
-        "volumes": volumes,
+        "volumes": pod_volumes,
+        **pod_extras(pool),
     }
     # Empty ones are left out as the API server leaves them out (a no-op resync compares them).
     if node_selector:
@@ -342,22 +268,18 @@ def build_router_deployment(pool: Pool) -> dict[str, Any]:
     router = pool.spec.router
     # The router loads the model's tokenizer (chat template, prompt lengths): it reads the model
     # source from the mounted config and the files from the model volume, but needs no /dev/shm.
-    volumes, mounts = _volumes(pool, shm=False)
-    env = _env(pool, "router")
-    if router.api_key_secret is not None:
-        # From the Secret in the environment, never on the command line (visible to `ps`).
-        name, key = router.api_key_secret
-        env.append({"name": API_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}})
+    pod_volumes, mounts = volumes(pool, shm=False)
     container = {
         "name": "router",
         "image": pool.spec.image,
         "imagePullPolicy": "IfNotPresent",
         "command": router_command(pool),
         "ports": [{"name": "http", "containerPort": router.port, "protocol": "TCP"}],
-        "env": env,
+        "env": container_env(pool, "router"),
+        **container_extras(pool),
         "volumeMounts": mounts,
         "resources": ROUTER_RESOURCES,
-        "readinessProbe": _probe("/health", "http", 2, 3),
+        "readinessProbe": probe("/health", "http", 2, 3),
         "livenessProbe": {
             "tcpSocket": {"port": "http"},
             "periodSeconds": 10,
@@ -379,9 +301,10 @@ def build_router_deployment(pool: Pool) -> dict[str, Any]:
                     "serviceAccountName": router_service_account_name(pool),
                     "securityContext": POD_SECURITY,
                     "containers": [container],
-                    "volumes": volumes,
+                    "volumes": pod_volumes,
                     "terminationGracePeriodSeconds": GRACE_SECONDS["router"],
-                    "topologySpreadConstraints": _spread(pool, "router"),
+                    "topologySpreadConstraints": spread(pool, "router"),
+                    **pod_extras(pool),
                 },
             },
         },

@@ -46,13 +46,21 @@ def string_map(description: str) -> S:
     return {"type": "object", "description": description, "additionalProperties": {"type": "string"}}
 
 
-def quantity_map(description: str) -> S:
-    quantity = {
+QUANTITY_PATTERN = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+
+
+def quantity(description: str | None = None) -> S:
+    """A Kubernetes quantity (1, 500m, 64Gi): an integer or a string."""
+    schema: S = {
         "anyOf": [{"type": "integer"}, {"type": "string"}],
         "x-kubernetes-int-or-string": True,
-        "pattern": r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$",
+        "pattern": QUANTITY_PATTERN,
     }
-    return {"type": "object", "description": description, "additionalProperties": quantity}
+    return {"description": description, **schema} if description else schema
+
+
+def quantity_map(description: str) -> S:
+    return {"type": "object", "description": description, "additionalProperties": quantity()}
 
 
 def _label_selector(description: str) -> S:

@@ -12,6 +12,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from baton_operator.spec_base import SpecError, as_obj, read_bool, read_int, read_num, read_str
+from baton_operator.spec_pod import (
+    DEFAULT_MODEL_SECRET_KEY,
+    PodOptions,
+    SecretKeyRef,
+    parse_pod_options,
+    parse_secret_ref,
+)
+
 GROUP = "baton.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -40,15 +49,6 @@ SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
 AUTOSCALING_MODES = ("builtin", "keda")
 ROLES = ("prefill", "decode")
 MAX_POOL_NAME = 40  # children are named <pool>-prefill etc.; pod names must stay under 63 chars
-
-
-class SpecError(ValueError):
-    """A permanent problem with an InferencePool's spec; ``field`` is its path, e.g. spec.prefill.gpu.type."""
-
-    def __init__(self, field_path: str, message: str) -> None:
-        super().__init__(f"{field_path}: {message}")
-        self.field = field_path
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,8 @@ class ModelSpec:
     source: str
     dtype: str = "bfloat16"
     max_model_len: int = 8192
+    # spec.model.secretRef: the Secret key exposed as HF_TOKEN; None: no credentials.
+    secret: SecretKeyRef | None = None
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ class RouterSpec:
     service_type: str = "ClusterIP"
     port: int = 8000
     # spec.router.auth.apiKeySecretRef as (Secret name, key); None: no authentication.
-    api_key_secret: tuple[str, str] | None = None
+    api_key_secret: SecretKeyRef | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,7 @@ class PoolSpec:
     router: RouterSpec
     kv_transfer: KvTransferSpec
     autoscaling: PoolAutoscaling
+    pod: PodOptions = field(default_factory=PodOptions)  # spec.env, envFrom, imagePullSecrets
 
     def role(self, name: str) -> RoleSpec:
         return self.prefill if name == "prefill" else self.decode
@@ -162,50 +165,8 @@ ROLE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def _obj(raw: Any, path: str) -> Mapping[str, Any]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, Mapping):
-        raise SpecError(path, f"must be an object, got {type(raw).__name__}")
-    return raw
-
-
-def _int(raw: Mapping[str, Any], key: str, path: str, default: int, minimum: int | None = None) -> int:
-    value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SpecError(f"{path}.{key}", f"must be an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise SpecError(f"{path}.{key}", f"must be >= {minimum}, got {value}")
-    return value
-
-
-def _num(raw: Mapping[str, Any], key: str, path: str, default: float, minimum: float = 0.0) -> float:
-    value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise SpecError(f"{path}.{key}", f"must be a number, got {value!r}")
-    if value < minimum:
-        raise SpecError(f"{path}.{key}", f"must be >= {minimum}, got {value}")
-    return float(value)
-
-
-def _bool(raw: Mapping[str, Any], key: str, path: str, default: bool) -> bool:
-    value = raw.get(key, default)
-    if not isinstance(value, bool):
-        raise SpecError(f"{path}.{key}", f"must be true or false, got {value!r}")
-    return value
-
-
-def _str(raw: Mapping[str, Any], key: str, path: str, default: str, choices: tuple[str, ...] = ()) -> str:
-    value = raw.get(key, default)
-    if not isinstance(value, str):
-        raise SpecError(f"{path}.{key}", f"must be a string, got {value!r}")
-    if choices and value not in choices:
-        raise SpecError(f"{path}.{key}", f"must be one of {', '.join(choices)}; got {value!r}")
-    return value
-
-
 def _ucx_env(raw: Any, path: str) -> tuple[tuple[str, str], ...]:
-    env = _obj(raw, path)
+    env = as_obj(raw, path)
     if len(env) > MAX_UCX_VARS:
         raise SpecError(path, f"at most {MAX_UCX_VARS} variables, got {len(env)}")
     for key, value in env.items():
@@ -217,16 +178,16 @@ def _ucx_env(raw: Any, path: str) -> tuple[tuple[str, str], ...]:
 
 
 def _role_autoscaling(raw: Any, path: str) -> RoleAutoscaling:
-    obj = _obj(raw, path)
+    obj = as_obj(raw, path)
     result = RoleAutoscaling(
-        enabled=_bool(obj, "enabled", path, False),
-        min_replicas=_int(obj, "minReplicas", path, 1, minimum=0),
-        max_replicas=_int(obj, "maxReplicas", path, 8, minimum=1),
-        target_queue_depth=_num(obj, "targetQueueDepth", path, 4.0),
-        scale_up_stabilization_seconds=_int(obj, "scaleUpStabilizationSeconds", path, 0, minimum=0),
-        scale_down_stabilization_seconds=_int(obj, "scaleDownStabilizationSeconds", path, 300, minimum=0),
-        tolerance=_num(obj, "tolerance", path, 0.1),
-        max_scale_step=_int(obj, "maxScaleStep", path, 4, minimum=1),
+        enabled=read_bool(obj, "enabled", path, False),
+        min_replicas=read_int(obj, "minReplicas", path, 1, minimum=0),
+        max_replicas=read_int(obj, "maxReplicas", path, 8, minimum=1),
+        target_queue_depth=read_num(obj, "targetQueueDepth", path, 4.0),
+        scale_up_stabilization_seconds=read_int(obj, "scaleUpStabilizationSeconds", path, 0, minimum=0),
+        scale_down_stabilization_seconds=read_int(obj, "scaleDownStabilizationSeconds", path, 300, minimum=0),
+        tolerance=read_num(obj, "tolerance", path, 0.1),
+        max_scale_step=read_int(obj, "maxScaleStep", path, 4, minimum=1),
     )
     if result.min_replicas > result.max_replicas:
         # The field to fix and the wording of the CRD's CEL rule for the same condition.
@@ -243,9 +204,9 @@ def _role_autoscaling(raw: Any, path: str) -> RoleAutoscaling:
 
 
 def _router_port(spec: Mapping[str, Any]) -> int:
-    router = _obj(spec.get("router"), "spec.router")
-    service = _obj(router.get("service"), "spec.router.service")
-    port = _int(service, "port", "spec.router.service", 8000, minimum=1)
+    router = as_obj(spec.get("router"), "spec.router")
+    service = as_obj(router.get("service"), "spec.router.service")
+    port = read_int(service, "port", "spec.router.service", 8000, minimum=1)
     if port > 65535:
         raise SpecError("spec.router.service.port", f"must be <= 65535, got {port}")
     return port
@@ -258,19 +219,19 @@ def parse_autoscaling(raw: Any) -> AutoscalingSpec:
     autoscaler accept and refuse the same specs. Fields the autoscaler does not read (the model,
     GPUs...) are not looked at. Raises SpecError naming the offending field.
     """
-    spec = _obj(raw, "spec")
-    auto = _obj(spec.get("autoscaling"), "spec.autoscaling")
-    prom = _obj(auto.get("prometheus"), "spec.autoscaling.prometheus")
+    spec = as_obj(raw, "spec")
+    auto = as_obj(spec.get("autoscaling"), "spec.autoscaling")
+    prom = as_obj(auto.get("prometheus"), "spec.autoscaling.prometheus")
     pool = PoolAutoscaling(
-        mode=_str(auto, "mode", "spec.autoscaling", "builtin", AUTOSCALING_MODES),
-        metrics_url=_str(auto, "metricsUrl", "spec.autoscaling", ""),
-        interval_seconds=_int(auto, "intervalSeconds", "spec.autoscaling", 5, minimum=1),
-        prometheus_url=_str(prom, "url", "spec.autoscaling.prometheus", ""),
-        prometheus_query=_str(prom, "query", "spec.autoscaling.prometheus", ""),
+        mode=read_str(auto, "mode", "spec.autoscaling", "builtin", AUTOSCALING_MODES),
+        metrics_url=read_str(auto, "metricsUrl", "spec.autoscaling", ""),
+        interval_seconds=read_int(auto, "intervalSeconds", "spec.autoscaling", 5, minimum=1),
+        prometheus_url=read_str(prom, "url", "spec.autoscaling.prometheus", ""),
+        prometheus_query=read_str(prom, "query", "spec.autoscaling.prometheus", ""),
     )
     roles = {
         role: _role_autoscaling(
-            _obj(spec.get(role), f"spec.{role}").get("autoscaling"), f"spec.{role}.autoscaling"
+            as_obj(spec.get(role), f"spec.{role}").get("autoscaling"), f"spec.{role}.autoscaling"
         )
         for role in ROLES
     }
@@ -279,14 +240,14 @@ def parse_autoscaling(raw: Any) -> AutoscalingSpec:
 
 def _role(raw: Any, role: str, autoscaling: RoleAutoscaling) -> RoleSpec:
     path = f"spec.{role}"
-    obj = _obj(raw, path)
+    obj = as_obj(raw, path)
     defaults = ROLE_DEFAULTS[role]
-    tp = _int(obj, "tensorParallelSize", path, defaults["tensorParallelSize"])
+    tp = read_int(obj, "tensorParallelSize", path, defaults["tensorParallelSize"])
     if tp not in TENSOR_PARALLEL_SIZES:
         raise SpecError(f"{path}.tensorParallelSize", f"must be 1, 2, 4 or 8; got {tp}")
-    gpu = _obj(obj.get("gpu"), f"{path}.gpu")
-    gpu_type = _str(gpu, "type", f"{path}.gpu", defaults["gpu"], tuple(GPU_PRODUCTS))
-    device = _str(obj, "device", path, defaults["device"], DEVICES)
+    gpu = as_obj(obj.get("gpu"), f"{path}.gpu")
+    gpu_type = read_str(gpu, "type", f"{path}.gpu", defaults["gpu"], tuple(GPU_PRODUCTS))
+    device = read_str(obj, "device", path, defaults["device"], DEVICES)
     if device == "cpu" and tp != 1:
         # The same wording as the CRD's CEL rule.
         raise SpecError(
@@ -295,7 +256,7 @@ def _role(raw: Any, role: str, autoscaling: RoleAutoscaling) -> RoleSpec:
         )
     if device == "cpu" and obj.get("gpu") is not None:
         raise SpecError(f"{path}.gpu", "must not be set when device is cpu: a CPU pod requests no GPU")
-    node_selector = dict(_obj(obj.get("nodeSelector"), f"{path}.nodeSelector"))
+    node_selector = dict(as_obj(obj.get("nodeSelector"), f"{path}.nodeSelector"))
     for key, value in node_selector.items():
         if not isinstance(value, str):
             raise SpecError(f"{path}.nodeSelector.{key}", "must be a string")
@@ -304,30 +265,22 @@ def _role(raw: Any, role: str, autoscaling: RoleAutoscaling) -> RoleSpec:
         raise SpecError(f"{path}.tolerations", "must be a list of objects")
     return RoleSpec(
         role=role,
-        replicas=_int(obj, "replicas", path, defaults["replicas"], minimum=0),
+        replicas=read_int(obj, "replicas", path, defaults["replicas"], minimum=0),
         tensor_parallel_size=tp,
-        max_batch_size=_int(obj, "maxBatchSize", path, defaults["maxBatchSize"], minimum=1),
+        max_batch_size=read_int(obj, "maxBatchSize", path, defaults["maxBatchSize"], minimum=1),
         gpu_type=gpu_type,
         device=device,
         node_selector=node_selector,
         tolerations=[dict(t) for t in tolerations],
-        affinity=dict(_obj(obj.get("affinity"), f"{path}.affinity")),
-        resources=dict(_obj(obj.get("resources"), f"{path}.resources")),
+        affinity=dict(as_obj(obj.get("affinity"), f"{path}.affinity")),
+        resources=dict(as_obj(obj.get("resources"), f"{path}.resources")),
         autoscaling=autoscaling,
     )
 
 
-def _api_key_secret(raw: Any) -> tuple[str, str] | None:
-    auth = _obj(raw, "spec.router.auth")
-    if auth.get("apiKeySecretRef") is None:
-        return None
-    ref = _obj(auth["apiKeySecretRef"], "spec.router.auth.apiKeySecretRef")
-    path = "spec.router.auth.apiKeySecretRef"
-    name = _str(ref, "name", path, "")
-    if not name:
-        raise SpecError(f"{path}.name", "is required")
-    key = _str(ref, "key", path, "api-key") or "api-key"
-    return name, key
+def _api_key_secret(raw: Any) -> SecretKeyRef | None:
+    auth = as_obj(raw, "spec.router.auth")
+    return parse_secret_ref(auth.get("apiKeySecretRef"), "spec.router.auth.apiKeySecretRef", "api-key")
 
 
 def parse_spec(raw: Any, pool_name: str, default_image: str) -> PoolSpec:
@@ -335,49 +288,51 @@ def parse_spec(raw: Any, pool_name: str, default_image: str) -> PoolSpec:
 
     Raises SpecError naming the offending field; never returns a half-parsed spec.
     """
-    spec = _obj(raw, "spec")
+    spec = as_obj(raw, "spec")
     if "model" not in spec:
         raise SpecError("spec.model", "is required")
-    model = _obj(spec["model"], "spec.model")
-    source = _str(model, "source", "spec.model", "")
+    model = as_obj(spec["model"], "spec.model")
+    source = read_str(model, "source", "spec.model", "")
     if not source:
         raise SpecError("spec.model.source", "is required (hf://, pvc://, file:// or builtin://)")
     if not source.startswith(("hf://", "pvc://", "file://", "builtin://")):
         raise SpecError(
             "spec.model.source", f"must start with hf://, pvc://, file:// or builtin://; got {source!r}"
         )
-    router = _obj(spec.get("router"), "spec.router")
-    service = _obj(router.get("service"), "spec.router.service")
-    kv = _obj(spec.get("kvTransfer"), "spec.kvTransfer")
+    router = as_obj(spec.get("router"), "spec.router")
+    service = as_obj(router.get("service"), "spec.router.service")
+    kv = as_obj(spec.get("kvTransfer"), "spec.kvTransfer")
     auto = parse_autoscaling(spec)
     return PoolSpec(
         model=ModelSpec(
-            name=_str(model, "name", "spec.model", "") or pool_name,
+            name=read_str(model, "name", "spec.model", "") or pool_name,
             source=source,
-            dtype=_str(model, "dtype", "spec.model", "bfloat16", DTYPES),
-            max_model_len=_int(model, "maxModelLen", "spec.model", 8192, minimum=1),
+            dtype=read_str(model, "dtype", "spec.model", "bfloat16", DTYPES),
+            max_model_len=read_int(model, "maxModelLen", "spec.model", 8192, minimum=1),
+            secret=parse_secret_ref(model.get("secretRef"), "spec.model.secretRef", DEFAULT_MODEL_SECRET_KEY),
         ),
-        image=_str(spec, "image", "spec", "") or default_image,
+        image=read_str(spec, "image", "spec", "") or default_image,
         prefill=_role(spec.get("prefill"), "prefill", auto.roles["prefill"]),
         decode=_role(spec.get("decode"), "decode", auto.roles["decode"]),
         router=RouterSpec(
-            replicas=_int(router, "replicas", "spec.router", 1, minimum=0),
-            service_type=_str(service, "type", "spec.router.service", "ClusterIP", SERVICE_TYPES),
+            replicas=read_int(router, "replicas", "spec.router", 1, minimum=0),
+            service_type=read_str(service, "type", "spec.router.service", "ClusterIP", SERVICE_TYPES),
             port=auto.router_port,
             api_key_secret=_api_key_secret(router.get("auth")),
         ),
         kv_transfer=KvTransferSpec(
-            backend=_str(kv, "backend", "spec.kvTransfer", "auto", KV_BACKENDS),
-            rdma_resource=_str(kv, "rdmaResource", "spec.kvTransfer", ""),
+            backend=read_str(kv, "backend", "spec.kvTransfer", "auto", KV_BACKENDS),
+            rdma_resource=read_str(kv, "rdmaResource", "spec.kvTransfer", ""),
             ucx=_ucx_env(kv.get("ucx"), "spec.kvTransfer.ucx"),
         ),
         autoscaling=auto.pool,
+        pod=parse_pod_options(spec),
     )
 
 
 def parse_pool(body: Mapping[str, Any], default_image: str) -> Pool:
     """Parse a whole InferencePool object (metadata + spec). Raises SpecError on bad input."""
-    meta = _obj(body.get("metadata"), "metadata")
+    meta = as_obj(body.get("metadata"), "metadata")
     name = meta.get("name")
     if not isinstance(name, str) or not name:
         raise SpecError("metadata.name", "is required")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 from baton_operator import crd
+from baton_operator.spec_pod import reserved_env_hint
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "crds" / crd.FILE_NAME
@@ -66,7 +68,18 @@ def test_names_short_name_status_and_printer_columns():
 def test_architecture_fields_defaults_and_validation():
     _, root = _schema()
     spec = root["properties"]["spec"]["properties"]
-    assert set(spec) == {"model", "image", "prefill", "decode", "router", "kvTransfer", "autoscaling"}
+    assert set(spec) == {
+        "model",
+        "image",
+        "imagePullSecrets",
+        "env",
+        "envFrom",
+        "prefill",
+        "decode",
+        "router",
+        "kvTransfer",
+        "autoscaling",
+    }
     prefill, decode = spec["prefill"]["properties"], spec["decode"]["properties"]
     assert prefill["tensorParallelSize"]["enum"] == [1, 2, 4, 8]
     assert prefill["replicas"]["minimum"] == 0 and prefill["maxBatchSize"]["minimum"] == 1
@@ -114,3 +127,71 @@ def test_architecture_fields_defaults_and_validation():
         "lastScaleReason",
         "summary",
     }
+
+
+def _spec_field(path: str) -> dict:
+    _, root = _schema()
+    node = root["properties"]["spec"]
+    for part in path.split("."):
+        node = node["items"] if part == "[]" else node["properties"][part]
+    return node
+
+
+@pytest.mark.parametrize(
+    ("path", "list_key", "max_items", "required"),
+    [
+        ("env", "name", 128, ["name"]),
+        ("envFrom", None, 32, None),
+        ("imagePullSecrets", "name", 16, ["name"]),
+    ],
+)
+def test_pod_lists_are_bounded_and_keyed(path, list_key, max_items, required):
+    schema = _spec_field(path)
+    assert schema["type"] == "array" and schema["maxItems"] == max_items
+    # A map list refuses two entries of one name at apply time.
+    assert schema.get("x-kubernetes-list-map-keys") == ([list_key] if list_key else None)
+    assert schema["items"].get("required") == required
+
+
+def test_model_secret_ref_defaults_its_key_to_hf_token():
+    ref = _spec_field("model.secretRef")
+    assert ref["required"] == ["name"] and ref["properties"]["key"]["default"] == "HF_TOKEN"
+    assert "HF_TOKEN" in ref["description"]
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("HF_TOKEN", "spec.model.secretRef"),
+        ("BATON_API_KEY", "spec.router.auth.apiKeySecretRef"),
+        ("POD_NAME", "set by the operator"),
+        ("BATON_CONFIG", "set by the operator"),
+        ("UCX_TLS", "spec.kvTransfer.ucx"),
+    ],
+)
+def test_reserved_env_names_have_a_cel_rule_naming_the_field_to_use(name, message):
+    rules = _spec_field("env.[]")["x-kubernetes-validations"]
+    matching = [
+        r for r in rules if f"'{name}'" in r["rule"] or (name.startswith("UCX_") and "UCX_" in r["rule"])
+    ]
+    (rule,) = matching
+    assert rule["fieldPath"] == ".name" and rule["reason"] == "FieldValueForbidden"
+    assert "spec.env" in rule["message"] and message in rule["message"]
+    assert reserved_env_hint(name) and message in reserved_env_hint(name)  # the parser says the same
+
+
+@pytest.mark.parametrize(
+    ("path", "rule"),
+    [
+        ("env.[]", "!has(self.valueFrom) || !has(self.value) || self.value == ''"),
+        (
+            "env.[].valueFrom",
+            "[has(self.configMapKeyRef), has(self.secretKeyRef), has(self.fieldRef), "
+            "has(self.resourceFieldRef)].exists_one(x, x)",
+        ),
+        ("envFrom.[]", "has(self.configMapRef) != has(self.secretRef)"),
+    ],
+)
+def test_one_value_source_is_checked_at_apply_time(path, rule):
+    rules = _spec_field(path)["x-kubernetes-validations"]
+    assert rule in [r["rule"] for r in rules]

@@ -97,6 +97,14 @@ def test_a_cpu_role_uses_no_gpu():
             {"model": {"source": "builtin://tiny"}, "decode": {"device": "cpu", "gpu": {"type": "A100"}}},
             "spec.decode.gpu",
         ),
+        ({"model": {"source": "hf://o/m", "secretRef": {"key": "t"}}}, "spec.model.secretRef.name"),
+        ({"model": {"source": "hf://o/m", "secretRef": "hf"}}, "spec.model.secretRef"),
+        (
+            {"model": {"source": "builtin://tiny"}, "env": [{"name": "HF_TOKEN", "value": "x"}]},
+            "spec.env[0].name",
+        ),
+        ({"model": {"source": "builtin://tiny"}, "envFrom": [{"prefix": "X_"}]}, "spec.envFrom[0]"),
+        ({"model": {"source": "builtin://tiny"}, "imagePullSecrets": [{}]}, "spec.imagePullSecrets[0].name"),
     ],
 )
 def test_bad_specs_name_the_field(spec, field):
