@@ -11,6 +11,7 @@ import hashlib
 import json
 from typing import Any
 
+from baton_operator.memory import worker_memory_request
 from baton_operator.names import (
     MANAGED_BY,
     child_name,
@@ -126,9 +127,16 @@ def worker_command(pool: Pool, role: RoleSpec) -> list[str]:
 
 
 def _worker_resources(pool: Pool, role: RoleSpec) -> dict[str, Any]:
-    """User's extra requests/limits, plus the GPUs (= tensorParallelSize) and the RDMA device."""
+    """User's extra requests/limits, a memory request from the model's size unless the user set
+    one, plus the GPUs (= tensorParallelSize) and the RDMA device."""
     requests = {k: str(v) for k, v in (role.resources.get("requests") or {}).items()}
     limits = {k: str(v) for k, v in (role.resources.get("limits") or {}).items()}
+    memory = worker_memory_request(pool, role)
+    if memory is not None:
+        # A request, no limit: host memory peaks while every TP rank reads the whole checkpoint,
+        # and /dev/shm (NCCL) is charged to the pod; a limit sized for the steady state would
+        # OOM-kill a rank and its TP group with it. resources.limits caps it where wanted.
+        requests["memory"] = memory
     # Extended resources must have requests == limits; the GPU count is not the user's to override.
     extended = {"nvidia.com/gpu": str(role.tensor_parallel_size)} if role.uses_gpus else {}
     if pool.spec.kv_transfer.rdma_resource:

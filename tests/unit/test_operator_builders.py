@@ -105,7 +105,7 @@ def test_cpu_roles_request_no_gpu_and_run_the_worker_on_the_cpu():
         assert "tolerations" not in pod, role
     assert builders.build_prefill_statefulset(pool)["spec"]["template"]["spec"]["containers"][0]["resources"][
         "requests"
-    ] == {"cpu": "2"}
+    ] == {"cpu": "2", "memory": "4Gi"}  # the user's cpu, and memory for an unknown (hf://) model on the CPU
     assert builders.build_decode_deployment(pool)["spec"]["template"]["spec"]["nodeSelector"] == {
         "pool": "cpu"
     }

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
+from baton_operator.sandbox import procs
+from baton_operator.sandbox.operator_proc import start_operator, stop_operator
 from operator_helpers import (
     READY_TIMEOUT_S,
+    RESYNC_SECONDS,
     apply,
     condition,
     delete_pool_and_pods,
+    get,
+    is_ready,
+    metric,
     pool_status,
     tiny_pool,
     wait_for,
@@ -40,6 +48,17 @@ BAD_SPECS = [
     # CEL: a CPU role has no tensor parallelism and no GPU type.
     ({"prefill": {"device": "cpu", "tensorParallelSize": 2}}, "spec.prefill.tensorParallelSize must be 1"),
     ({"decode": {"device": "cpu", "gpu": {"type": "A100"}}}, "spec.decode.gpu must not be set"),
+    # CEL: names the operator sets are refused in spec.env, saying where they belong.
+    (
+        {"env": [{"name": "HF_TOKEN", "value": "x"}]},
+        "HF_TOKEN is reserved in spec.env: set it with spec.model.secretRef",
+    ),
+    ({"env": [{"name": "A", "value": "1"}, {"name": "UCX_TLS", "value": "tcp"}]}, "spec.env[1].name"),
+    ({"env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]}, "spec.env[1]"),  # a map list
+    ({"env": [{"name": "A", "valueFrom": {}}]}, "spec.env[0].valueFrom"),
+    ({"envFrom": [{"prefix": "X_"}]}, "spec.envFrom[0]"),
+    ({"imagePullSecrets": [{"name": ""}]}, "spec.imagePullSecrets[0].name"),
+    ({"model": {"source": "hf://org/m", "secretRef": {"key": "token"}}}, "spec.model.secretRef.name"),
 ]
 
 
@@ -117,3 +136,70 @@ def test_operator_gpu_type_without_nodes_reports_the_selector(sandbox, operator_
     ready = wait_for(reason, READY_TIMEOUT_S, "Ready=False reason Unschedulable")
     assert "decode pods unschedulable" in ready["message"]
     assert "node affinity/selector" in ready["message"], ready["message"]
+
+
+POD_OPTIONS = {
+    "model": {"name": "tiny", "source": "builtin://tiny", "dtype": "float32", "secretRef": {"name": "hf"}},
+    "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "EMPTY", "value": ""}],
+    "envFrom": [{"prefix": "APP_", "configMapRef": {"name": "settings"}}],
+    "imagePullSecrets": [{"name": "regcred"}],
+}
+
+
+def test_operator_pod_options_reach_every_pod_and_a_resync_writes_nothing(
+    sandbox, operator_process, namespace
+):
+    # A second operator watching only this namespace, so its write counter sees this pool alone (the
+    # shared sandbox holds other engineers' pools); the session operator reconciles it too.
+    (port,) = procs.free_ports(1)
+    args = ["-n", namespace, "--standalone", f"--resync-seconds={RESYNC_SECONDS}", f"--metrics-port={port}"]
+    own = start_operator(sandbox, args=args, name="operator-podopts")
+    try:
+        apply(sandbox, tiny_pool("opts", namespace, **POD_OPTIONS))
+        wait_for(lambda: is_ready(sandbox, namespace, "opts"), READY_TIMEOUT_S, "pool opts Ready")
+        check_pod_options(sandbox, namespace)
+        check_quiet_resync(f"http://127.0.0.1:{port}/metrics")
+    finally:
+        stop_operator(sandbox, own)
+        delete_pool_and_pods(sandbox, namespace, "opts")
+
+
+def check_pod_options(sandbox, namespace):
+    for kind, name in (
+        ("statefulset", "opts-prefill"),
+        ("deployment", "opts-decode"),
+        ("deployment", "opts-router"),
+    ):
+        pod = get(sandbox, kind, namespace, name)["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "HF_TOKEN"}, name
+        assert env["HF_HUB_OFFLINE"]["value"] == "1" and env["EMPTY"] == {"name": "EMPTY"}, name
+        assert container["envFrom"] == POD_OPTIONS["envFrom"], name
+        assert pod["imagePullSecrets"] == [{"name": "regcred"}], name
+        if name != "opts-router":
+            # builtin://tiny in float32 on one GPU: its weights and a 4 GiB runtime, no limit.
+            assert container["resources"]["requests"]["memory"] == "4160Mi", name
+            assert "memory" not in container["resources"]["limits"], name
+
+
+def check_quiet_resync(url):
+    """A whole resync period in which the pool was reconciled again and nothing was written."""
+
+    def quiet_window():
+        writes = metric(url, "baton_operator_api_writes_total")
+        reconciles = metric(url, "baton_operator_reconciles_total", result="ok")
+        t0 = time.monotonic()
+        wait_for(
+            lambda: (
+                time.monotonic() - t0 > RESYNC_SECONDS + 1
+                and metric(url, "baton_operator_reconciles_total", result="ok") > reconciles
+            ),
+            RESYNC_SECONDS * 4,
+            "a resync",
+            interval=0.5,
+        )
+        return metric(url, "baton_operator_api_writes_total") == writes
+
+    # The first window may still see the last readiness update; then a resync must be silent.
+    wait_for(quiet_window, 60, "a resync period without API writes", interval=0)
