@@ -54,6 +54,7 @@ class Child:
     restarts: int = 0
     started_at: float = 0.0
     env: dict[str, str] = field(default_factory=dict)  # on top of this process's environment
+    metrics: str = ""  # a worker's /metrics address
 
     def start(self, out: queue.Queue) -> None:
         self.ready.clear()
@@ -120,6 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="router: prompts this short prefill on decode",
     )
     p.add_argument(
+        "--no-prefix-caching",
+        action="store_true",
+        help="workers compute every prompt from its first token (default: reuse cached prompt prefixes)",
+    )
+    p.add_argument(
+        "--prefix-weight",
+        type=float,
+        default=None,
+        help="router: weight of a worker's cached prompt prefix against its load (0: place on load only)",
+    )
+    p.add_argument(
         "--api-key",
         default="",
         help="clients must send 'Authorization: Bearer KEY' (401 otherwise); handed to the router in "
@@ -164,8 +176,18 @@ def plan(a: argparse.Namespace) -> list[Child]:
                 cmd += ["--kv-backend", a.kv_backend]
             if a.max_batch_size and role == "decode":
                 cmd += ["--max-batch-size", str(a.max_batch_size)]
+            if a.no_prefix_caching:
+                cmd += ["--no-prefix-caching"]
             cmd += a.worker_arg
-            children.append(Child(f"{role}-{i}", cmd, "baton worker ready", address=f"127.0.0.1:{port}"))
+            children.append(
+                Child(
+                    f"{role}-{i}",
+                    cmd,
+                    "baton worker ready",
+                    address=f"127.0.0.1:{port}",
+                    metrics=f"127.0.0.1:{mport}",
+                )
+            )
     prefill = ",".join(c.address for c in children if c.name.startswith("prefill"))
     decode = ",".join(c.address for c in children if c.name.startswith("decode"))
     port = a.port or free_port(a.host)
@@ -175,6 +197,8 @@ def plan(a: argparse.Namespace) -> list[Child]:
         cmd += ["--prefill", prefill]
     if a.local_prefill_max_tokens is not None:
         cmd += ["--local-prefill-max-tokens", str(a.local_prefill_max_tokens)]
+    if a.prefix_weight is not None:
+        cmd += ["--prefix-weight", str(a.prefix_weight)]
     host = f"[{a.host}]" if ":" in a.host else a.host
     env = {API_KEY_ENV: a.api_key} if a.api_key else {}
     children.append(Child("router", cmd, "baton router ready", address=f"{host}:{port}", env=env))
@@ -267,7 +291,7 @@ class Stack:
                     flush=True,
                 )
                 c.start(self.out)
-                print(f"baton up: {c.name} pid={c.proc.pid} grpc={c.address}", flush=True)
+                print(f"baton up: {c.name} pid={c.proc.pid} grpc={c.address} metrics={c.metrics}", flush=True)
 
 
 def main(argv: list[str]) -> int:
@@ -293,7 +317,7 @@ def main(argv: list[str]) -> int:
         # the model, and finds the workers through health polling as they come up.
         for c in workers:
             c.start(stack.out)
-            print(f"baton up: {c.name} pid={c.proc.pid} grpc={c.address}", flush=True)
+            print(f"baton up: {c.name} pid={c.proc.pid} grpc={c.address} metrics={c.metrics}", flush=True)
         router.start(stack.out)
         print(f"baton up: router pid={router.proc.pid} http={router.address}", flush=True)
         n_p = sum(c.name.startswith("prefill") for c in workers)

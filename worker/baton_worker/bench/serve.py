@@ -199,6 +199,7 @@ class _Stack:
             start_new_session=True,
         )
         self.url = ""
+        self.worker_metrics: dict[str, str] = {}  # prefill-0 / decode-1 -> its /metrics address
         ready = threading.Event()
 
         def read() -> None:
@@ -206,6 +207,9 @@ class _Stack:
             for line in self.proc.stdout:
                 if log:
                     print(f"  [{args[0]}] {line.rstrip()}", file=sys.stderr)
+                w = re.search(r"^baton up: ((?:prefill|decode)-\d+) .* metrics=(\S+)", line)
+                if w:
+                    self.worker_metrics[w.group(1)] = w.group(2)
                 m = re.search(r"^baton up ready.* url=(\S+)", line)
                 if m:
                     self.url = m.group(1)
@@ -244,12 +248,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default="", help="measure this running endpoint instead of starting stacks")
     p.add_argument("--ready-timeout", type=float, default=300.0)
     p.add_argument("--verbose", action="store_true")
+    w = p.add_argument_group("workload")
+    w.add_argument(
+        "--workload",
+        default="random",
+        choices=["random", "multiturn"],
+        help="random: independent prompts, disaggregated vs colocated; multiturn: conversations with "
+        "a shared system prompt, prefix caching and KV-aware routing on vs off",
+    )
+    w.add_argument("--conversations", type=int, default=8, help="multiturn: conversations at once")
+    w.add_argument("--turns", type=int, default=4, help="multiturn: turns per conversation")
+    w.add_argument(
+        "--system-words", type=int, default=700, help="multiturn: words of the shared system prompt"
+    )
+    w.add_argument("--setups", default="", help="multiturn: comma list (default: all)")
     return p
 
 
 def main(argv: list[str]) -> int:
     """Run the benchmark; 0 when every mode ran, 1 otherwise."""
     a = build_parser().parse_args(argv)
+    if a.workload == "multiturn":
+        from baton_worker.bench.multiturn import run
+
+        return run(a)
     if a.requests < 1 or a.rate <= 0 or a.burstiness <= 0 or a.max_tokens < 2:
         print(
             "baton bench serve: --requests >= 1, --rate > 0, --burstiness > 0, --max-tokens >= 2",

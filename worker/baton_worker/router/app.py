@@ -54,7 +54,9 @@ class Router:
         self.tokenizer: RouterTokenizer | None = None
         self._tokenizer_lock = asyncio.Lock()
         self.metrics = RouterMetrics(
-            lambda: {"prefill": prefill.snapshot(), "decode": decode.snapshot()}, lambda: self.inflight
+            lambda: {"prefill": prefill.snapshot(), "decode": decode.snapshot()},
+            lambda: self.inflight,
+            lambda: {"prefill": prefill.viewed_blocks(), "decode": decode.viewed_blocks()},
         )
         self.dispatcher = Dispatcher(prefill, decode, cfg.dispatch, self.metrics)
         self.created = int(time.time())

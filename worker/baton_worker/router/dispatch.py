@@ -24,6 +24,7 @@ from .errors import bad_param, internal, unavailable
 from .metrics import RouterMetrics
 from .placement import KV_INCOMPATIBLE, DisaggConfig, choose_decode, decide_prefill, layout_differences
 from .pool import Worker, WorkerPool
+from .prefix_index import PromptHashes
 
 log = logging.getLogger("baton.router.dispatch")
 
@@ -116,11 +117,12 @@ class Dispatcher:
         while True:
             if failures >= self.cfg.max_attempts:
                 raise internal(f"request {job.request_id} failed {failures} times; last error: {last_error}")
-            dw = await self._pick_decode(excluded["decode"])
+            prompt = PromptHashes([*job.prompt_token_ids, *known])
+            dw = await self._pick_decode(excluded["decode"], prompt)
             # Count the request on its decode worker from the moment it is chosen, so that
             # concurrent arrivals spread out while they are still prefilling.
             dw.inflight += 1
-            attempt = self._attempt(job, f"{job.request_id}-{failures}", dw, known, excluded)
+            attempt = self._attempt(job, f"{job.request_id}-{failures}", dw, known, excluded, prompt)
             try:
                 # aclosing: when our caller stops early, the attempt's RPCs are cancelled at once.
                 async with contextlib.aclosing(attempt):
@@ -137,20 +139,30 @@ class Dispatcher:
             failures += 1
 
     async def _attempt(
-        self, job: Job, sub_id: str, dw: Worker, known: list[int], excluded: dict[str, set[str]]
+        self,
+        job: Job,
+        sub_id: str,
+        dw: Worker,
+        known: list[int],
+        excluded: dict[str, set[str]],
+        prompt: PromptHashes,
     ) -> AsyncIterator[Progress]:
         """One try on one decode worker (and maybe one prefill worker); _Retry when it failed.
 
         Appends every token it yields to ``known``.
         """
+        prefill_loads = self.prefill.loads(prompt)
         decision = decide_prefill(
-            len(job.prompt_token_ids) + len(known),
-            self.prefill.loads(),
+            len(prompt.token_ids),
+            prefill_loads,
             self.cfg.disagg,
             excluded["prefill"],
             decode_compat=dw.health.kv_compat_hash if dw.health is not None else "",
         )
         self.metrics.placements.labels("remote" if decision.remote else "local", decision.reason).inc()
+        if decision.remote:
+            chosen = next(w for w in prefill_loads if w.address == decision.worker)
+            self.metrics.prefix_placement("prefill", chosen, prefill_loads)
         if decision.reason == KV_INCOMPATIBLE:
             self._warn_incompatible(dw)
         handle = None
@@ -225,18 +237,22 @@ class Dispatcher:
                 why or f"hash {theirs[:12]} != {mine[:12]}",
             )
 
-    async def _pick_decode(self, excluded: set[str]) -> Worker:
+    async def _pick_decode(self, excluded: set[str], prompt: PromptHashes) -> Worker:
+        weight, n = self.cfg.disagg.prefix_weight, len(prompt.token_ids)
         prefill = self.prefill.loads()
-        best = choose_decode(self.decode.loads(), excluded, prefill)
+        loads = self.decode.loads(prompt)
+        best = choose_decode(loads, excluded, prefill, n, weight)
         if best is None and excluded:
             excluded.clear()  # every worker failed once: let back-offs and health decide
-            best = choose_decode(self.decode.loads(), (), prefill)
+            best = choose_decode(loads, (), prefill, n, weight)
         if best is None:
             if not await self.decode.wait_usable(self.cfg.worker_wait_s):
                 raise unavailable(f"no ready decode worker (known: {sorted(self.decode.workers) or 'none'})")
-            best = choose_decode(self.decode.loads(), (), self.prefill.loads())
+            loads = self.decode.loads(prompt)
+            best = choose_decode(loads, (), self.prefill.loads(), n, weight)
             if best is None:
                 raise unavailable("no ready decode worker")
+        self.metrics.prefix_placement("decode", best, loads)
         return self.decode.workers[best.address]
 
     async def _prefill(

@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     d = p.add_argument_group("placement and failover")
     d.add_argument("--local-prefill-max-tokens", type=int, default=DisaggConfig.local_prefill_max_tokens)
     d.add_argument("--prefill-saturation-tokens", type=int, default=DisaggConfig.prefill_saturation_tokens)
+    d.add_argument(
+        "--prefix-weight",
+        type=float,
+        default=DisaggConfig.prefix_weight,
+        help="KV-aware placement: weight of a worker's cached prompt prefix against its load (0: load only)",
+    )
     d.add_argument("--max-inflight", type=int, default=RouterConfig.max_inflight)
     d.add_argument(
         "--worker-wait", type=float, default=DispatchConfig.worker_wait_s, help="seconds before 503"
@@ -90,6 +96,8 @@ def config_from_args(a: argparse.Namespace) -> tuple[RouterConfig, PoolConfig]:
         raise ValueError("--local-prefill-max-tokens must be >= 0")
     if a.prefill_saturation_tokens < 1:
         raise ValueError("--prefill-saturation-tokens must be >= 1")
+    if a.prefix_weight < 0:
+        raise ValueError("--prefix-weight must be >= 0")
     if a.max_inflight < 1 or a.max_attempts < 1 or a.worker_wait < 0 or a.health_interval <= 0:
         raise ValueError(
             "--max-inflight/--max-attempts must be >= 1, --worker-wait >= 0, --health-interval > 0"
@@ -97,7 +105,7 @@ def config_from_args(a: argparse.Namespace) -> tuple[RouterConfig, PoolConfig]:
     if not (a.decode or a.decode_service):
         raise ValueError("no decode workers: give --decode host:port,... or --decode-service NAME")
     dispatch = DispatchConfig(
-        disagg=DisaggConfig(a.local_prefill_max_tokens, a.prefill_saturation_tokens),
+        disagg=DisaggConfig(a.local_prefill_max_tokens, a.prefill_saturation_tokens, a.prefix_weight),
         worker_wait_s=a.worker_wait,
         max_attempts=a.max_attempts,
     )

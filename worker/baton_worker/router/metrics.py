@@ -4,11 +4,13 @@ in tests). ``baton_queue_depth{role}`` is the autoscaling signal: keep its name 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from .placement import LOAD, PREFIX_HIT, WorkerLoad
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
@@ -44,12 +46,34 @@ class _PoolCollector(Collector):
         )
 
 
+class _PrefixViewCollector(Collector):
+    def __init__(self, view: Callable[[], dict[str, int]]) -> None:
+        self._view = view
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        g = GaugeMetricFamily(
+            "baton_router_prefix_view_blocks",
+            "KV blocks the router knows the workers of a role hold in their prefix caches",
+            labels=["role"],
+        )
+        for role, blocks in sorted(self._view().items()):
+            g.add_metric([role], blocks)
+        yield g
+
+
 class RouterMetrics:
     """All router metrics; ``render()`` is the /metrics body."""
 
-    def __init__(self, snapshot: PoolSnapshot, inflight: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        snapshot: PoolSnapshot,
+        inflight: Callable[[], int],
+        prefix_view: Callable[[], dict[str, int]] | None = None,
+    ) -> None:
         r = self.registry = CollectorRegistry()
         r.register(_PoolCollector(snapshot, inflight))
+        if prefix_view is not None:
+            r.register(_PrefixViewCollector(prefix_view))
         self.requests = Counter("baton_requests", "Requests received", ["api", "stream"], registry=r)
         self.errors = Counter(
             "baton_request_errors", "Requests answered with an error", ["status", "type"], registry=r
@@ -64,6 +88,26 @@ class RouterMetrics:
             "baton_prefill_placement",
             "Prefill placement decisions: remote (disaggregated) or local on the decode worker",
             ["decision", "reason"],
+            registry=r,
+        )
+        self.prefix_placements = Counter(
+            "baton_router_prefix_placement",
+            "Workers chosen, by role and why: prefix_hit (it holds part of the prompt in its prefix "
+            "cache) or load (none does)",
+            ["role", "reason"],
+            registry=r,
+        )
+        self.prefix_cached_tokens = Counter(
+            "baton_router_prefix_cached_tokens",
+            "Prompt tokens the chosen worker held in its prefix cache",
+            ["role"],
+            registry=r,
+        )
+        self.prefix_best_tokens = Counter(
+            "baton_router_prefix_best_tokens",
+            "Prompt tokens the worker with the longest cached prefix held (what always choosing it "
+            "would have reused)",
+            ["role"],
             registry=r,
         )
         self.prefill_calls = Counter(
@@ -112,6 +156,13 @@ class RouterMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+
+    def prefix_placement(self, role: str, chosen: WorkerLoad, candidates: Sequence[WorkerLoad]) -> None:
+        """Count one placement against the prefix caches' contents."""
+        best = max((w.cached_tokens for w in candidates if w.healthy), default=0)
+        self.prefix_placements.labels(role, PREFIX_HIT if chosen.cached_tokens else LOAD).inc()
+        self.prefix_cached_tokens.labels(role).inc(chosen.cached_tokens)
+        self.prefix_best_tokens.labels(role).inc(best)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

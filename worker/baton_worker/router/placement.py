@@ -18,6 +18,9 @@ SHORT_PROMPT = "short_prompt"
 PREFILL_SATURATED = "prefill_saturated"
 NO_PREFILL_WORKER = "no_prefill_worker"
 KV_INCOMPATIBLE = "kv_incompatible"  # healthy prefill workers exist, none whose KV the decode worker can use
+# Why a worker was chosen (the `reason` label of baton_router_prefix_placement_total).
+PREFIX_HIT = "prefix_hit"  # it holds part of the prompt in its prefix cache
+LOAD = "load"  # nobody holds any: load alone decided
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class WorkerLoad:
     inflight: int = 0  # this router's requests there now
     inflight_prompt_tokens: int = 0  # this router's prompt tokens waiting there (prefill)
     kv_compat: str = ""  # reported KV compatibility hash ("" = unknown: an older worker)
+    cached_tokens: int = 0  # leading tokens of this request's prompt in its prefix cache
 
     @property
     def pending_tokens(self) -> int:
@@ -60,6 +64,11 @@ class DisaggConfig:
     # A prefill worker with at least this many prompt tokens pending is saturated; when all are,
     # the decode worker prefills locally rather than queue behind them.
     prefill_saturation_tokens: int = 16384
+    # KV-aware placement: how much a cached prompt prefix counts against load. Prefill: each
+    # cached token is this many tokens less work (1.0: exactly the work saved). Decode: the
+    # cached fraction of the prompt is weighed against load (requests per batch slot) times
+    # this. 0 places on load alone.
+    prefix_weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -73,21 +82,37 @@ def _candidates(workers: Sequence[WorkerLoad], exclude: Collection[str]) -> list
     return [w for w in workers if w.healthy and w.address not in exclude]
 
 
-def choose_prefill(workers: Sequence[WorkerLoad], exclude: Collection[str] = ()) -> WorkerLoad | None:
-    """The healthy prefill worker with the fewest pending prompt tokens (None when there is none).
+def choose_prefill(
+    workers: Sequence[WorkerLoad],
+    exclude: Collection[str] = (),
+    prompt_tokens: int = 0,
+    prefix_weight: float = 0.0,
+) -> WorkerLoad | None:
+    """The healthy prefill worker that finishes this prompt first: the fewest pending prompt
+    tokens plus the prompt's tokens it would compute (those past its cached prefix, counted
+    ``prefix_weight`` per token). None when there is none.
 
     Ties go to fewer in-flight requests, then to the address, so the choice is deterministic.
     """
     pool = _candidates(workers, exclude)
     if not pool:
         return None
-    return min(pool, key=lambda w: (w.pending_tokens, w.inflight, w.address))
+    return min(
+        pool,
+        key=lambda w: (
+            w.pending_tokens + prompt_tokens - prefix_weight * min(w.cached_tokens, prompt_tokens),
+            w.inflight,
+            w.address,
+        ),
+    )
 
 
 def choose_decode(
     workers: Sequence[WorkerLoad],
     exclude: Collection[str] = (),
     prefill_workers: Sequence[WorkerLoad] = (),
+    prompt_tokens: int = 0,
+    prefix_weight: float = 0.0,
 ) -> WorkerLoad | None:
     """The healthy decode worker with the most free KV memory relative to its load.
 
@@ -95,7 +120,8 @@ def choose_decode(
     batch is full ranks below any that still has a free slot. Next comes whether a healthy
     prefill worker of ``prefill_workers`` can hand it KV (:func:`kv_compatible`): during a
     rolling update of the model, a decode worker whose generation has no prefill worker left
-    would prefill every prompt itself.
+    would prefill every prompt itself. With ``prefix_weight``, the fraction of the prompt it
+    holds cached (KV it need not pull or compute) counts against load.
     """
     pool = _candidates(workers, exclude)
     if not pool:
@@ -105,9 +131,19 @@ def choose_decode(
         lonely = {w.address for w in pool if not any(kv_compatible(p, w.kv_compat) for p in prefill)}
     else:
         lonely = set()  # nobody can disaggregate now: compatibility decides nothing
+
+    def hit(w: WorkerLoad) -> float:
+        return prefix_weight * min(w.cached_tokens, prompt_tokens) / prompt_tokens if prompt_tokens else 0.0
+
     return min(
         pool,
-        key=lambda w: (w.load >= 1.0, w.address in lonely, w.load - w.free_fraction, w.inflight, w.address),
+        key=lambda w: (
+            w.load >= 1.0,
+            w.address in lonely,
+            w.load - w.free_fraction - hit(w),
+            w.inflight,
+            w.address,
+        ),
     )
 
 
@@ -147,7 +183,7 @@ def decide_prefill(
     if prompt_tokens <= cfg.local_prefill_max_tokens:
         return PrefillDecision(False, SHORT_PROMPT)
     usable = [w for w in prefill_workers if kv_compatible(w, decode_compat)]
-    best = choose_prefill(usable, exclude)
+    best = choose_prefill(usable, exclude, prompt_tokens, cfg.prefix_weight)
     if best is None:
         if choose_prefill(prefill_workers, exclude) is not None:
             return PrefillDecision(False, KV_INCOMPATIBLE)

@@ -21,6 +21,7 @@ from baton_worker.rpc import pb2, pb2_grpc
 
 from .placement import WorkerLoad
 from .prefill_stream import PrefillCaller
+from .prefix_index import PrefixView, PromptHashes, apply_events, cached_tokens
 
 log = logging.getLogger("baton.router.pool")
 
@@ -64,12 +65,14 @@ class Worker:
     inflight_prompt_tokens: int = 0
     down: asyncio.Event = field(default_factory=asyncio.Event)  # set while unreachable
     calls: PrefillCaller | None = None  # prefill workers: Prefill over one long-lived stream
+    prefix: PrefixView | None = None  # its prefix cache as of the last Health answer
 
     def usable(self, now: float) -> bool:
         h = self.health
         return self.reachable and h is not None and h.ready and not h.draining and now >= self.ejected_until
 
-    def load(self, now: float) -> WorkerLoad:
+    def load(self, now: float, prompt: PromptHashes | None = None) -> WorkerLoad:
+        """Its load snapshot; with ``prompt``, also how much of that prompt it holds cached."""
         h = self.health
         return WorkerLoad(
             address=self.address,
@@ -83,6 +86,33 @@ class Worker:
             kv_compat=h.kv_compat_hash if h else "",
             inflight=self.inflight,
             inflight_prompt_tokens=self.inflight_prompt_tokens,
+            cached_tokens=cached_tokens(self.prefix, prompt) if prompt is not None else 0,
+        )
+
+    def health_request(self) -> pb2.HealthRequest:
+        view = self.prefix
+        return pb2.HealthRequest(
+            want_prefix_events=True,
+            prefix_events_after=view.seq if view else 0,
+            prefix_events_engine=view.engine_id if view else "",
+        )
+
+    def adopt(self, h: pb2.HealthResponse) -> None:
+        """Take a Health answer: its load and its prefix cache's changes."""
+        self.health = h
+        if not h.HasField("prefix_cache"):
+            self.prefix = None  # caching off (or a worker that predates it)
+            return
+        ev = h.prefix_cache
+        self.prefix = apply_events(
+            self.prefix or PrefixView(),
+            h.engine_id,
+            ev.salt,
+            ev.block_size,
+            ev.seq,
+            ev.reset,
+            ev.stored,
+            ev.evicted,
         )
 
 
@@ -120,9 +150,9 @@ class WorkerPool:
                 self.workers[addr] = w
         self._changed.set()
 
-    def loads(self) -> list[WorkerLoad]:
+    def loads(self, prompt: PromptHashes | None = None) -> list[WorkerLoad]:
         now = time.monotonic()
-        return [w.load(now) for w in self.workers.values()]
+        return [w.load(now, prompt) for w in self.workers.values()]
 
     def usable_count(self) -> int:
         now = time.monotonic()
@@ -132,6 +162,10 @@ class WorkerPool:
         """Requests waiting for this role: in the workers' queues plus held in the router."""
         reported = sum(w.health.queue_depth for w in self.workers.values() if w.reachable and w.health)
         return reported + self.waiting
+
+    def viewed_blocks(self) -> int:
+        """Blocks the workers of this role hold in their prefix caches, as last reported."""
+        return sum(len(w.prefix.hashes) for w in self.workers.values() if w.prefix is not None)
 
     def max_model_len(self) -> int:
         """The smallest context length any reachable worker reports (0 when none reported)."""
@@ -178,7 +212,7 @@ class WorkerPool:
 
     async def _check(self, w: Worker) -> None:
         try:
-            h = await w.stub.Health(pb2.HealthRequest(), timeout=self.cfg.health_timeout_s)
+            h = await w.stub.Health(w.health_request(), timeout=self.cfg.health_timeout_s)
         except grpc.aio.AioRpcError as e:
             if e.code() != grpc.StatusCode.UNAVAILABLE:
                 w.slow_health += 1
@@ -196,7 +230,7 @@ class WorkerPool:
         w.slow_health = 0
         if not w.reachable:
             log.info("%s worker %s reachable (ready=%s)", self.role, w.address, h.ready)
-        w.health = h
+        w.adopt(h)
         w.reachable = True
         w.down.clear()
 
