@@ -123,6 +123,7 @@ def worker_command(pool: Pool, role: RoleSpec) -> list[str]:
         # SIGTERM drains (readiness drops, running sequences finish); leave the kubelet some slack.
         "--drain-grace-s",
         str(GRACE_SECONDS[role.role] - PRE_STOP_SECONDS - 10),
+        *([] if spec.prefix_caching.enabled else ["--no-prefix-caching"]),
     ]
 
 
@@ -269,6 +270,7 @@ def router_command(pool: Pool) -> list[str]:
         pool.spec.model.name,
         "--max-model-len",
         str(pool.spec.model.max_model_len),
+        *pool.spec.prefix_caching.router_args(),
     ]
 
 

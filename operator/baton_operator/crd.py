@@ -23,7 +23,7 @@ from baton_operator.crd_pod import (
 from baton_operator.crd_roles import role_autoscaling_schema as role_autoscaling_schema  # re-exported
 from baton_operator.crd_roles import role_schema
 from baton_operator.crd_status import status_schema
-from baton_operator.crd_types import S, integer, obj, string, string_map
+from baton_operator.crd_types import S, boolean, integer, number, obj, string, string_map
 from baton_operator.spec import (
     AUTOSCALING_MODES,
     DTYPES,
@@ -167,6 +167,23 @@ def spec_schema() -> S:
                         pattern=r"^$|^[A-Za-z0-9.-]+/[A-Za-z0-9_.-]+$",
                     ),
                     "ucx": ucx_env_schema(),
+                },
+            ),
+            "prefixCaching": obj(
+                "Automatic prefix caching: workers keep the KV of prompt prefixes they computed or received "
+                "and reuse it for later prompts that start the same way (multi-turn chat, shared system "
+                "prompts); the router places requests where their prefix is cached.",
+                {
+                    "enabled": boolean(
+                        "Reuse cached prompt prefixes (greedy outputs are the same with it on or off).",
+                        default=True,
+                    ),
+                    "routingWeight": number(
+                        "Weight of a worker's cached prefix of the prompt against its load when the router picks "
+                        "workers; 0 places on load alone.",
+                        default=1.0,
+                        minimum=0,
+                    ),
                 },
             ),
             "autoscaling": obj(

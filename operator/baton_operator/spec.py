@@ -115,6 +115,20 @@ class KvTransferSpec:
 
 
 @dataclass(frozen=True)
+class PrefixCachingSpec:
+    """spec.prefixCaching. Workers get --no-prefix-caching only when it is off, so pools keeping
+    the defaults keep their pod templates (no rollout on upgrade)."""
+
+    enabled: bool = True
+    routing_weight: float = 1.0  # spec.prefixCaching.routingWeight: the router's --prefix-weight
+
+    def router_args(self) -> list[str]:
+        """The router's flags; none for the defaults, so such pools keep their pod template."""
+        weight = self.routing_weight if self.enabled else 0.0
+        return [] if weight == 1.0 else ["--prefix-weight", f"{weight:g}"]
+
+
+@dataclass(frozen=True)
 class PoolAutoscaling:
     mode: str = "builtin"
     metrics_url: str = ""
@@ -143,6 +157,7 @@ class PoolSpec:
     kv_transfer: KvTransferSpec
     autoscaling: PoolAutoscaling
     pod: PodOptions = field(default_factory=PodOptions)  # spec.env, envFrom, imagePullSecrets
+    prefix_caching: PrefixCachingSpec = field(default_factory=PrefixCachingSpec)
 
     def role(self, name: str) -> RoleSpec:
         return self.prefill if name == "prefill" else self.decode
@@ -327,6 +342,15 @@ def parse_spec(raw: Any, pool_name: str, default_image: str) -> PoolSpec:
         ),
         autoscaling=auto.pool,
         pod=parse_pod_options(spec),
+        prefix_caching=_prefix_caching(spec.get("prefixCaching")),
+    )
+
+
+def _prefix_caching(raw: Any) -> PrefixCachingSpec:
+    obj = as_obj(raw, "spec.prefixCaching")
+    return PrefixCachingSpec(
+        enabled=read_bool(obj, "enabled", "spec.prefixCaching", True),
+        routing_weight=read_num(obj, "routingWeight", "spec.prefixCaching", 1.0),
     )
 
 

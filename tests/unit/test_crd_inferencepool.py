@@ -78,8 +78,12 @@ def test_architecture_fields_defaults_and_validation():
         "decode",
         "router",
         "kvTransfer",
+        "prefixCaching",
         "autoscaling",
     }
+    caching = spec["prefixCaching"]["properties"]
+    assert caching["enabled"]["default"] is True
+    assert caching["routingWeight"]["default"] == 1.0 and caching["routingWeight"]["minimum"] == 0
     prefill, decode = spec["prefill"]["properties"], spec["decode"]["properties"]
     assert prefill["tensorParallelSize"]["enum"] == [1, 2, 4, 8]
     assert prefill["replicas"]["minimum"] == 0 and prefill["maxBatchSize"]["minimum"] == 1

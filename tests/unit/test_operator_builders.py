@@ -291,3 +291,29 @@ def test_the_router_reads_its_api_keys_from_the_secret_in_its_environment():
     for build in (builders.build_prefill_statefulset, builders.build_decode_deployment):
         (worker,) = build(pool)["spec"]["template"]["spec"]["containers"]
         assert not [e for e in worker["env"] if e["name"] == "BATON_API_KEY"]
+
+
+@pytest.mark.parametrize(
+    ("prefix_caching", "worker_flag", "router_args"),
+    [
+        (None, False, []),  # the default changes no command line
+        ({"enabled": True, "routingWeight": 1.0}, False, []),
+        ({"routingWeight": 0.5}, False, ["--prefix-weight", "0.5"]),
+        ({"routingWeight": 0}, False, ["--prefix-weight", "0"]),
+        ({"enabled": False}, True, ["--prefix-weight", "0"]),
+    ],
+)
+def test_prefix_caching_settings_reach_workers_and_router(
+    prefix_caching: dict | None, worker_flag: bool, router_args: list[str]
+) -> None:
+    from baton_operator.builders import router_command, worker_command
+
+    spec: dict = {"model": {"source": "builtin://tiny"}}
+    if prefix_caching is not None:
+        spec["prefixCaching"] = prefix_caching
+    pool = parse_pool({"metadata": {"name": "p", "namespace": "ns"}, "spec": spec}, "img")
+    for role in (pool.spec.prefill, pool.spec.decode):
+        assert ("--no-prefix-caching" in worker_command(pool, role)) is worker_flag
+    cmd = router_command(pool)
+    tail = cmd[cmd.index("--prefix-weight") :] if "--prefix-weight" in cmd else []
+    assert tail == router_args
