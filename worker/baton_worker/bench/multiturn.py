@@ -1,5 +1,5 @@
 """`baton bench serve --workload multiturn`: multi-turn conversations with a long shared system
-prompt, served by 1 prefill + 2 decode workers with prefix caching on and KV-aware routing,
+prompt (and, with --private-words, a document of each conversation's own), served by 1 prefill + 2 decode workers with prefix caching on and KV-aware routing,
 caching on with load-only routing, and caching off, side by side in one run.
 
 Every conversation starts with the same system prompt (>= 1k tokens on the tiny model) and its
@@ -147,12 +147,19 @@ async def converse(
     conversations: int,
     turns: int,
     system_words: int,
+    private_words: int,
     max_tokens: int,
     seed: int,
 ) -> list[RoundFigures]:
     rng = random.Random(seed)
     system = "System: " + " ".join(rng.choice(WORDS) for _ in range(system_words)) + "\n"
-    history = [system for _ in range(conversations)]
+    # Each conversation's own document (RAG-like) after the shared system prompt.
+    history = [
+        system + (f"Document {c}: " + " ".join(rng.choice(WORDS) for _ in range(private_words)) + "\n")
+        if private_words
+        else system
+        for c in range(conversations)
+    ]
     figures: list[RoundFigures] = []
     limits = httpx.Limits(max_connections=conversations + 4)
     async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as http:
@@ -187,6 +194,7 @@ def run(a) -> int:  # type: ignore[no-untyped-def]  # argparse.Namespace of benc
             "conversations": a.conversations,
             "turns": a.turns,
             "system_words": a.system_words,
+            "private_words": a.private_words,
             "max_tokens": a.max_tokens,
             "deployment": "1 prefill + 2 decode workers, every prompt prefilled remotely",
         },
@@ -206,6 +214,7 @@ def run(a) -> int:  # type: ignore[no-untyped-def]  # argparse.Namespace of benc
                     a.conversations,
                     a.turns,
                     a.system_words,
+                    a.private_words,
                     a.max_tokens,
                     a.seed,
                 )

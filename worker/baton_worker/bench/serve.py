@@ -261,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument(
         "--system-words", type=int, default=700, help="multiturn: words of the shared system prompt"
     )
+    w.add_argument(
+        "--private-words", type=int, default=0, help="multiturn: words of each conversation's own document"
+    )
     w.add_argument("--setups", default="", help="multiturn: comma list (default: all)")
     return p
 
