@@ -125,6 +125,44 @@ def test_completions_and_streaming_chat_equal_baton_up(pool: dict[str, Any]) -> 
     assert all(served["completions"]), served
 
 
+def test_the_next_turn_of_a_conversation_reuses_the_cached_prefix(pool: dict[str, Any]) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=pool["url"], api_key="unused", max_retries=0, timeout=120)
+    router = pool["url"].removesuffix("/v1") + "/metrics"
+    words = "prefill decode router cache block token stream batch handle worker".split()
+    first = "System: " + " ".join(words[k % 7] for k in range(200)) + "\nUser: hello\nAssistant:"
+    answer = client.completions.create(model=MODEL, prompt=first, max_tokens=8, temperature=0).choices[0].text
+    # The router learns from the workers' Health what the first turn left in their caches.
+    for role in ("prefill", "decode"):
+        wait_until(
+            lambda role=role: metric(http_get(router)[1], "baton_router_prefix_view_blocks", role=role) >= 8,
+            30,
+            f"the router's view of the {role} worker's prefix cache",
+        )
+    before = http_get(router)[1]
+    second = first + answer + "\nUser: and then?\nAssistant:"
+    client.completions.create(model=MODEL, prompt=second, max_tokens=8, temperature=0)
+    after = http_get(router)[1]
+    for role in ("prefill", "decode"):
+        hits = [
+            metric(t, "baton_router_prefix_placement_total", role=role, reason="prefix_hit")
+            for t in (before, after)
+        ]
+        assert hits[1] - hits[0] == 1, role
+        cached = [metric(t, "baton_router_prefix_cached_tokens_total", role=role) for t in (before, after)]
+        assert cached[1] - cached[0] >= 8 * 16, role  # at least the system prompt's blocks
+    # The second turn moved only the blocks the decode worker lacked.
+    moved = [metric(t, "baton_kv_transfer_bytes_sum") for t in (before, after)]
+    count = [metric(t, "baton_kv_transfer_bytes_count") for t in (before, after)]
+    assert count[1] - count[0] == 1
+    # builtin://tiny in float32: 4 layers x K,V x 8 heads x 16 tokens x 32 x 4 bytes a block. The
+    # prompt spans 15+ blocks; only the tail past what the first turn left (its answer and the new
+    # question) moves.
+    per_block = 4 * 2 * 8 * 16 * 32 * 4
+    assert 0 < moved[1] - moved[0] <= 4 * per_block
+
+
 def test_a_decode_pod_deleted_mid_stream_loses_and_repeats_no_token(
     real_sandbox: Any, pool: dict[str, Any]
 ) -> None:
@@ -345,7 +383,8 @@ def test_gpu_pools_still_land_on_the_simulated_gpu_nodes(
 def test_deleting_the_pool_removes_every_child_and_pod(real_sandbox: Any, pool: dict[str, Any]) -> None:
     real_sandbox.kubectl("delete", "inferencepool", POOL, "--wait=false")
     kinds = (
-        "statefulsets,deployments,services,configmaps,poddisruptionbudgets,serviceaccounts,roles,rolebindings"
+        "statefulsets,deployments,services,configmaps,poddisruptionbudgets,serviceaccounts,roles,rolebindings,"
+        "networkpolicies"
     )
 
     def gone() -> bool:
