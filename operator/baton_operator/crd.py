@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from baton_operator.crd_network import network_policy_schema
 from baton_operator.crd_pod import (
     env_from_schema,
     env_schema,
@@ -153,6 +154,7 @@ def spec_schema() -> S:
             "prefill": role_schema("prefill"),
             "decode": role_schema("decode"),
             "router": router_schema(),
+            "networkPolicy": network_policy_schema(),
             "kvTransfer": obj(
                 "How KV caches move from prefill to decode.",
                 {

@@ -63,7 +63,7 @@ def quantity_map(description: str) -> S:
     return {"type": "object", "description": description, "additionalProperties": quantity()}
 
 
-def _label_selector(description: str) -> S:
+def label_selector(description: str) -> S:
     expression = obj(
         "A label selector requirement.",
         {
@@ -112,8 +112,8 @@ def _pod_affinity_term() -> S:
     return obj(
         "Pods (matched by labelSelector in namespaces) this pod should be co-located with (or not).",
         {
-            "labelSelector": _label_selector("Selects the pods this term is about."),
-            "namespaceSelector": _label_selector("Selects the namespaces the labelSelector applies to."),
+            "labelSelector": label_selector("Selects the pods this term is about."),
+            "namespaceSelector": label_selector("Selects the namespaces the labelSelector applies to."),
             "namespaces": array("Namespaces the labelSelector applies to.", {"type": "string"}),
             "topologyKey": string(
                 "Node label whose value defines a topology domain (e.g. kubernetes.io/hostname)."

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from baton_operator.spec_base import SpecError, as_obj, read_bool, read_int, read_num, read_str
+from baton_operator.spec_network import NetworkPolicySpec, parse_network_policy
 from baton_operator.spec_pod import (
     DEFAULT_MODEL_SECRET_KEY,
     PodOptions,
@@ -157,6 +158,7 @@ class PoolSpec:
     kv_transfer: KvTransferSpec
     autoscaling: PoolAutoscaling
     pod: PodOptions = field(default_factory=PodOptions)  # spec.env, envFrom, imagePullSecrets
+    network_policy: NetworkPolicySpec = field(default_factory=NetworkPolicySpec)
     prefix_caching: PrefixCachingSpec = field(default_factory=PrefixCachingSpec)
 
     def role(self, name: str) -> RoleSpec:
@@ -343,6 +345,7 @@ def parse_spec(raw: Any, pool_name: str, default_image: str) -> PoolSpec:
         autoscaling=auto.pool,
         pod=parse_pod_options(spec),
         prefix_caching=_prefix_caching(spec.get("prefixCaching")),
+        network_policy=parse_network_policy(spec),
     )
 
 

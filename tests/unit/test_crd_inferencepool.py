@@ -77,10 +77,18 @@ def test_architecture_fields_defaults_and_validation():
         "prefill",
         "decode",
         "router",
+        "networkPolicy",
         "kvTransfer",
         "prefixCaching",
         "autoscaling",
     }
+    network = spec["networkPolicy"]["properties"]
+    assert network["enabled"]["default"] is True
+    for peers in ("metricsFrom", "routerFrom"):
+        assert (network[peers]["minItems"], network[peers]["maxItems"]) == (1, 32)
+        peer = network[peers]["items"]
+        assert set(peer["properties"]) == {"namespaceSelector", "podSelector", "ipBlock"}
+        assert len(peer["x-kubernetes-validations"]) == 2
     caching = spec["prefixCaching"]["properties"]
     assert caching["enabled"]["default"] is True
     assert caching["routingWeight"]["default"] == 1.0 and caching["routingWeight"]["minimum"] == 0
