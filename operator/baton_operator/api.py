@@ -53,6 +53,7 @@ KINDS: dict[tuple[str, str], Kind] = {
         Kind("apps/v1", "StatefulSet", "statefulsets"),
         Kind("apps/v1", "Deployment", "deployments"),
         Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
+        Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
         Kind("rbac.authorization.k8s.io/v1", "Role", "roles"),
         Kind("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings"),
         Kind("keda.sh/v1alpha1", "ScaledObject", "scaledobjects"),
@@ -217,6 +218,18 @@ class KubeApi:
             return "unchanged", live
         applied = self.apply(manifest)
         return ("created" if live is None else "updated"), applied
+
+    def delete(self, kind: Kind, namespace: str, name: str, uid: str) -> bool:
+        """Delete one object if it is still the one with ``uid`` (a precondition, so a re-created
+        namesake is left alone). Returns False when it was already gone."""
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": uid}}
+        try:
+            self.request("DELETE", kind.path(namespace, name), body)
+        except ApiError as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
 
     def list(self, kind: Kind, namespace: str, label_selector: str) -> list[dict[str, Any]]:
         result = self.request("GET", kind.path(namespace), query=[("labelSelector", label_selector)])

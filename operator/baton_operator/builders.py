@@ -22,12 +22,14 @@ from baton_operator.names import (
     router_service_account_name,
     selector_labels,
 )
+from baton_operator.netpol import build_network_policies
 from baton_operator.pods import (
     CONFIG_FILE,
     POD_SECURITY,
     container_env,
     container_extras,
     container_security,
+    liveness,
     pod_extras,
     probe,
     spread,
@@ -171,12 +173,7 @@ def worker_pod_template(pool: Pool, role: RoleSpec) -> dict[str, Any]:
         # model loaded; 900 failures allow a 30 min load of a large checkpoint.
         "startupProbe": probe("/health", "metrics", 2, 900),
         "readinessProbe": probe("/health", "metrics", 5, 3),
-        "livenessProbe": {
-            "tcpSocket": {"port": "metrics"},
-            "periodSeconds": 10,
-            "timeoutSeconds": 3,
-            "failureThreshold": 6,
-        },
+        "livenessProbe": liveness("metrics"),
         "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRE_STOP_SECONDS)]}}},
         "securityContext": security,
     }
@@ -290,12 +287,7 @@ def build_router_deployment(pool: Pool) -> dict[str, Any]:
         "volumeMounts": mounts,
         "resources": ROUTER_RESOURCES,
         "readinessProbe": probe("/health", "http", 2, 3),
-        "livenessProbe": {
-            "tcpSocket": {"port": "http"},
-            "periodSeconds": 10,
-            "timeoutSeconds": 3,
-            "failureThreshold": 6,
-        },
+        "livenessProbe": liveness("http"),
         "securityContext": container_security(),
     }
     return {
@@ -392,10 +384,10 @@ def build_children(pool: Pool) -> list[dict[str, Any]]:
         build_service(pool, "prefill"),
         build_service(pool, "decode"),
         build_service(pool, "router"),
+        # Before the pods, so they are fenced from their first moment (where the CNI enforces it).
+        *build_network_policies(pool),
         build_prefill_statefulset(pool),
         build_decode_deployment(pool),
         build_router_deployment(pool),
-        build_pdb(pool, "prefill"),
-        build_pdb(pool, "decode"),
-        build_pdb(pool, "router"),
+        *(build_pdb(pool, role) for role in ("prefill", "decode", "router")),
     ]

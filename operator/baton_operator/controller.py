@@ -127,7 +127,14 @@ class Controller:
 
 
 def _log_outcome(namespace: str, name: str, outcome: Outcome) -> None:
-    if outcome.created or outcome.updated:
-        log.info("%s/%s: created %s; updated %s", namespace, name, outcome.created, outcome.updated)
+    if outcome.created or outcome.updated or outcome.deleted:
+        log.info(
+            "%s/%s: created %s; updated %s; deleted %s",
+            namespace,
+            name,
+            outcome.created,
+            outcome.updated,
+            outcome.deleted,
+        )
     if outcome.error:
         log.warning("%s/%s: %s", namespace, name, outcome.error)

@@ -125,6 +125,11 @@ def probe(path: str, port: str, period: int, failures: int) -> dict[str, Any]:
     }
 
 
+def liveness(port: str) -> dict[str, Any]:
+    """A TCP liveness probe of the named ``port``: the process answers (a long load is no restart)."""
+    return {"tcpSocket": {"port": port}, "periodSeconds": 10, "timeoutSeconds": 3, "failureThreshold": 6}
+
+
 def spread(pool: Pool, role: str) -> list[dict[str, Any]]:
     """Spread a role's pods over nodes, when the scheduler can."""
     return [

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from baton_operator import builders
+from baton_operator import builders, netpol
 from baton_operator.api import KINDS, ApiError, KubeApi, now_rfc3339
 from baton_operator.spec import Pool, SpecError, parse_pool
 from baton_operator.status import Observed, compute_status, invalid_spec_status, status_patch
@@ -34,6 +34,7 @@ class Outcome:
     gone: bool = False
     created: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
     status_written: bool = False
     error: str = ""
 
@@ -98,6 +99,36 @@ def _write_status(
         _events_for_flip(api, body, current, desired)
 
 
+def _owned_by(obj: Mapping[str, Any], pool: Pool) -> bool:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(ref.get("uid") == pool.uid and ref.get("controller") for ref in refs)
+
+
+def prune_children(api: KubeApi, pool: Pool, outcome: Outcome) -> str:
+    """Delete the children a pool must no longer have: its NetworkPolicies once it opts out
+    (``spec.networkPolicy.enabled: false``). Only objects the pool controls (owner reference with
+    its uid) go; a user's policy carrying the same labels stays. One list per reconcile of an
+    opted-out pool, no write once they are gone. Returns an error message, "" when none."""
+    if pool.spec.network_policy.enabled:
+        return ""
+    kind = KINDS[(netpol.API_VERSION, netpol.KIND)]
+    selector = f"baton.dev/pool={pool.name},app.kubernetes.io/managed-by={builders.MANAGED_BY}"
+    label = "NetworkPolicies"
+    try:
+        for obj in api.list(kind, pool.namespace, selector):
+            if not _owned_by(obj, pool):
+                continue
+            meta = obj["metadata"]
+            label = f"{netpol.KIND}/{meta['name']}"
+            if api.delete(kind, pool.namespace, meta["name"], meta["uid"]):
+                outcome.deleted.append(label)
+    except ApiError as e:
+        if e.transient:
+            raise
+        return f"deleting {label}: {e.message}"
+    return ""
+
+
 def reconcile_pool(api: KubeApi, namespace: str, name: str, default_image: str) -> Outcome:
     """Converge one pool. Raises ApiError only for transient failures worth a retry."""
     outcome = Outcome()
@@ -136,10 +167,16 @@ def reconcile_pool(api: KubeApi, namespace: str, name: str, default_image: str) 
             outcome.created.append(label)
         elif action == "updated":
             outcome.updated.append(label)
+    prune_error = prune_children(api, pool, outcome)
+    if prune_error:
+        error, error_reason = prune_error, "ApplyFailed"
+        log.warning("%s/%s: %s", namespace, name, error)
     if outcome.created:
         api.post_event(body, "Normal", "Created", "created " + ", ".join(outcome.created))
     if outcome.updated:
         api.post_event(body, "Normal", "Updated", "applied " + ", ".join(outcome.updated))
+    if outcome.deleted:
+        api.post_event(body, "Normal", "Deleted", "deleted " + ", ".join(outcome.deleted))
 
     def workload(role: str) -> dict[str, Any] | None:
         api_version, kind = WORKLOAD_KINDS[role]

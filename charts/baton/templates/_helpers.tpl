@@ -64,6 +64,11 @@ application) needs. Used by the ClusterRole (scope cluster) or each Role (scope 
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, patch]
+# Each pool's NetworkPolicies (spec.networkPolicy). delete: a pool that opts out
+# (enabled: false) has the operator remove the ones it created (owned by that pool, by uid).
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch, create, patch, delete]
 # The router's ServiceAccount may read its pool's EndpointSlices; to grant that in a Role the
 # operator must hold the same rights itself (RBAC escalation prevention).
 - apiGroups: [rbac.authorization.k8s.io]

@@ -108,7 +108,8 @@ def node_products(sandbox: Sandbox) -> dict[str, str]:
 def children(sandbox: Sandbox, namespace: str, pool: str) -> dict[str, list[str]]:
     """kind -> names of objects labelled as this pool's children."""
     kinds = (
-        "statefulsets,deployments,services,configmaps,poddisruptionbudgets,serviceaccounts,roles,rolebindings"
+        "statefulsets,deployments,services,configmaps,poddisruptionbudgets,serviceaccounts,roles,rolebindings,"
+        "networkpolicies"
     )
     items = sandbox.kubectl_json("get", kinds, "-n", namespace, "-l", f"baton.dev/pool={pool}")["items"]
     found: dict[str, list[str]] = {}

@@ -33,6 +33,7 @@ LABELS = {
 EXPECTED_CHILDREN = {
     "ConfigMap": ["p-config"],
     "Deployment": ["p-decode", "p-router"],
+    "NetworkPolicy": ["p-decode", "p-prefill", "p-router"],
     "PodDisruptionBudget": ["p-decode", "p-prefill", "p-router"],
     "Role": ["p-router"],
     "RoleBinding": ["p-router"],
