@@ -19,6 +19,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "router": ("baton_worker.router.main", "run the OpenAI-compatible router"),
     "operator": ("baton_operator.main", "run the InferencePool operator (kopf)"),
     "sandbox": ("baton_operator.sandbox.cli", "local Kubernetes control plane with simulated GPU pools"),
+    "profile": (
+        "baton_worker.bench.profile",
+        "measure this machine's prefill, decode and KV times for `baton plan`",
+    ),
+    "plan": (
+        "baton_operator.planning.cli",
+        "the cheapest deployment meeting TTFT/ITL targets, from a profile",
+    ),
 }
 BENCHES: dict[str, tuple[str, str]] = {
     "kv": ("baton_worker.bench.kv", "KV transfer bandwidth between two processes (nixl, grpc, memcpy)"),

@@ -1,0 +1,277 @@
+"""`baton profile`: measure one worker's performance on the machine it runs on and write a
+capacity-planning profile (format ``baton-profile/v1``, read by `baton plan`; see docs/planning.md).
+
+- prefill: seconds of :class:`PagedModel.prefill` at batch 1 for each prompt length;
+- decode: seconds per step of the real :class:`DecodeEngine` (scheduling, paged attention,
+  sampling, detokenization) for each batch size and context length;
+- kv_transfer: seconds of the KV handoff between a real prefill and a real decode worker process
+  (what the decode worker reports in ``TokenChunk.kv_transfer_seconds``), per backend and prompt
+  length, with prefix caching off so every block moves;
+- overheads: the router's share of a request (a no-op round trip through a running router is not
+  measured here: the figure is the handoff's fixed part, the intercept of the KV fit).
+
+Each figure is the median of ``--repeats`` runs after a warm-up. With ``--threads N`` torch uses N
+threads, as a worker started with ``--threads N`` would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+FORMAT = "baton-profile/v1"
+READY = re.compile(r"baton worker ready role=(\w+) grpc=(\S+) metrics=(\S+) kv_backend=(\w+)")
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="baton profile", description=__doc__)
+    p.add_argument("--model", default="builtin://tiny")
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--prompt-tokens", default="32,128,256,512,1024,1536", help="prefill lengths")
+    p.add_argument("--batches", default="1,2,4,8,16,32,64", help="decode batch sizes")
+    p.add_argument("--contexts", default="128,512,1024", help="decode context lengths")
+    p.add_argument("--kv-backends", default="grpc,nixl", help="KV transfer backends to time ('' for none)")
+    p.add_argument("--kv-tokens", default="128,512,1024,1536", help="prompt lengths of the KV timings")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--out", default="", help="write the profile here (default: print it)")
+    p.add_argument("--json", action="store_true", help="print the profile as JSON (also with --out)")
+    return p
+
+
+def _median_seconds(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def profile_prefill(model: Any, lengths: list[int], repeats: int) -> list[dict[str, Any]]:
+    from baton_worker.bench.decode import _prompts, _sync
+    from baton_worker.engine import KvBlockPool
+    from baton_worker.engine.model import PagedModel
+
+    rows = []
+    for n in lengths:
+        pool = KvBlockPool.for_model(model, num_blocks=-(-n // 16), block_size=16)
+        runner = PagedModel(model, pool)
+        prompt = [list(_prompts(1, n, model.shape.vocab_size, 1)[0])]
+        table = [pool.allocate(pool.blocks_needed(n))]
+
+        def run() -> None:
+            runner.prefill(prompt, table)  # noqa: B023 - called within this iteration
+            _sync(model.device)
+
+        rows.append({"tp": 1, "prompt_tokens": n, "seconds": round(_median_seconds(run, repeats), 6)})
+    return rows
+
+
+def profile_decode(model: Any, batches: list[int], contexts: list[int], repeats: int) -> list[dict[str, Any]]:
+    from baton_worker.bench.decode import measure_decode
+
+    rows = []
+    for context in contexts:
+        for batch in batches:
+            steps = [measure_decode(model, batch, context, 8) for _ in range(max(1, repeats // 2))]
+            rows.append(
+                {
+                    "tp": 1,
+                    "batch": batch,
+                    "context_tokens": context,
+                    "step_seconds": round(statistics.median(steps), 6),
+                }
+            )
+    return rows
+
+
+class _Worker:
+    """A `baton worker` child process (killed with its process group by ``stop``)."""
+
+    def __init__(self, role: str, args: list[str]) -> None:
+        cmd = [sys.executable, "-m", "baton_worker.cli", "worker", "--role", role, *args]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
+        self.ready = threading.Event()
+        self.address = self.backend = ""
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip())
+            m = READY.search(line)
+            if m:
+                self.address, self.backend = m.group(2), m.group(4)
+                self.ready.set()
+
+    def wait(self, timeout: float) -> None:
+        if not self.ready.wait(timeout):
+            raise RuntimeError("worker not ready:\n" + "\n".join(self.lines[-20:]))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+
+def profile_kv(opts: argparse.Namespace, backend: str, lengths: list[int]) -> list[dict[str, Any]]:
+    """Seconds of the KV handoff between two worker processes on this host, per prompt length."""
+    import grpc
+
+    from baton_worker.rpc import pb2, pb2_grpc
+
+    common = ["--model", opts.model, "--device", opts.device, "--dtype", opts.dtype, "--kv-backend", backend]
+    common += ["--no-prefix-caching", "--kv-blocks", str(2 * (max(lengths) // 16 + 2))]
+    if opts.threads:
+        common += ["--threads", str(opts.threads)]
+    workers = [_Worker("prefill", common), _Worker("decode", common)]
+    try:
+        for w in workers:
+            w.wait(300)
+        if any(w.backend != backend for w in workers):
+            raise RuntimeError(f"asked for the {backend} backend, the workers run {workers[0].backend}")
+        prefill = pb2_grpc.PrefillWorkerStub(grpc.insecure_channel(workers[0].address))
+        decode = pb2_grpc.DecodeWorkerStub(grpc.insecure_channel(workers[1].address))
+        sp = pb2.SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
+        rows = []
+        for n in lengths:
+            seconds = []
+            for i in range(opts.repeats + 1):  # the first is a warm-up
+                rid = f"kv-{backend}-{n}-{i}"
+                prompt = [3 + (k * 7 + i) % 500 for k in range(n)]
+                pre = prefill.Prefill(
+                    pb2.PrefillRequest(request_id=rid, prompt_token_ids=prompt, sampling=sp), timeout=120
+                )
+                req = pb2.GenerateRequest(
+                    request_id=rid, prompt_token_ids=prompt, sampling=sp, first_token=pre.first_token
+                )
+                req.handle.CopyFrom(pre.handle)
+                chunks = list(decode.Generate(req, timeout=120))
+                if i:
+                    seconds.append(chunks[0].kv_transfer_seconds)
+            rows.append({"backend": backend, "tokens": n, "seconds": round(statistics.median(seconds), 6)})
+        return rows
+    finally:
+        for w in workers:
+            w.stop()
+
+
+def _fixed_cost(rows: list[dict[str, Any]]) -> float:
+    """Intercept of seconds against tokens (least squares), floored at 0."""
+    if len(rows) < 2:
+        return 0.0
+    xs, ys = [r["tokens"] for r in rows], [r["seconds"] for r in rows]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx else 0.0
+    return max(0.0, my - slope * mx)
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def run_profile(opts: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from baton_worker.engine import KvBlockPool, load_model
+
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    model = load_model(opts.model, dtype=opts.dtype, device=opts.device)
+    pool = KvBlockPool.for_model(model, num_blocks=1, block_size=16)
+    t0 = time.time()
+    prefill = profile_prefill(model, _ints(opts.prompt_tokens), opts.repeats)
+    decode = profile_decode(model, _ints(opts.batches), _ints(opts.contexts), opts.repeats)
+    kv: list[dict[str, Any]] = []
+    for backend in [b for b in opts.kv_backends.split(",") if b]:
+        kv += profile_kv(opts, backend, _ints(opts.kv_tokens))
+    device = (
+        torch.cuda.get_device_name(0) if opts.device.startswith("cuda") else platform.processor() or "cpu"
+    )
+    how = f"baton profile on {socket.gethostname()} at {datetime.now(UTC).isoformat(timespec='seconds')}"
+    threads = torch.get_num_threads()
+    return {
+        "format": FORMAT,
+        "hardware": {
+            "device": "cuda" if opts.device.startswith("cuda") else "cpu",
+            "name": f"{device} ({os.cpu_count()} cores, torch threads {threads})",
+            "gpus_per_worker_tp1": 1,
+        },
+        "model": {
+            "source": opts.model,
+            "dtype": opts.dtype,
+            "kv_bytes_per_token": pool.bytes_per_block // pool.block_size,
+        },
+        "measured_by": how,
+        "sources": {
+            "prefill": f"{how}: PagedModel.prefill, batch 1, median of {opts.repeats}",
+            "decode": f"{how}: DecodeEngine.step, median over {max(1, opts.repeats // 2)} runs of 8 steps",
+            "kv_transfer": f"{how}: prefill -> decode worker processes on this host, median of {opts.repeats}",
+        },
+        "prefill": prefill,
+        "decode": decode,
+        "kv_transfer": kv,
+        "overheads": {
+            "router_s": 0.0,
+            "handoff_s": round(
+                min(
+                    (_fixed_cost([r for r in kv if r["backend"] == b]) for b in {r["backend"] for r in kv}),
+                    default=0.0,
+                ),
+                6,
+            ),
+        },
+        "profile_seconds": round(time.time() - t0, 1),
+    }
+
+
+def main(argv: list[str]) -> int:
+    opts = build_parser().parse_args(argv)
+    for flag in ("prompt_tokens", "batches", "contexts", "kv_tokens"):
+        try:
+            values = _ints(getattr(opts, flag))
+        except ValueError:
+            values = []
+        if not values or min(values) < 1:
+            print(
+                f"baton profile: --{flag.replace('_', '-')}: comma list of positive integers", file=sys.stderr
+            )
+            return 2
+    profile = run_profile(opts)
+    text = json.dumps(profile, indent=2)
+    if opts.out:
+        with open(opts.out, "w") as f:
+            f.write(text + "\n")
+    if opts.json or not opts.out:
+        print(text)
+    return 0
