@@ -8,7 +8,9 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
+from baton_worker.engine.kv_pool import PrefixCacheStats
 from baton_worker.router.metrics import RouterMetrics
+from baton_worker.router.placement import WorkerLoad
 from baton_worker.server.metrics import LoadSnapshot, WorkerMetrics
 from prometheus_client import CollectorRegistry
 from test_chart_baton import CHART, KUBE_VERSION, by_kind, helm, render
@@ -44,7 +46,11 @@ def sample_names(registry: CollectorRegistry) -> set[str]:
 def exported_names() -> set[str]:
     """Sample names of the router's, a worker's and the operator's registries, every labelled metric
     exercised once so that it shows."""
-    router = RouterMetrics(lambda: {"prefill": (1, 2, 0), "decode": (0, 1, 1)}, lambda: 3)
+    router = RouterMetrics(
+        lambda: {"prefill": (1, 2, 0), "decode": (0, 1, 1)}, lambda: 3, lambda: {"prefill": 4, "decode": 5}
+    )
+    held = WorkerLoad("decode-0", cached_tokens=16)
+    router.prefix_placement("decode", held, [held])
     router.requests.labels("chat", "true").inc()
     router.errors.labels("503", "overloaded").inc()
     router.retries.labels("decode", "unreachable").inc()
@@ -55,7 +61,7 @@ def exported_names() -> set[str]:
     for role in ("prefill", "decode"):
         snap = LoadSnapshot(
             queue_depth=1, running=2, free_blocks=3, total_blocks=8, ready=True, draining=False,
-            freed={"notification": 1, "release": 0, "ttl": 0},
+            freed={"notification": 1, "release": 0, "ttl": 0}, prefix=PrefixCacheStats(32, 16, 1, 2),
         )  # fmt: skip
         worker = WorkerMetrics(role, lambda snap=snap: snap)
         worker.request("ok")
