@@ -61,6 +61,8 @@ def test_each_turn_goes_to_the_decode_worker_holding_the_conversation(stack) -> 
                 chosen = 'baton_router_prefix_cached_tokens_total{role="decode"}'
                 best = 'baton_router_prefix_best_tokens_total{role="decode"}'
                 assert after[chosen] - before[chosen] == after[best] - before[best] > 0
+                # OpenAI's usage says how much of the prompt came from the cache.
+                assert out.usage.prompt_tokens_details.cached_tokens >= 8 * 16
             # Before the next turn, the router has learned what this one left in the cache.
             wait_until(
                 lambda v=view_before: (

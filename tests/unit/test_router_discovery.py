@@ -73,7 +73,14 @@ def test_response_shapes() -> None:
         "role": "assistant",
         "content": "hey",
     }
-    assert full["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    assert full["usage"] == {
+        "prompt_tokens": 3,
+        "completion_tokens": 2,
+        "total_tokens": 5,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
+    cached = fmt.usage_chunk("chat", "i", 1, "m", 40, 2, 32)["usage"]
+    assert cached["prompt_tokens_details"] == {"cached_tokens": 32} and cached["total_tokens"] == 42
     c = fmt.stream_chunk("completion", "id1", 5, "m", "x", None)
     assert c["choices"][0]["text"] == "x" and c["object"] == "text_completion"
     first = fmt.stream_chunk("chat", "id1", 5, "m", "", None, role=True)

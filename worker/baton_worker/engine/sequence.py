@@ -89,6 +89,7 @@ class OutputCollector:
         self._last: dict[str, tuple[bool, FinishReason | None, int, int]] = {}
         self._logprobs: dict[str, list[TokenLogprob]] = {}
         self._prompt_logprobs: dict[str, tuple[TokenLogprob | None, ...]] = {}
+        self._cached: dict[str, int] = {}
 
     def add(
         self,
@@ -105,6 +106,8 @@ class OutputCollector:
             self._logprobs.setdefault(rid, []).extend(logprobs)
         if prompt_logprobs is not None:
             self._prompt_logprobs[rid] = prompt_logprobs
+        if seq.num_outputs - len(seq.request.resume_token_ids) == len(token_ids):  # its first output
+            self._cached[rid] = seq.cached_tokens
         self._last[rid] = (
             seq.finish_reason is not None,
             seq.finish_reason,
@@ -132,6 +135,7 @@ class OutputCollector:
                     n_out,
                     tuple(self._logprobs.get(rid, ())),
                     self._prompt_logprobs.get(rid),
+                    self._cached.get(rid, 0),
                 )
             )
         return out

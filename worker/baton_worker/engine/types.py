@@ -209,6 +209,7 @@ class RequestOutput:
     # first output, one per prompt token (None for the first, which has no context).
     logprobs: tuple[TokenLogprob, ...] = ()
     prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+    cached_tokens: int = 0  # on the first output: prompt tokens whose KV came from the prefix cache
 
 
 @dataclass(frozen=True)

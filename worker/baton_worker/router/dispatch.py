@@ -60,6 +60,7 @@ class Progress:
     # event of the first output token (the first prompt token has none: see PromptLogprobs).
     logprobs: tuple[pb2.TokenLogprob, ...] = ()
     prompt_logprobs: pb2.PromptLogprobs | None = None
+    cached_tokens: int = 0  # prompt tokens whose KV came from a prefix cache (first event)
 
 
 def new_tokens(chunk_ids: Sequence[int], chunk_total: int, known: int) -> tuple[list[int], int]:
@@ -182,6 +183,7 @@ class Dispatcher:
                 (first,),
                 logprobs=(resp.first_logprob,) if resp.HasField("first_logprob") else (),
                 prompt_logprobs=resp.prompt_logprobs if resp.HasField("prompt_logprobs") else None,
+                cached_tokens=resp.cached_tokens,
             )
         stream = self._stream(dw, job, sampling, sub_id, resume, handle, first, known)
         try:
@@ -330,7 +332,7 @@ class Dispatcher:
                 # The logprobs of tokens dropped as already known go with them.
                 logprobs = tuple(chunk.logprobs[len(chunk.logprobs) - len(ids) :]) if chunk.logprobs else ()
                 prompt = chunk.prompt_logprobs if chunk.HasField("prompt_logprobs") else None
-                yield Progress(tuple(ids), finish, logprobs, prompt)
+                yield Progress(tuple(ids), finish, logprobs, prompt, chunk.cached_tokens)
                 if finished:
                     return
         finally:

@@ -6,11 +6,14 @@ import json
 from typing import Any
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
+    """OpenAI's usage object; ``prompt_tokens_details.cached_tokens`` counts the prompt tokens
+    whose KV came from a prefix cache."""
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
 
 
@@ -36,6 +39,7 @@ def response(
     choices: list[dict[str, Any]],
     prompt_tokens: int,
     completion_tokens: int,
+    cached_tokens: int = 0,
 ) -> dict[str, Any]:
     """The non-streamed body of a completion or chat response with its ``choices``."""
     return {
@@ -44,7 +48,7 @@ def response(
         "created": created,
         "model": model,
         "choices": choices,
-        "usage": usage(prompt_tokens, completion_tokens),
+        "usage": usage(prompt_tokens, completion_tokens, cached_tokens),
     }
 
 
@@ -92,7 +96,13 @@ def stream_chunk(
 
 
 def usage_chunk(
-    kind: str, rid: str, created: int, model: str, prompt_tokens: int, completion_tokens: int
+    kind: str,
+    rid: str,
+    created: int,
+    model: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cached_tokens: int = 0,
 ) -> dict[str, Any]:
     """The extra last chunk sent when ``stream_options.include_usage`` is true."""
     obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
@@ -102,7 +112,7 @@ def usage_chunk(
         "created": created,
         "model": model,
         "choices": [],
-        "usage": usage(prompt_tokens, completion_tokens),
+        "usage": usage(prompt_tokens, completion_tokens, cached_tokens),
     }
 
 

@@ -45,6 +45,7 @@ class Choice:
     completion_tokens: int = 0
     finish: str | None = None
     last_token_at: float = 0.0  # for the inter-token latency of this choice
+    cached_tokens: int = 0  # prompt tokens a worker's prefix cache held for it
 
 
 class Answer:
@@ -80,6 +81,7 @@ class Answer:
 
     def account(self, c: Choice, ev: Progress) -> tuple[str, list[lps.Scored]]:
         """Record an event of choice ``c``; return the text and the scored tokens to send now."""
+        c.cached_tokens = max(c.cached_tokens, ev.cached_tokens)
         if ev.prompt_logprobs is not None and c.prompt_scored is None:
             c.prompt_scored = lps.prompt_from_pb(self.prompt_ids, ev.prompt_logprobs)
         if self.prompt_only:
@@ -114,9 +116,11 @@ class Answer:
         m.prompt_tokens.inc(len(self.prompt_ids))
         m.generation_tokens.inc(sum(c.completion_tokens for c in self.choices))
 
-    def _usage(self) -> tuple[int, int]:
-        """Usage of the request: every choice generated (best_of ones not returned included)."""
-        return len(self.prompt_ids), sum(c.completion_tokens for c in self.choices)
+    def _usage(self) -> tuple[int, int, int]:
+        """Usage of the request: every choice generated (best_of ones not returned included), and
+        the prompt tokens served from a prefix cache."""
+        cached = max((c.cached_tokens for c in self.choices), default=0)
+        return len(self.prompt_ids), sum(c.completion_tokens for c in self.choices), cached
 
     # -- logprobs and echo ------------------------------------------------------------------------
 

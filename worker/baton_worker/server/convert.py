@@ -116,6 +116,7 @@ def token_chunk(out: RequestOutput, kv_seconds: float = 0.0, kv_bytes: int = 0) 
         kv_transfer_seconds=kv_seconds,
         kv_transfer_bytes=kv_bytes,
         logprobs=[logprob_to_pb(lp) for lp in out.logprobs],
+        cached_tokens=out.cached_tokens,
     )
     if out.prompt_logprobs is not None:
         chunk.prompt_logprobs.CopyFrom(prompt_logprobs_to_pb(out.prompt_logprobs))

@@ -127,7 +127,10 @@ class PrefillService(pb2_grpc.PrefillWorkerServicer):
             self.source.release(request.request_id)
         self.metrics.request("ok")
         reply = pb2.PrefillResponse(
-            first_token=result.first_token, handle=handle, prefill_seconds=result.prefill_seconds
+            first_token=result.first_token,
+            handle=handle,
+            prefill_seconds=result.prefill_seconds,
+            cached_tokens=result.cached_tokens,
         )
         if result.first_logprob is not None:
             reply.first_logprob.CopyFrom(logprob_to_pb(result.first_logprob))
