@@ -1,5 +1,7 @@
 """The router's Prometheus metrics, in a registry of its own (several routers may share a process
 in tests). ``baton_queue_depth{role}`` is the autoscaling signal: keep its name and labels.
+``baton_router_queue_depth{role}`` is this router's own part of it (requests it holds), so that
+several routers of one pool can be combined without counting the workers' queues once per router.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ _BYTES_BUCKETS = tuple(float(1 << k) for k in range(10, 34, 2))  # 1 KiB .. 8 Gi
 
 # role -> (queue depth, healthy workers, ejected workers)
 PoolSnapshot = Callable[[], dict[str, tuple[int, int, int]]]
+# role -> requests held in the router until a worker of the role is usable
+HeldSnapshot = Callable[[], dict[str, int]]
 
 
 class _PoolCollector(Collector):
@@ -46,6 +50,22 @@ class _PoolCollector(Collector):
         )
 
 
+class _HeldCollector(Collector):
+    def __init__(self, held: HeldSnapshot) -> None:
+        self._held = held
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        g = GaugeMetricFamily(
+            "baton_router_queue_depth",
+            "Requests held in this router until a worker of the role is usable: the router's own part "
+            "of baton_queue_depth (the rest, the workers' queues, every router of the pool sees alike)",
+            labels=["role"],
+        )
+        for role, n in sorted(self._held().items()):
+            g.add_metric([role], n)
+        yield g
+
+
 class _PrefixViewCollector(Collector):
     def __init__(self, view: Callable[[], dict[str, int]]) -> None:
         self._view = view
@@ -69,9 +89,12 @@ class RouterMetrics:
         snapshot: PoolSnapshot,
         inflight: Callable[[], int],
         prefix_view: Callable[[], dict[str, int]] | None = None,
+        held: HeldSnapshot | None = None,
     ) -> None:
         r = self.registry = CollectorRegistry()
         r.register(_PoolCollector(snapshot, inflight))
+        if held is not None:
+            r.register(_HeldCollector(held))
         if prefix_view is not None:
             r.register(_PrefixViewCollector(prefix_view))
         self.requests = Counter("baton_requests", "Requests received", ["api", "stream"], registry=r)
