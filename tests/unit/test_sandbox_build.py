@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from baton_operator.sandbox.build import go_output_name, parse_replaces, wrapper_gomod
-from baton_operator.sandbox.versions import KUBERNETES_VERSION, components, staging_version
+from baton_operator.sandbox.versions import GO_MINIMUM, KUBERNETES_VERSION, components, staging_version
+
+REPO = Path(__file__).resolve().parents[2]
 
 K8S_GOMOD = """module k8s.io/kubernetes
 
@@ -111,3 +115,18 @@ def test_missing_go_is_one_clear_line(monkeypatch, tmp_path) -> None:
     with pytest.raises(build.BuildError, match="Go is not installed") as err:
         build._go()
     assert "\n" not in str(err.value) and build.BIN_DIR_ENV in str(err.value)
+
+
+def test_missing_go_names_the_oldest_go_that_builds_the_pins(monkeypatch, tmp_path) -> None:
+    from baton_operator.sandbox import build
+
+    monkeypatch.setattr(build.shutil, "which", lambda name: None)
+    monkeypatch.setattr(build, "GO_FALLBACKS", (str(tmp_path / "no-go"),))
+    with pytest.raises(build.BuildError, match=rf"go >= {GO_MINIMUM} "):
+        build._go()
+
+
+def test_docs_state_the_go_floor_of_the_pins() -> None:
+    # The user-facing requirement and the code's floor are one number.
+    assert f"Go {GO_MINIMUM}+" in (REPO / "README.md").read_text()
+    assert f"Go (>= {GO_MINIMUM})" in (REPO / "docs" / "sandbox.md").read_text()

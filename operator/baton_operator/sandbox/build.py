@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .versions import Binary, GoComponent, cache_key, components
+from .versions import GO_MINIMUM, Binary, GoComponent, cache_key, components
 
 BIN_DIR_ENV = "BATON_K8S_BIN_DIR"
 # Generous: a cold build of kubernetes on two busy cores takes tens of minutes.
@@ -191,7 +191,7 @@ def _go() -> str:
     go = shutil.which("go") or next((g for g in GO_FALLBACKS if Path(g).is_file()), None)
     if go is None:
         raise BuildError(
-            "Go is not installed (need go >= 1.25 on PATH to build the sandbox binaries); "
+            f"Go is not installed (need go >= {GO_MINIMUM} on PATH to build the sandbox binaries); "
             f"install Go or point ${BIN_DIR_ENV} at a directory holding them"
         )
     return go
