@@ -92,7 +92,7 @@ def profile_decode(model: Any, batches: list[int], contexts: list[int], repeats:
     rows = []
     for context in contexts:
         for batch in batches:
-            steps = [measure_decode(model, batch, context, 8) for _ in range(max(1, repeats // 2))]
+            steps = [measure_decode(model, batch, context, 8) for _ in range(max(1, repeats))]
             rows.append(
                 {
                     "tp": 1,
@@ -235,7 +235,7 @@ def run_profile(opts: argparse.Namespace) -> dict[str, Any]:
         "measured_by": how,
         "sources": {
             "prefill": f"{how}: PagedModel.prefill, batch 1, median of {opts.repeats}",
-            "decode": f"{how}: DecodeEngine.step, median over {max(1, opts.repeats // 2)} runs of 8 steps",
+            "decode": f"{how}: DecodeEngine.step, median over {max(1, opts.repeats)} runs of 8 steps",
             "kv_transfer": f"{how}: prefill -> decode worker processes on this host, median of {opts.repeats}",
         },
         "prefill": prefill,
