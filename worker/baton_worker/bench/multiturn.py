@@ -18,13 +18,12 @@ import json
 import random
 import re
 import sys
-import time
 import urllib.request
 from dataclasses import asdict, dataclass
 
 import httpx
 
-from baton_worker.bench.serve import _Stack, percentile
+from baton_worker.bench.serve import _Stack, one_request, percentile
 
 BASE = ["--prefill", "1", "--decode", "2", "--local-prefill-max-tokens", "0"]
 SETUPS = {
@@ -60,36 +59,8 @@ class RoundFigures:
 
 
 async def _turn(http: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int) -> Turn:
-    body = {
-        "model": model,
-        "prompt": prompt,
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "ignore_eos": True,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    t0 = time.perf_counter()
-    first = 0.0
-    text, prompt_tokens = [], 0
-    try:
-        async with http.stream("POST", url + "/completions", json=body) as r:
-            if r.status_code != 200:
-                return Turn(False, 0, 0, "", f"HTTP {r.status_code}: {(await r.aread())[:200]!r}")
-            async for line in r.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                obj = json.loads(line[6:])
-                if "error" in obj:
-                    return Turn(False, 0, 0, "", obj["error"]["message"][:200])
-                if obj.get("choices") and obj["choices"][0].get("text"):
-                    first = first or time.perf_counter()
-                    text.append(obj["choices"][0]["text"])
-                if obj.get("usage"):
-                    prompt_tokens = obj["usage"]["prompt_tokens"]
-    except httpx.HTTPError as e:
-        return Turn(False, 0, 0, "", f"{type(e).__name__}: {e}")
-    return Turn(bool(first), first - t0 if first else 0.0, prompt_tokens, "".join(text))
+    r = await one_request(http, url, model, prompt, max_tokens)
+    return Turn(r.ok, r.ttft_s, r.prompt_tokens, r.text, r.error)
 
 
 def counters(url: str, workers: dict[str, str]) -> dict[str, float]:

@@ -41,6 +41,8 @@ class Sample:
     tokens: int
     itls_s: tuple[float, ...]
     error: str = ""
+    text: str = ""  # the streamed completion
+    prompt_tokens: int = 0
 
     @property
     def tpot_s(self) -> float:
@@ -112,7 +114,7 @@ def summarize(
     )
 
 
-async def _one(http: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int) -> Sample:
+async def one_request(http: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int) -> Sample:
     body = {
         "model": model,
         "prompt": prompt,
@@ -125,7 +127,8 @@ async def _one(http: httpx.AsyncClient, url: str, model: str, prompt: str, max_t
     t0 = time.perf_counter()
     first = last = 0.0
     itls: list[float] = []
-    tokens = 0
+    text: list[str] = []
+    tokens = prompt_tokens = 0
     try:
         async with http.stream("POST", url + "/completions", json=body) as r:
             if r.status_code != 200:
@@ -143,12 +146,16 @@ async def _one(http: httpx.AsyncClient, url: str, model: str, prompt: str, max_t
                     else:
                         itls.append(now - last)
                     last = now
+                    text.append(obj["choices"][0]["text"])
                 if obj.get("usage"):
                     tokens = obj["usage"]["completion_tokens"]
+                    prompt_tokens = obj["usage"]["prompt_tokens"]
     except httpx.HTTPError as e:
         return Sample(False, 0, 0, 0, (), f"{type(e).__name__}: {e}")
     end = time.perf_counter()
-    return Sample(tokens > 0, (first or end) - t0, end - t0, tokens, tuple(itls))
+    return Sample(
+        tokens > 0, (first or end) - t0, end - t0, tokens, tuple(itls), "", "".join(text), prompt_tokens
+    )
 
 
 async def drive(
@@ -161,7 +168,7 @@ async def drive(
 
         async def at(offset: float, prompt: str) -> Sample:
             await asyncio.sleep(max(0.0, start + offset - time.perf_counter()))
-            return await _one(http, url, model, prompt, max_tokens)
+            return await one_request(http, url, model, prompt, max_tokens)
 
         samples = await asyncio.gather(*(at(o, p) for o, p in zip(offsets, prompts, strict=True)))
         return list(samples), time.perf_counter() - start
