@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Same-GPU KV transfer figures: NIXL VRAM -> VRAM between two processes on one GPU, per UCX_TLS
-# setting, against a device-to-device copy (the issue's target: at least half of it).
+# setting, against a device-to-device copy (the target: at least half of it).
 #
 #   bash e2e/gpu_kv_check.sh prepare   # here (has PyPI): wheels into .whl/, generated gRPC code
 #   bash e2e/gpu_kv_check.sh run       # on the GPU machine (no network): JSON into $OUT (or .)
 #
-# The GPU machine's image has Python 3.12 with torch (CUDA 13) but no NIXL; `prepare` fetches
-# nixl_cu13 (without its expert-parallel kernels) and the grpcio/protobuf versions the generated
-# code (committed in worker/baton_worker/proto) needs; carry `.whl` with the run (see
-# docs/kv-transfer.md, "Same-host GPUs").
+# For a GPU machine without network access whose Python (3.12) has torch for CUDA 13 but no NIXL:
+# `prepare` fetches nixl_cu13 (without its expert-parallel kernels) and the grpcio/protobuf
+# versions the generated code (committed in worker/baton_worker/proto) needs; carry `.whl` with the
+# run. What the settings mean: docs/kv-transfer.md, "UCX settings"; the bench: docs/benchmarks.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

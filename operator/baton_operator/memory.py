@@ -24,7 +24,7 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # passes neither flag).
 WORKER_KV_TOKENS = 512 * 16
 # Per worker process: Python, torch, transformers, gRPC (the sandbox's real node serves the CPU
-# example, two workers, the router and the operator, in 1.68 GB of pods: docs/sandbox.md); on
+# example, two workers, the router and the operator, in 1.68 GB of pods: docs/benchmarks.md); on
 # GPUs also the CUDA context, torch's CUDA libraries and NIXL/UCX's registered buffers.
 RUNTIME_BYTES = {"cpu": 1 * GIB, "cuda": 4 * GIB}
 # A checkpoint whose size the operator cannot know (hf://, pvc://, file://), per process: an

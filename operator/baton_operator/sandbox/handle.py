@@ -26,7 +26,7 @@ class KubectlError(RuntimeError):
 
 @dataclass(frozen=True)
 class Sandbox:
-    """A running sandbox, as the CLI, the pytest fixture and other engineers' tests see it.
+    """A running sandbox, as the CLI, the pytest fixtures and the tests see it.
 
     ``kubeconfig`` is the admin kubeconfig (user ``baton-sandbox-admin``, group
     ``system:masters``); ``kubeconfig_for_service_account`` gives a token kubeconfig that acts

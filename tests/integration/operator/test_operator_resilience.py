@@ -56,7 +56,7 @@ def test_operator_runs_under_the_charts_least_privilege_rbac(sandbox, operator_p
 
 def test_operator_noop_resync_writes_nothing(sandbox, operator_process, namespace):
     # A second operator watching only this namespace, so its write counter sees this pool alone (the
-    # shared sandbox holds other engineers' pools); the session operator reconciles it too.
+    # shared sandbox holds other tests' pools); the session operator reconciles it too.
     (port,) = procs.free_ports(1)
     args = ["-n", namespace, "--standalone", f"--resync-seconds={RESYNC_SECONDS}", f"--metrics-port={port}"]
     own = start_operator(sandbox, args=args, name="operator-noop")
