@@ -40,7 +40,7 @@ class Outcome:
 
 
 def _keda_builder() -> Callable[[Mapping[str, Any]], list[dict[str, Any]]] | None:
-    """The autoscaling engineer's KEDA builder, when that module exists."""
+    """The KEDA ScaledObject builder (baton_operator.autoscaling.keda), when it can be imported."""
     try:
         from baton_operator.autoscaling.keda import build_scaled_objects  # type: ignore[import-not-found]
     except ImportError:

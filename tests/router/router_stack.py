@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 MODEL = "builtin://tiny"
-READY_TIMEOUT_S = 180.0  # generous: several engineers share this machine's two cores
+READY_TIMEOUT_S = 180.0  # generous: a loaded two-core machine loads the model slowly
 
 
 def wait_until(pred, timeout: float, what: str, interval: float = 0.05):  # type: ignore[no-untyped-def]

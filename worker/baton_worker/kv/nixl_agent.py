@@ -40,8 +40,8 @@ UCX_DEFAULTS_CPU: dict[str, str] = {}
 # back to software emulation over tcp: 0.5 GB/s measured on one H100 with UCX's defaults
 # (a device copy there: 1273 GB/s). With get on, cuda_ipc maps the peer's VRAM and copies
 # device to device. Cross-node transfers (RDMA) never use cuda_ipc and are unaffected. From
-# UCX's source and NIXL's upstream fix for the same problem; not yet measured here (no GPU was
-# lent to this work): `bash e2e/gpu_kv_check.sh run` measures it against UCX's own choice.
+# UCX's source and NIXL's upstream fix for the same problem; `bash e2e/gpu_kv_check.sh run`
+# measures it against UCX's own choice on a GPU machine.
 UCX_DEFAULTS_CUDA: dict[str, str] = {"UCX_CUDA_IPC_ENABLE_GET_ZCOPY": "on"}
 
 

@@ -3,7 +3,8 @@
 :class:`KvSink` checks nothing about the request itself (the server calls
 :func:`baton_worker.kv.handle.check_handle` first); it moves the bytes, by NIXL READ when both
 sides run NIXL, else over the ``PullKv`` stream, then tells the prefill side it is done (the
-NIXL notification rides on the READ; the gRPC path calls ``Release``). Every step runs under
+NIXL endpoint posts a done notification once every part of the READ is done; the gRPC path calls
+``Release``). Every step runs under
 the caller's deadline and failures surface as typed, retryable errors.
 """
 

@@ -1,7 +1,7 @@
 """The router's side of ``PrefillStream``: one long-lived stream per prefill worker.
 
 Every Prefill goes over the worker's stream instead of a unary call of its own, which saves the
-per-call setup of gRPC (0.01-0.2 ms per call measured, more for short prompts; docs/kv-transfer.md). A call gets a ``call_id``; its reply is
+per-call setup of gRPC (0.01-0.2 ms per call, more for short prompts). A call gets a ``call_id``; its reply is
 matched by that id; its deadline is enforced here and sent along, so the worker gives up too.
 
 Failures keep the unary call's contract, so the dispatcher cannot tell the two apart:

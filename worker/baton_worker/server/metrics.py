@@ -4,7 +4,7 @@ Names (role is a label so one dashboard covers both pools):
 ``baton_worker_queue_depth``, ``baton_worker_running``, ``baton_worker_kv_blocks{state}``,
 ``baton_worker_kv_block_usage`` (0..1), ``baton_worker_ready``, ``baton_worker_draining``,
 ``baton_worker_requests_total{outcome}``, ``baton_worker_kv_transfer_bytes_total``,
-``baton_worker_kv_transfer_seconds`` (histogram), ``baton_worker_kv_freed_total{reason}`` (prefill),
+``baton_worker_kv_transfer_seconds`` (histogram), ``baton_worker_kv_freed{reason}`` (prefill, a gauge of counts),
 ``baton_worker_prefix_cache_queried_tokens_total``, ``baton_worker_prefix_cache_hit_tokens_total``
 (hit rate = rate of hits / rate of queries), ``baton_worker_prefix_cache_evicted_blocks_total``,
 ``baton_worker_prefix_cache_blocks`` (blocks named by a prefix hash, held or evictable).
