@@ -31,9 +31,10 @@ def test_autoscaling_parse_router_metrics() -> None:
     assert signal.parse_queue_depths(ROUTER_METRICS) == {"prefill": 12.0, "decode": 3.0}
 
 
-def test_autoscaling_parse_sums_series_of_a_role() -> None:
+def test_autoscaling_parse_series_of_several_routers_count_the_workers_once() -> None:
+    # Two routers on one page (labels tell them apart), neither saying what it holds: the larger.
     text = 'baton_queue_depth{role="decode",router="a"} 2\nbaton_queue_depth{role="decode",router="b"} 5\n'
-    assert signal.parse_queue_depths(text) == {"decode": 7.0}
+    assert signal.parse_queue_depths(text) == {"decode": 5.0}
 
 
 def test_autoscaling_parse_missing_metric_is_empty() -> None:
@@ -79,9 +80,9 @@ def test_autoscaling_parse_prometheus_errors(body: bytes, match: str) -> None:
 
 def test_autoscaling_source_defaults_to_router_service() -> None:
     cfg = config.parse({"router": {"service": {"port": 9000}}})
-    assert signal.source_for(cfg, "llama", "ml") == signal.Source(
-        "scrape", "http://llama-router.ml.svc:9000/metrics"
-    )
+    source = signal.source_for(cfg, "llama", "ml")
+    assert source == signal.Source("routers", "http://llama-router.ml.svc:9000/metrics")
+    assert source.describe() == "the routers behind http://llama-router.ml.svc:9000/metrics"
 
 
 def test_autoscaling_source_metrics_url_and_prometheus() -> None:
@@ -90,7 +91,8 @@ def test_autoscaling_source_metrics_url_and_prometheus() -> None:
     cfg = config.parse({"autoscaling": {"metricsUrl": "http://x", "prometheus": {"url": "http://prom:9090"}}})
     src = signal.source_for(cfg, "p", "ns")
     assert src.kind == "prometheus"
-    assert 'namespace="ns"' in src.query and 'service="p-router"' in src.query
+    assert 'namespace="ns"' in src.query and 'pod=~"p-router-[^-]+-[^-]+"' in src.query
+    assert "$" not in src.query
 
 
 def body(spec: dict[str, Any]) -> dict[str, Any]:

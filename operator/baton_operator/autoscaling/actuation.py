@@ -9,6 +9,7 @@ Every call carries a request timeout, so a slow API server delays a pass but nev
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ from typing import Any
 from baton_operator.autoscaling.capacity import Scheduling, role_capacity, scheduling
 from baton_operator.autoscaling.controller import FIELD_MANAGER, Workload
 
+log = logging.getLogger(__name__)
 GROUP, VERSION, PLURAL = "baton.dev", "v1alpha1", "inferencepools"
 KINDS = {"prefill": "StatefulSet", "decode": "Deployment"}
 REQUEST_TIMEOUT_S = 5.0
@@ -100,6 +102,25 @@ class KubeCluster:
             namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT_S, _preload_content=False
         )
         return list(_json(pods).get("items") or [])
+
+    def router_metrics_urls(self, namespace: str, pool: str) -> list[str]:
+        """/metrics of every ready router of the pool, from the EndpointSlices of its Service (port
+        ``http``); [] when they cannot be read (the caller then scrapes the Service)."""
+        from baton_worker.router.discovery import ready_endpoints
+        from kubernetes import client as k8s
+        from kubernetes.client.exceptions import ApiException
+
+        selector = f"kubernetes.io/service-name={workload_name(pool, 'router')}"
+        try:
+            slices = k8s.DiscoveryV1Api(self._api).list_namespaced_endpoint_slice(
+                namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT_S, _preload_content=False
+            )
+        except (ApiException, OSError) as e:
+            log.warning(
+                "%s/%s: cannot list the routers' EndpointSlices, scraping the Service: %s", namespace, pool, e
+            )
+            return []
+        return [f"http://{hp}/metrics" for hp in ready_endpoints(_json(slices).get("items") or [], "http")]
 
     def begin_pass(self) -> None:
         """Forget the lists cached by the previous pass."""

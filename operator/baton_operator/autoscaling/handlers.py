@@ -112,7 +112,9 @@ def inferencepool_autoscale(
             name,
             namespace,
             now,
-            lambda: signal.read_queue_depths(source, timeout),
+            lambda: signal.read_queue_depths(
+                source, timeout, lambda: _kube().router_metrics_urls(namespace, name)
+            ),
             _kube(),
             source.describe(),
         )

@@ -13,13 +13,16 @@ from collections.abc import Mapping
 from string import Template
 from typing import Any
 
-from baton_operator.autoscaling import config
+from baton_operator.autoscaling import config, signal
 from baton_operator.autoscaling.actuation import KINDS, workload_name
 from baton_operator.autoscaling.policy import RoleScaling
 
 API_VERSION = "keda.sh/v1alpha1"
 KIND = "ScaledObject"
-DEFAULT_ROLE_PROMQL = 'sum(baton_queue_depth{namespace="$namespace", service="$pool-router", role="$role"})'
+# signal.DEFAULT_PROMQL for one role: the workers' part once, plus every router's held requests.
+_ROLE = signal.ROUTERS + ', role="$role"'
+_Q, _H = f"baton_queue_depth{{{_ROLE}}}", f"baton_router_queue_depth{{{_ROLE}}}"
+DEFAULT_ROLE_PROMQL = f"max(({_Q} - {_H}) or {_Q}) + sum({_H} or ({_Q} * 0))"
 # KEDA marks a scaler failed after this many failed polls and then applies the fallback.
 FALLBACK_FAILURES = 3
 DEFAULT_TOLERANCE = 0.1

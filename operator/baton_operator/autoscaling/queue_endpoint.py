@@ -15,13 +15,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class QueueEndpoint:
     """HTTP server on 127.0.0.1 (port 0 = any free port) serving ``/metrics``.
 
-    ``set(prefill=..., decode=...)`` changes the exported queue depths; ``fail(status)`` makes it
-    answer an HTTP error; ``stop()`` closes the socket (the endpoint becomes unreachable).
+    ``set(prefill=..., decode=...)`` changes the exported queue depths; ``hold(prefill=...)`` the
+    part of them this "router" holds itself (``baton_router_queue_depth``, exported once set);
+    ``fail(status)`` makes it answer an HTTP error; ``stop()`` closes the socket (the endpoint
+    becomes unreachable).
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self._lock = threading.Lock()
         self._depths: dict[str, float] = {"prefill": 0.0, "decode": 0.0}
+        self._held: dict[str, float] = {}
         self._error: int | None = None
         self.scrapes: list[float] = []
         endpoint = self
@@ -57,6 +60,9 @@ class QueueEndpoint:
     def _text(self) -> str:
         lines = ["# HELP baton_queue_depth Requests waiting for a role.", "# TYPE baton_queue_depth gauge"]
         lines += [f'baton_queue_depth{{role="{r}"}} {v}' for r, v in sorted(self._depths.items())]
+        if self._held:
+            lines += ["# TYPE baton_router_queue_depth gauge"]
+            lines += [f'baton_router_queue_depth{{role="{r}"}} {v}' for r, v in sorted(self._held.items())]
         return "\n".join(lines) + "\n"
 
     @property
@@ -69,6 +75,11 @@ class QueueEndpoint:
         with self._lock:
             self._depths.update({k: float(v) for k, v in depths.items()})
             self._error = None
+
+    def hold(self, **held: float) -> None:
+        """Set the requests this endpoint's "router" holds per role (part of what ``set`` set)."""
+        with self._lock:
+            self._held.update({k: float(v) for k, v in held.items()})
 
     def fail(self, status: int = 503) -> None:
         with self._lock:

@@ -55,6 +55,24 @@ def test_autoscaling_scrape_respects_deadline() -> None:
         srv.close()
 
 
+def test_autoscaling_two_routers_count_the_workers_once() -> None:
+    # Both routers see the same workers (12 prefill, 30 decode requests queued); each also holds
+    # requests of its own for want of a usable worker.
+    with QueueEndpoint() as a, QueueEndpoint() as b:
+        a.set(prefill=12 + 2, decode=30)
+        a.hold(prefill=2, decode=0)
+        b.set(prefill=12 + 1, decode=30 + 5)
+        b.hold(prefill=1, decode=5)
+        service = Source("routers", "http://127.0.0.1:9/metrics")  # not used while routers are known
+        depths = read_queue_depths(service, 2.0, lambda: [a.url, b.url])
+        assert depths == {"prefill": 15.0, "decode": 35.0}  # a sum over routers said 27 and 65
+        assert len(a.scrapes) == len(b.scrapes) == 1
+        b.stop()  # a router that does not answer: the workers' part still comes from the other
+        assert read_queue_depths(service, 2.0, lambda: [a.url, b.url]) == {"prefill": 14.0, "decode": 30.0}
+    with pytest.raises(SignalError, match="127.0.0.1:9/metrics"):
+        read_queue_depths(service, 2.0, lambda: [])  # no router known: the Service URL, unreachable here
+
+
 def test_autoscaling_prometheus_instant_query() -> None:
     seen: list[str] = []
 
