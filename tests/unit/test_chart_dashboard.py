@@ -47,7 +47,10 @@ def exported_names() -> set[str]:
     """Sample names of the router's, a worker's and the operator's registries, every labelled metric
     exercised once so that it shows."""
     router = RouterMetrics(
-        lambda: {"prefill": (1, 2, 0), "decode": (0, 1, 1)}, lambda: 3, lambda: {"prefill": 4, "decode": 5}
+        lambda: {"prefill": (1, 2, 0), "decode": (0, 1, 1)},
+        lambda: 3,
+        lambda: {"prefill": 4, "decode": 5},
+        held=lambda: {"prefill": 1, "decode": 0},
     )
     held = WorkerLoad("decode-0", cached_tokens=16)
     router.prefix_placement("decode", held, [held])
