@@ -1,0 +1,7 @@
+"""`python -m baton_operator.planning` is `baton plan`."""
+
+import sys
+
+from baton_operator.planning.cli import main
+
+sys.exit(main())
