@@ -77,6 +77,7 @@ def test_nothing_within_the_budget_is_reported_with_what_would_fit() -> None:
     p = plan(H100, chat(24), CHAT_SLO, Options(budget=2))
     assert not p.feasible and p.chosen is None
     assert "no deployment within 2 GPUs meets both SLOs for 90% of requests at 24 req/s" in p.reason
+    assert "none has the throughput: the most, 2 colocated (TP 1, batch 64), sustains at most" in p.reason
     assert p.needed is not None and p.needed.cost(H100) > 2
     text = explain(p)
     assert "infeasible:" in text and "without the budget" in text
@@ -95,6 +96,14 @@ def test_nothing_within_the_budget_is_reported_with_what_would_fit() -> None:
 def test_unreachable_slos_say_why(slo: Slo, why: str) -> None:
     p = plan(H100, chat(30, n=100), slo, Options(max_replicas=2))
     assert not p.feasible and why in p.reason
+
+
+def test_a_near_miss_names_the_closest_deployment() -> None:
+    # An idle worker answers a mean prompt in ~45 ms, but at 15 req/s queueing pushes many past 60 ms.
+    p = plan(H100, chat(15, n=200), Slo(0.06, 0.05), Options(max_replicas=2))
+    assert not p.feasible and p.best_attainment is not None
+    assert f"the closest, {p.best_attainment[0].describe()}, meets both SLOs for" in p.reason
+    assert 0 < p.best_attainment[1] < 0.9
 
 
 def test_long_prompts_favour_disaggregation_at_equal_gpus() -> None:

@@ -271,15 +271,16 @@ def plan(profile: Profile, workload: Workload, slo: Slo, opts: Options | None = 
         cheapest=cheapest,
         comparison=_compare(s, all_deps, comparison_cost) if comparison_cost else {},
         comparison_cost=comparison_cost,
-        reason="" if chosen is not None else _why_not(profile, workload, slo, opts, closest),
+        reason="" if chosen is not None else _why_not(s, opts, closest, within),
         needed=needed,
-        best_attainment=closest,
+        best_attainment=closest if chosen is None else None,
         simulations=s.simulations,
     )
 
 
-def _why_not(profile: Profile, workload: Workload, slo: Slo, opts: Options, closest: tuple | None) -> str:
+def _why_not(s: Searcher, opts: Options, closest: tuple | None, within: list[Deployment]) -> str:
     """Why no deployment within the search space meets the SLOs, as specifically as possible."""
+    profile, workload, slo = s.profile, s.workload, s.slo
     tokens = workload.isl.mean * (1 - workload.prefix_cached)
     idle_ttft = (
         min(profile.prefill_seconds(tokens, tp) for tp in profile.prefill_tp_sizes)
@@ -305,6 +306,9 @@ def _why_not(profile: Profile, workload: Workload, slo: Slo, opts: Options, clos
     where = ""
     if closest is not None:
         where = f"; the closest, {closest[0].describe()}, meets both SLOs for {closest[1]:.0%} of requests"
+    elif within:
+        top = max(within, key=s.bound)
+        where = f"; none has the throughput: the most, {top.describe()}, sustains at most {s.bound(top):.1f} req/s"
     return (
         f"no deployment within {limit} meets both SLOs for {slo.attainment:.0%} of requests at "
         f"{workload.rate:g} req/s{where}"

@@ -80,7 +80,7 @@ def warnings(profile: Profile, workload: Workload, deps: list[Deployment]) -> li
     for tp in sorted({d.decode_tp for d in deps}):
         lo, hi = profile.decode_fit(tp).context_span
         if context > 2 * hi or context < lo / 2:
-            how = "held constant: one context measured" if lo == hi else "extrapolated linearly"
+            how = "held constant (one context measured)" if lo == hi else "extrapolated linearly"
             out.append(
                 f"the mean decode context (~{context:.0f} tokens) is far from the measured "
                 f"{lo:.0f}-{hi:.0f} (TP {tp}): decode step times are {how}, so ITL is likely "
@@ -212,5 +212,5 @@ def explain(p: Plan, profile_path: str = "") -> str:
     warns = warnings(prof, w, [d for d in (p.chosen, *p.cheapest.values()) if d is not None])
     if warns:
         lines += ["", "warnings:", *(f"  - {x}" for x in warns)]
-    lines += ["", f"({p.simulations} simulated runs of {w.num_requests} requests, seed {w.seed})"]
+    lines += ["", f"(simulated runs: {p.simulations}, of {w.num_requests} requests each, seed {w.seed})"]
     return "\n".join(lines)
