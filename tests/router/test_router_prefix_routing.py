@@ -77,6 +77,9 @@ def test_each_turn_goes_to_the_decode_worker_holding_the_conversation(stack) -> 
         for w in workers
     )
     assert hits >= 4 * 16 * 8  # 4 later turns, each at least the 8 blocks of the system prompt
+    # Nothing waits in the router now: its own part of the queue (what the autoscaler adds up
+    # over several routers) is exported and 0.
+    assert _metrics(router)['baton_router_queue_depth{role="decode"}'] == 0.0
     tok = tokenizer()
     ref = reference_generate([tok.encode(p) for p in sent], max_tokens=8, temperature=0.0)
     assert answers == [tok.decode(r) for r in ref]

@@ -57,6 +57,7 @@ class Router:
             lambda: {"prefill": prefill.snapshot(), "decode": decode.snapshot()},
             lambda: self.inflight,
             lambda: {"prefill": prefill.viewed_blocks(), "decode": decode.viewed_blocks()},
+            held=lambda: {"prefill": prefill.waiting, "decode": decode.waiting},
         )
         self.dispatcher = Dispatcher(prefill, decode, cfg.dispatch, self.metrics)
         self.created = int(time.time())
