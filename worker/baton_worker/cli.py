@@ -37,6 +37,10 @@ BENCHES: dict[str, tuple[str, str]] = {
         "InferencePools to Ready on the sandbox, API writes on a no-op resync",
     ),
     "autoscale": ("baton_operator.autoscaling.bench", "reaction time from a queue spike to new replicas"),
+    "plan": (
+        "baton_worker.bench.plan_check",
+        "the planner's predictions against the real stack at several loads",
+    ),
 }
 
 
