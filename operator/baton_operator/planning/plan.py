@@ -49,22 +49,28 @@ class Options:
     compare_cost: int | None = None  # cost of the disaggregated/colocated comparison (default: the chosen's)
 
 
+def _prefill_per_request(profile: Profile, tokens: float, tp: int, most: int) -> float:
+    """The least prefill seconds per request when up to ``most`` mean prompts share a batch."""
+    return min(profile.prefill_seconds(k * tokens, tp) / k for k in range(1, max(1, most) + 1))
+
+
 def capacity_bounds(profile: Profile, workload: Workload, dep: Deployment) -> dict[str, float]:
     """Upper bounds on the req/s each role of ``dep`` can sustain, from mean lengths: prefill time
-    per request, and decode tokens per second at the best batch size up to the max batch
-    (colocated: one bound, both costs on the same workers)."""
+    per request at the best batch of mean prompts (prefill workers: up to their max batch;
+    colocated steps: as many as fit the step's token budget), and decode tokens per second at the
+    best batch size up to the max batch (colocated: one bound, both costs on the same workers)."""
     prefill_tokens = workload.isl.mean * (1 - workload.prefix_cached)
     decode_tokens = max(workload.osl.mean - 1, 0.0)
     context = workload.isl.mean + workload.osl.mean / 2
     fit = profile.decode_fit(dep.decode_tp)
     per_token = min(fit(b, context) / b for b in range(1, dep.decode_max_batch + 1))
     if dep.mode == "colocated":
-        per_request = profile.prefill_seconds(prefill_tokens, dep.decode_tp) + decode_tokens * per_token
-        return {"colocated": dep.decode_replicas / per_request}
-    batch = dep.prefill_max_batch
-    prefill = dep.prefill_replicas * batch / profile.prefill_seconds(batch * prefill_tokens, dep.prefill_tp)
+        per_step = min(dep.decode_max_batch, int(dep.prefill_budget // max(prefill_tokens, 1)))
+        prefill = _prefill_per_request(profile, prefill_tokens, dep.decode_tp, per_step)
+        return {"colocated": dep.decode_replicas / (prefill + decode_tokens * per_token)}
+    prefill = _prefill_per_request(profile, prefill_tokens, dep.prefill_tp, dep.prefill_max_batch)
     decode = dep.decode_replicas / (decode_tokens * per_token) if decode_tokens else float("inf")
-    return {"prefill": prefill, "decode": decode}
+    return {"prefill": dep.prefill_replicas / prefill, "decode": decode}
 
 
 def capacity_bound(profile: Profile, workload: Workload, dep: Deployment) -> float:
