@@ -164,3 +164,12 @@ def test_the_json_document() -> None:
     assert set(doc["comparison"]) >= {"gpus", "ratio_disaggregated_over_colocated"}
     assert yaml.safe_load(doc["inference_pool_yaml"])["spec"]["decode"]["replicas"] >= 1
     assert any("tensor parallel size 1 only" in w for w in doc["warnings"])
+
+
+def test_a_profile_without_kv_figures_plans_colocated_pools_only() -> None:
+    raw = json.loads(H100_PATH.read_text())
+    raw["kv_transfer"] = []
+    p = plan(parse_profile(raw), chat(6), CHAT_SLO)
+    assert p.feasible and p.chosen is not None and p.chosen.mode == "colocated"
+    assert set(p.comparison) == {"colocated"} and p.ratio() is None
+    assert "only colocated deployments are offered" in explain(p)

@@ -144,7 +144,12 @@ INVALID = [
     ("overheads.router_s", "fast", "overheads.router_s: must be a number, got 'fast'"),
     ("overheads.handoff_s", -0.001, "overheads.handoff_s: must be a number >= 0"),
     ("overheads", DELETE, "overheads: is required"),
-    ("notes", "hello", "notes: unknown field"),
+    (
+        "hardware.memory_gb",
+        80,
+        "hardware.memory_gb: unknown field (expected: device, name, gpus_per_worker_tp1)",
+    ),
+    ("kv_transfer", {}, "kv_transfer: must be a list of measured points"),
 ]
 
 
@@ -183,3 +188,15 @@ def test_load_profile_names_the_file(tmp_path: Path) -> None:
         load_profile(bad)
     with pytest.raises(ProfileError, match="cannot read"):
         load_profile(tmp_path / "missing.json")
+
+
+def test_top_level_metadata_is_ignored_and_kv_transfer_may_be_empty() -> None:
+    # As `baton profile --kv-backends ''` writes it: a timing of its own run, no KV figures.
+    d = doc()
+    d["profile_seconds"] = 12.5
+    d["kv_transfer"] = []
+    p = parse_profile(d)
+    assert p.kv_backends == ()
+    with pytest.raises(ValueError, match="no kv_transfer figures: it plans colocated pools only"):
+        p.kv_transfer_seconds(100)
+    assert (p.count(1), p.count(3)) == ("1 GPU", "3 GPUs")

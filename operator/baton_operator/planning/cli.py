@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         opts = Options(
             a.max_replicas, a.gpus, a.prefill_max_batch, a.decode_max_batch, a.kv_backend, a.compare_gpus
         )
-        profile.kv_fit(opts.kv_backend)  # an unknown backend fails here, before the search
+        if profile.kv_backends:
+            profile.kv_fit(opts.kv_backend)  # an unknown backend fails here, before the search
         started = time.perf_counter()
         result = plan(profile, workload, slo, opts)
         elapsed = time.perf_counter() - started

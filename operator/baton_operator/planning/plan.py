@@ -84,6 +84,7 @@ def candidates(profile: Profile, opts: Options) -> list[Deployment]:
     out = [
         Deployment(p, d, tp_p, tp_d, opts.prefill_max_batch, opts.decode_max_batch, opts.kv_backend)
         for p, d, tp_p, tp_d in itertools.product(r, r, profile.prefill_tp_sizes, profile.decode_tp_sizes)
+        if profile.kv_backends  # no KV handoff figures: no disaggregated deployment
     ]
     both = sorted(set(profile.prefill_tp_sizes) & set(profile.decode_tp_sizes))
     out += [
@@ -305,9 +306,7 @@ def _why_not(s: Searcher, opts: Options, closest: tuple | None, within: list[Dep
             f"({idle_itl * 1000:.1f} ms): no deployment can meet it"
         )
     limit = (
-        f"{opts.budget} {profile.unit}"
-        if opts.budget is not None
-        else f"{opts.max_replicas} replicas per role"
+        profile.count(opts.budget) if opts.budget is not None else f"{opts.max_replicas} replicas per role"
     )
     where = ""
     if closest is not None:

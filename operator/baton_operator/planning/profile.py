@@ -10,8 +10,10 @@ whose methods are the fitted cost functions the simulator uses (see :mod:`.fit` 
 * :meth:`Profile.kv_transfer_seconds` — moving a prompt's KV from prefill to decode.
 
 Only the TP sizes a profile measures are offered: nothing is scaled to unmeasured sizes.
-Unknown fields are errors (a new field is a new format version), except in ``sources``, which
-is free text keyed by what it explains.
+Unknown fields inside an object or a measured point are errors (they may change what a figure
+means: a prefill point with a ``batch`` is not a batch-1 figure); unknown top-level keys are
+metadata and ignored (``baton profile`` adds ``profile_seconds``); ``sources`` is free text keyed
+by what it explains. ``kv_transfer`` may be empty: such a profile plans colocated pools only.
 """
 
 from __future__ import annotations
@@ -126,6 +128,10 @@ class Profile:
         """What a deployment's cost counts: GPUs, or workers on a CPU profile."""
         return "workers" if self.hardware.device == "cpu" else "GPUs"
 
+    def count(self, n: int) -> str:
+        """``n`` in the profile's unit: "1 GPU", "3 GPUs", "1 worker"."""
+        return f"{n} {self.unit if n != 1 else self.unit[:-1]}"
+
     def worker_cost(self, tp: int) -> int:
         """GPUs (cpu: workers) one worker of tensor parallel size ``tp`` occupies."""
         return 1 if self.hardware.device == "cpu" else tp * self.hardware.gpus_per_worker_tp1
@@ -133,6 +139,8 @@ class Profile:
     def resolve_backend(self, backend: str) -> str:
         """The profile's KV backend for a deployment's ``backend`` (auto: nixl, else grpc, else any)."""
         names = self.kv_backends
+        if not names:
+            raise ValueError("the profile has no kv_transfer figures: it plans colocated pools only")
         if backend == "auto":
             for preferred in ("nixl", "grpc"):
                 if preferred in names:
@@ -177,15 +185,15 @@ class Profile:
 
 
 # ---- parsing ---------------------------------------------------------------------------------
-def _obj(raw: Any, path: str, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> Mapping[str, Any]:
+def _obj(raw: Any, path: str, required: tuple[str, ...], extra_ok: bool = False) -> Mapping[str, Any]:
     if not isinstance(raw, Mapping):
         raise ProfileError(path, f"must be an object, got {type(raw).__name__}")
     for key in required:
         if key not in raw:
             raise ProfileError(_join(path, key), "is required")
-    unknown = sorted(set(raw) - set(required) - set(optional))
-    if unknown:
-        expected = ", ".join(required + optional)
+    unknown = sorted(set(raw) - set(required))
+    if unknown and not extra_ok:
+        expected = ", ".join(required)
         raise ProfileError(_join(path, unknown[0]), f"unknown field (expected: {expected})")
     return raw
 
@@ -225,10 +233,11 @@ def _str(raw: Mapping[str, Any], key: str, path: str, choices: tuple[str, ...] =
     return value
 
 
-def _points(raw: Mapping[str, Any], key: str) -> list[tuple[str, Mapping[str, Any]]]:
+def _points(raw: Mapping[str, Any], key: str, empty_ok: bool = False) -> list[tuple[str, Mapping[str, Any]]]:
     items = raw[key]
-    if not isinstance(items, list) or not items:
-        raise ProfileError(key, f"must be a non-empty list of measured points, got {items!r}")
+    if not isinstance(items, list) or not (items or empty_ok):
+        what = "a list" if empty_ok else "a non-empty list"
+        raise ProfileError(key, f"must be {what} of measured points, got {items!r}")
     return [(f"{key}[{i}]", item) for i, item in enumerate(items)]
 
 
@@ -268,7 +277,7 @@ def _parse_points(raw: Mapping[str, Any], device: str) -> tuple[tuple, tuple, tu
                 ),
             )
         )
-    for path, p in _points(raw, "kv_transfer"):
+    for path, p in _points(raw, "kv_transfer", empty_ok=True):
         p = _obj(p, path, ("backend", "tokens", "seconds"))
         kv.append(
             (
@@ -306,6 +315,7 @@ def parse_profile(raw: Any) -> Profile:
             "kv_transfer",
             "overheads",
         ),
+        extra_ok=True,
     )
     hw = _obj(top["hardware"], "hardware", ("device", "name", "gpus_per_worker_tp1"))
     hardware = Hardware(

@@ -68,6 +68,8 @@ def _high(dist: LengthDist) -> float:
 def warnings(profile: Profile, workload: Workload, deps: list[Deployment]) -> list[str]:
     """Where the prediction leans on extrapolation or on what the model leaves out."""
     out = []
+    if not profile.kv_backends:
+        out.append("the profile has no kv_transfer figures: only colocated deployments are offered")
     if profile.prefill_tp_sizes == (1,) and profile.decode_tp_sizes == (1,):
         out.append("the profile measures tensor parallel size 1 only: no larger TP size is offered")
     measured = max(p.prompt_tokens for p in profile.prefill)
@@ -183,23 +185,23 @@ def explain(p: Plan, profile_path: str = "") -> str:
         lines.append(f"infeasible: {p.reason}")
         if p.needed is not None:
             lines.append(
-                f"without the budget: {p.needed.describe()} = {p.needed.cost(prof)} {unit} would meet them"
+                f"without the budget: {p.needed.describe()} = {prof.count(p.needed.cost(prof))} would meet them"
             )
     else:
         assert p.prediction is not None
         s = p.prediction.summary(slo.ttft_s, slo.itl_s)
         binds = {"ttft": "the TTFT SLO", "itl": "the ITL SLO"}.get(p.binding, p.binding)
         lines += [
-            f"chosen:   {p.chosen.describe()} = {p.chosen.cost(prof)} {unit}",
+            f"chosen:   {p.chosen.describe()} = {prof.count(p.chosen.cost(prof))}",
             f"  at {w.rate:g} req/s: TTFT p50/p90/p99 {_ms(s, 'ttft_ms')}, ITL {_ms(s, 'itl_ms')}; "
             f"{s['attainment']:.1%} of requests within both SLOs, goodput {s['goodput_rps']:.2f} req/s",
             f"  headroom: sustains up to {p.max_rate:.2f} req/s ({p.max_rate / w.rate:.2f}x the target); "
             f"past that, {binds} binds",
         ]
     for mode, d in p.cheapest.items():
-        lines.append(f"cheapest {mode}: {d.describe()} = {d.cost(prof)} {unit}")
+        lines.append(f"cheapest {mode}: {d.describe()} = {prof.count(d.cost(prof))}")
     if p.comparison:
-        lines.append(f"at {p.comparison_cost} {unit}, the highest rate meeting the SLOs:")
+        lines.append(f"at {prof.count(p.comparison_cost)}, the highest rate meeting the SLOs:")
         for mode, r in p.comparison.items():
             lines.append(
                 f"  {mode:<13} {r.deployment.describe()}: {r.max_rate:.2f} req/s = {r.per_gpu():.2f} per "
