@@ -99,6 +99,13 @@ FLOORS = (
         "np.random.default_rng(",
     ),
     Floor(
+        "cryptography",
+        "42.0.0",
+        "Certificate.not_valid_before_utc / not_valid_after_utc",
+        "worker/baton_worker/pki.py",
+        "cert.not_valid_after_utc",
+    ),
+    Floor(
         "pytest-asyncio",
         "0.24",
         "the asyncio_default_fixture_loop_scope option",
