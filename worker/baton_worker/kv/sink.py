@@ -11,7 +11,6 @@ the caller's deadline and failures surface as typed, retryable errors.
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
 from dataclasses import dataclass
 
@@ -32,6 +31,7 @@ from baton_worker.kv.layout import PoolGeometry, plan_runs
 from baton_worker.kv.nixl_agent import NixlEndpoint, Region, default_read_lanes
 from baton_worker.kv.source import storage_region
 from baton_worker.rpc import pb2, pb2_grpc
+from baton_worker.tls import ChannelCache, TlsFiles
 
 # A handle this close to its expiry is treated as expired (the prefill side may free it mid-READ).
 EXPIRY_MARGIN_MS = 250
@@ -60,7 +60,14 @@ class KvSink:
     """Pulls KV into one decode rank's pool (TP rank 0 of a TP-1 worker)."""
 
     def __init__(
-        self, *, storage: torch.Tensor, dtype: str, backend: str, name: str, read_lanes: int = 0
+        self,
+        *,
+        storage: torch.Tensor,
+        dtype: str,
+        backend: str,
+        name: str,
+        read_lanes: int = 0,
+        tls: TlsFiles | None = None,
     ) -> None:
         if backend not in ("nixl", "grpc"):
             raise ValueError(f"backend must be 'nixl' or 'grpc', got {backend!r}")
@@ -79,16 +86,11 @@ class KvSink:
             region = storage_region(storage)
             lanes = read_lanes or default_read_lanes(region.memory_type)  # 0: auto
             self.endpoint = NixlEndpoint(name, region, read_lanes=lanes)
-        self._channels: dict[str, grpc.Channel] = {}
-        self._lock = threading.Lock()
+        # To the prefill workers (mutual TLS with ``tls``; new channels when its files change).
+        self._channels = ChannelCache(tls, GRPC_OPTIONS)
 
     def _stub(self, address: str) -> pb2_grpc.PrefillWorkerStub:
-        with self._lock:
-            channel = self._channels.get(address)
-            if channel is None:
-                channel = grpc.insecure_channel(address, options=GRPC_OPTIONS)
-                self._channels[address] = channel
-        return pb2_grpc.PrefillWorkerStub(channel)
+        return pb2_grpc.PrefillWorkerStub(self._channels.get(address))
 
     # Whether pull() can leave out leading blocks this worker already holds (prefix cache).
     supports_skip = True
@@ -226,10 +228,7 @@ class KvSink:
             return False  # it frees them on its TTL anyway
 
     def close(self) -> None:
-        with self._lock:
-            channels, self._channels = list(self._channels.values()), {}
-        for channel in channels:
-            channel.close()
+        self._channels.close()
         if self.endpoint is not None:
             self.endpoint.close()
 

@@ -27,6 +27,7 @@ from baton_worker.kv.sink import check_agent_metadata
 from baton_worker.kv.source import storage_region
 from baton_worker.kv.tp_plan import HeadRange, plan_rank_pulls
 from baton_worker.rpc import pb2, pb2_grpc
+from baton_worker.tls import add_port, channel, from_env
 
 PROGRESS_POLL_S = 0.002
 
@@ -101,7 +102,8 @@ class RankKv:
             pb2_grpc.add_PrefillWorkerServicer_to_server(
                 _MetadataServicer(rank, name, self.endpoint.metadata, compat_hash, engine_id), server
             )
-            port = server.add_insecure_port(f"{bind_host}:0")
+            # With the worker's --tls-dir (inherited through the environment): mutual TLS.
+            port = add_port(server, f"{bind_host}:0", from_env())
             if port == 0:
                 raise KvTransferError(f"rank {rank}: cannot bind a metadata port on {bind_host}")
             server.start()
@@ -138,8 +140,8 @@ class RankKv:
         if remaining <= 0:
             raise KvTransferError(f"no time left to fetch the metadata of prefill rank {shard.rank}")
         try:
-            with grpc.insecure_channel(shard.metadata_address) as channel:
-                meta = pb2_grpc.PrefillWorkerStub(channel).GetAgentMetadata(
+            with channel(shard.metadata_address, from_env()) as ch:
+                meta = pb2_grpc.PrefillWorkerStub(ch).GetAgentMetadata(
                     pb2.AgentMetadataRequest(rank=shard.rank), timeout=remaining
                 )
         except grpc.RpcError as exc:

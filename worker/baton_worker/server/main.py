@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from baton_worker.kv.backend import CHOICES
 from baton_worker.server.lifecycle import Lifecycle
+from baton_worker.tls import add_tls_arguments
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class WorkerOptions:
     kv_pull_delay_ms: float
     kv_read_lanes: int = 0  # 0: auto (baton_worker.kv.nixl_agent.default_read_lanes)
     prefix_caching: bool = True
+    tls_dir: str = ""  # "": plaintext gRPC; see baton_worker.tls
+    tls_server_name: str = ""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="compute every prompt from its first token (default: reuse the KV of cached prompt prefixes)",
     )
     p.add_argument("--drain-grace-s", type=float, default=30.0, help="SIGTERM: let running requests finish")
+    add_tls_arguments(p)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     # Fault injection for tests: pause between PullKv chunks (opens a window to kill mid-transfer).
     p.add_argument("--kv-pull-delay-ms", type=float, default=0.0, help=argparse.SUPPRESS)
@@ -140,6 +144,8 @@ def parse_options(argv: list[str]) -> WorkerOptions:
         kv_pull_delay_ms=a.kv_pull_delay_ms,
         kv_read_lanes=a.kv_read_lanes,
         prefix_caching=a.prefix_caching,
+        tls_dir=a.tls_dir,
+        tls_server_name=a.tls_server_name,
     )
 
 

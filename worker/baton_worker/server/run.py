@@ -20,6 +20,7 @@ from baton_worker.server.http_side import SideServer
 from baton_worker.server.lifecycle import Lifecycle
 from baton_worker.server.main import WorkerOptions, _hostport
 from baton_worker.server.prefill_stream import MAX_STREAMS
+from baton_worker.tls import TlsFiles, add_port, export_env
 
 
 def compat_info(model: LoadedModel, opts: WorkerOptions) -> CompatInfo:
@@ -48,6 +49,9 @@ def run_worker(opts: WorkerOptions, lifecycle: Lifecycle, stop: threading.Event)
     """Serve until ``stop`` is set, then drain; returns the process exit code."""
     if opts.threads:
         torch.set_num_threads(opts.threads)
+    # Read (and checked) before the model loads: a bad --tls-dir fails in a second, not minutes.
+    tls = TlsFiles(opts.tls_dir, opts.tls_server_name) if opts.tls_dir else None
+    export_env(tls)  # tensor-parallel ranks serve and fetch KV metadata with it too
     holder: dict[str, object] = {}
     side = SideServer(opts.host, opts.metrics_port, lifecycle.readiness, _LazyRegistry(holder)).start()
     t0 = time.monotonic()
@@ -76,7 +80,7 @@ def run_worker(opts: WorkerOptions, lifecycle: Lifecycle, stop: threading.Event)
     # Each open PrefillStream (one per router replica) holds a server thread for its lifetime.
     threads = max(16, opts.max_batch_size + 16) + (MAX_STREAMS if opts.role == "prefill" else 0)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=GRPC_OPTIONS)
-    port = server.add_insecure_port(_hostport(opts.host, opts.port))
+    port = add_port(server, _hostport(opts.host, opts.port), tls)
     if port == 0:
         raise OSError(f"--port: cannot bind {_hostport(opts.host, opts.port)}")
     address = _hostport(opts.advertise_host, port)
@@ -122,6 +126,7 @@ def run_worker(opts: WorkerOptions, lifecycle: Lifecycle, stop: threading.Event)
             backend=backend if tp is None else "grpc",  # TP: every rank has its own NIXL agent
             name=f"baton-decode-{port}-{time.time_ns():x}",
             read_lanes=opts.kv_read_lanes,
+            tls=tls,
         )
         if tp is not None:
             from baton_worker.server.tp_worker import TpSink
@@ -145,7 +150,7 @@ def run_worker(opts: WorkerOptions, lifecycle: Lifecycle, stop: threading.Event)
     print(
         f"baton worker ready role={opts.role} grpc={address} metrics={_hostport(opts.host, side.port)} "
         f"kv_backend={backend} model={opts.served_model_name} blocks={pool.num_blocks} "
-        f"load_s={time.monotonic() - t0:.1f}",
+        f"load_s={time.monotonic() - t0:.1f} tls={'on' if tls else 'off'}",
         flush=True,
     )
     stop.wait()
