@@ -14,6 +14,7 @@ import ctypes
 import json
 import os
 import queue
+import shutil
 import signal
 import socket
 import subprocess
@@ -137,6 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="clients must send 'Authorization: Bearer KEY' (401 otherwise); handed to the router in "
         "its environment, not on its command line",
     )
+    tls = p.add_mutually_exclusive_group()
+    tls.add_argument(
+        "--tls",
+        action="store_true",
+        help="mutual TLS between router and workers and between workers, with a throwaway CA and "
+        "certificate made in a temporary directory (removed at exit)",
+    )
+    tls.add_argument(
+        "--tls-dir",
+        default="",
+        help="mutual TLS with the ca.crt, tls.crt and tls.key of this directory (reloaded when they change)",
+    )
     p.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for every process")
     p.add_argument("--no-restart", action="store_true", help="do not restart a worker that exits")
     p.add_argument("--quiet", action="store_true", help="do not echo the children's output")
@@ -178,6 +191,8 @@ def plan(a: argparse.Namespace) -> list[Child]:
                 cmd += ["--max-batch-size", str(a.max_batch_size)]
             if a.no_prefix_caching:
                 cmd += ["--no-prefix-caching"]
+            if a.tls_dir:
+                cmd += ["--tls-dir", a.tls_dir]
             cmd += a.worker_arg
             children.append(
                 Child(
@@ -199,6 +214,8 @@ def plan(a: argparse.Namespace) -> list[Child]:
         cmd += ["--local-prefill-max-tokens", str(a.local_prefill_max_tokens)]
     if a.prefix_weight is not None:
         cmd += ["--prefix-weight", str(a.prefix_weight)]
+    if a.tls_dir:
+        cmd += ["--tls-dir", a.tls_dir]
     host = f"[{a.host}]" if ":" in a.host else a.host
     env = {API_KEY_ENV: a.api_key} if a.api_key else {}
     children.append(Child("router", cmd, "baton router ready", address=f"{host}:{port}", env=env))
@@ -294,9 +311,34 @@ class Stack:
                 print(f"baton up: {c.name} pid={c.proc.pid} grpc={c.address} metrics={c.metrics}", flush=True)
 
 
+def throwaway_tls_dir() -> str:
+    """A temporary directory with a new CA and a certificate signed by it (``baton up --tls``)."""
+    import datetime as dt
+    import tempfile
+
+    from baton_worker.pki import issue_pool, pool_identity, write_dir
+
+    directory = tempfile.mkdtemp(prefix="baton-up-tls-")
+    day = dt.timedelta(days=1)
+    ca, leaf = issue_pool(pool_identity("baton-up", "local"), 30 * day, 120 * day, dt.datetime.now(dt.UTC))
+    write_dir(directory, ca.cert, leaf)
+    return directory
+
+
 def main(argv: list[str]) -> int:
     """Run the stack until Ctrl-C/SIGTERM; 0 on a clean stop, 1 when it could not start, 2 on bad flags."""
     a = build_parser().parse_args(argv)
+    made_tls_dir = ""
+    if a.tls:
+        a.tls_dir = made_tls_dir = throwaway_tls_dir()
+    try:
+        return _run(a)
+    finally:
+        if made_tls_dir:
+            shutil.rmtree(made_tls_dir, ignore_errors=True)
+
+
+def _run(a: argparse.Namespace) -> int:
     try:
         children = plan(a)
     except ValueError as e:
@@ -333,7 +375,9 @@ def main(argv: list[str]) -> int:
             print(f"baton up: failed to start: {why}", file=sys.stderr, flush=True)
             return 0 if why == "interrupted" else 1
         print(
-            f"baton up: endpoint http://{router.address}/v1 (OpenAI-compatible), model {a.model}", flush=True
+            f"baton up: endpoint http://{router.address}/v1 (OpenAI-compatible), model {a.model}"
+            + (f"; gRPC with mutual TLS ({a.tls_dir})" if a.tls_dir else ""),
+            flush=True,
         )
         print(
             f"baton up ready in {time.monotonic() - t0:.1f}s: prefill={n_p} decode={n_d} "

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from baton_worker.tls import TlsFiles, add_tls_arguments
+
 from .app import Router, RouterConfig
 from .auth import API_KEY_ENV, parse_keys
 from .discovery import EndpointSliceWatcher, parse_static
@@ -60,8 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="file of API keys clients must send as 'Authorization: Bearer KEY' (one per line or "
         "comma-separated; default: $BATON_API_KEY; none: no authentication)",
     )
+    add_tls_arguments(p)
     p.add_argument("--log-level", default="INFO")
     return p
+
+
+def tls_files(a: argparse.Namespace) -> TlsFiles | None:
+    """The router's certificate for mutual TLS to the workers (``--tls-dir``); ValueError naming
+    the flag when the files are missing or do not belong together."""
+    return TlsFiles(a.tls_dir, a.tls_server_name) if a.tls_dir else None
 
 
 def model_source_from_config(path: str | None) -> str | None:
@@ -125,7 +134,8 @@ def config_from_args(a: argparse.Namespace) -> tuple[RouterConfig, PoolConfig]:
 
 async def serve(a: argparse.Namespace) -> int:
     cfg, pool_cfg = config_from_args(a)
-    prefill, decode = WorkerPool("prefill", pool_cfg), WorkerPool("decode", pool_cfg)
+    tls = tls_files(a)
+    prefill, decode = WorkerPool("prefill", pool_cfg, tls), WorkerPool("decode", pool_cfg, tls)
     prefill.set_addresses(parse_static(a.prefill, "--prefill"))
     decode.set_addresses(parse_static(a.decode, "--decode"))
     loop = asyncio.get_running_loop()
@@ -157,7 +167,10 @@ async def serve(a: argparse.Namespace) -> int:
     site = web.TCPSite(runner, a.host, a.port)
     await site.start()
     port = runner.addresses[0][1] if runner.addresses else a.port
-    print(f"baton router ready http://{a.host}:{port} model={router.model_names}", flush=True)
+    print(
+        f"baton router ready http://{a.host}:{port} model={router.model_names} tls={'on' if tls else 'off'}",
+        flush=True,
+    )
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -177,6 +190,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         config_from_args(a)
+        tls_files(a)
         parse_static(a.prefill, "--prefill")
         parse_static(a.decode, "--decode")
     except ValueError as e:

@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 
 from baton_worker.rpc import pb2, pb2_grpc
+from baton_worker.tls import TlsFiles, aio_channel
 
 from .placement import WorkerLoad
 from .prefill_stream import PrefillCaller
@@ -35,6 +36,9 @@ _CHANNEL_OPTIONS = [
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2000),
 ]
+# When the TLS files change, calls in flight finish on the old channels for at most this long
+# (the longest a Generate may run: DispatchConfig.request_timeout_s).
+ROTATION_GRACE_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -119,11 +123,14 @@ class Worker:
 class WorkerPool:
     """The workers of one role (``"prefill"`` or ``"decode"``)."""
 
-    def __init__(self, role: str, cfg: PoolConfig | None = None) -> None:
+    def __init__(self, role: str, cfg: PoolConfig | None = None, tls: TlsFiles | None = None) -> None:
         if role not in ("prefill", "decode"):
             raise ValueError(f"role: expected prefill or decode, got {role!r}")
         self.role = role
         self.cfg = cfg or PoolConfig()
+        self.tls = tls  # mutual TLS to the workers; None: plaintext
+        self._tls_generation = tls.current().generation if tls is not None else 0
+        self._retiring: set[asyncio.Task] = set()  # old channels closing after a TLS change
         self.workers: dict[str, Worker] = {}
         self.waiting = 0  # requests held in the router until a worker of this role is usable
         self._changed = asyncio.Event()
@@ -139,16 +146,37 @@ class WorkerPool:
                 asyncio.get_running_loop().create_task(_close_worker(w, grace=30.0))
         for addr in wanted:
             if addr not in self.workers:
-                ch = grpc.aio.insecure_channel(addr, options=_CHANNEL_OPTIONS)
-                stub = (pb2_grpc.PrefillWorkerStub if self.role == "prefill" else pb2_grpc.DecodeWorkerStub)(
-                    ch
-                )
-                w = Worker(address=addr, role=self.role, channel=ch, stub=stub)
-                if self.role == "prefill":
-                    w.calls = PrefillCaller(ch, addr)
+                w = Worker(address=addr, role=self.role, channel=None, stub=None)  # type: ignore[arg-type]
+                self._connect(w)
                 w.down.set()
                 self.workers[addr] = w
         self._changed.set()
+
+    def _connect(self, w: Worker) -> None:
+        """Give ``w`` a new channel (with the current TLS files), stub and prefill stream caller."""
+        ch = aio_channel(w.address, self.tls, _CHANNEL_OPTIONS)
+        w.channel = ch
+        w.stub = (pb2_grpc.PrefillWorkerStub if self.role == "prefill" else pb2_grpc.DecodeWorkerStub)(ch)
+        w.calls = PrefillCaller(ch, w.address) if self.role == "prefill" else None
+
+    def rotate_if_changed(self) -> bool:
+        """When the TLS files changed: new channels to every worker for new calls, while calls in
+        flight finish on the old ones (closed once idle, or after :data:`ROTATION_GRACE_S`)."""
+        if self.tls is None:
+            return False
+        generation = self.tls.current().generation
+        if generation == self._tls_generation:
+            return False
+        self._tls_generation = generation
+        loop = asyncio.get_running_loop()
+        for w in self.workers.values():
+            old_channel, old_calls = w.channel, w.calls
+            self._connect(w)
+            task = loop.create_task(_close_channel(old_channel, old_calls, ROTATION_GRACE_S))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        log.info("%s workers: TLS files changed: new channels to %d workers", self.role, len(self.workers))
+        return True
 
     def loads(self, prompt: PromptHashes | None = None) -> list[WorkerLoad]:
         now = time.monotonic()
@@ -207,6 +235,7 @@ class WorkerPool:
             self.waiting -= 1
 
     async def poll_once(self) -> None:
+        self.rotate_if_changed()
         await asyncio.gather(*(self._check(w) for w in list(self.workers.values())))
         self._changed.set()
 
@@ -248,6 +277,8 @@ class WorkerPool:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for task in list(self._retiring):
+            task.cancel()
         await asyncio.gather(*(_close_worker(w) for w in self.workers.values()))
 
     def snapshot(self) -> tuple[int, int, int]:
@@ -257,6 +288,10 @@ class WorkerPool:
 
 
 async def _close_worker(w: Worker, grace: float | None = None) -> None:
-    if w.calls is not None:
-        await w.calls.close()  # half-close: prefills in flight still get their answers
-    await w.channel.close(grace=grace)
+    await _close_channel(w.channel, w.calls, grace)
+
+
+async def _close_channel(channel: grpc.aio.Channel, calls: PrefillCaller | None, grace: float | None) -> None:
+    if calls is not None:
+        await calls.close()  # half-close: prefills in flight still get their answers
+    await channel.close(grace=grace)
