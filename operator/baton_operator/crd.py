@@ -23,6 +23,7 @@ from baton_operator.crd_pod import (
 )
 from baton_operator.crd_roles import role_autoscaling_schema as role_autoscaling_schema  # re-exported
 from baton_operator.crd_roles import role_schema
+from baton_operator.crd_slo import slo_rules, slo_schema
 from baton_operator.crd_status import status_schema
 from baton_operator.crd_types import S, boolean, integer, number, obj, string, string_map
 from baton_operator.spec import (
@@ -212,6 +213,7 @@ def spec_schema() -> S:
                         },
                         required=["url", "query"],
                     ),
+                    "slo": slo_schema(),
                 },
             ),
         },
@@ -221,7 +223,8 @@ def spec_schema() -> S:
             for role in ("prefill", "decode")
             for tp in TENSOR_PARALLEL_SIZES
             if tp > 1
-        ],
+        ]
+        + slo_rules(),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from baton_operator.crd_slo import slo_status_schema
 from baton_operator.crd_types import S, array, boolean, integer, number, obj, string
 
 
@@ -61,6 +62,7 @@ def status_schema() -> S:
                     "limitedBy": string(
                         "What stops scaling further (maxReplicas, unschedulable pods), if anything."
                     ),
+                    "slo": slo_status_schema(),
                 },
             ),
         },

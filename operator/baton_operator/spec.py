@@ -21,6 +21,7 @@ from baton_operator.spec_pod import (
     parse_pod_options,
     parse_secret_ref,
 )
+from baton_operator.spec_slo import SloSpec, parse_slo
 
 GROUP = "baton.dev"
 VERSION = "v1alpha1"
@@ -146,6 +147,7 @@ class AutoscalingSpec:
     pool: PoolAutoscaling
     roles: dict[str, RoleAutoscaling]
     router_port: int
+    slo: SloSpec | None = None  # spec.autoscaling.slo (spec_slo.py)
 
 
 @dataclass(frozen=True)
@@ -252,7 +254,14 @@ def parse_autoscaling(raw: Any) -> AutoscalingSpec:
         )
         for role in ROLES
     }
-    return AutoscalingSpec(pool=pool, roles=roles, router_port=_router_port(spec))
+    slo = parse_slo(
+        spec,
+        mode=pool.mode,
+        enabled={r: a.enabled for r, a in roles.items()},
+        min_replicas={r: a.min_replicas for r, a in roles.items()},
+        role_defaults=ROLE_DEFAULTS,
+    )
+    return AutoscalingSpec(pool=pool, roles=roles, router_port=_router_port(spec), slo=slo)
 
 
 def _role(raw: Any, role: str, autoscaling: RoleAutoscaling) -> RoleSpec:

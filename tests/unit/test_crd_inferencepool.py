@@ -129,6 +129,7 @@ def test_architecture_fields_defaults_and_validation():
         "message",
         "lastSampleTime",
         "limitedBy",
+        "slo",  # SLO mode: the planner's latest decision
     }
     assert set(status["prefill"]["properties"]) >= {
         "replicas",

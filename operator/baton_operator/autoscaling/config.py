@@ -14,6 +14,7 @@ from typing import Any
 
 from baton_operator.autoscaling.policy import RoleScaling
 from baton_operator.spec import AutoscalingSpec, RoleAutoscaling, SpecError, parse_autoscaling
+from baton_operator.spec_slo import SloSpec
 
 
 class ConfigError(SpecError):
@@ -34,6 +35,7 @@ class AutoscalingConfig:
     prometheus_query: str = ""
     router_port: int = 8000
     roles: dict[str, RoleScaling] = field(default_factory=dict)
+    slo: SloSpec | None = None  # SLO mode (autoscaling/slo_pass.py); None: queue depth alone
 
 
 def role_scaling(autoscaling: RoleAutoscaling) -> RoleScaling:
@@ -59,6 +61,7 @@ def from_spec(spec: AutoscalingSpec) -> AutoscalingConfig:
         prometheus_query=spec.pool.prometheus_query,
         router_port=spec.router_port,
         roles={role: role_scaling(a) for role, a in spec.roles.items() if a.enabled},
+        slo=spec.slo,
     )
 
 
