@@ -178,6 +178,11 @@ def _get(url: str, timeout_s: float, accept: str) -> bytes:
     return body
 
 
+def http_get(url: str, timeout_s: float, accept: str = "text/plain;version=0.0.4") -> bytes:
+    """The body at ``url`` within ``timeout_s`` (at most MAX_BODY bytes), or SignalError naming it."""
+    return _get(url, timeout_s, accept)
+
+
 def _scrape(url: str, timeout_s: float) -> list[dict[str, RouterView]]:
     body = _get(url, timeout_s, "text/plain;version=0.0.4")
     return parse_router_views(body.decode("utf-8", errors="replace"))
