@@ -122,6 +122,21 @@ class KubeCluster:
             return []
         return [f"http://{hp}/metrics" for hp in ready_endpoints(_json(slices).get("items") or [], "http")]
 
+    def config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A ConfigMap as JSON (SLO mode's profile), None when it does not exist."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return _json(
+                self._core.read_namespaced_config_map(
+                    name, namespace, _request_timeout=REQUEST_TIMEOUT_S, _preload_content=False
+                )
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
     def begin_pass(self) -> None:
         """Forget the lists cached by the previous pass."""
         self._pass_pods.clear()

@@ -89,6 +89,10 @@ class PoolState:
     last_sample_time: float | None = None
 
 
+# Replaces a pass's decisions (per role, with the roles' workloads) before they are applied.
+Adjust = Callable[[dict[str, Decision], dict[str, Workload]], dict[str, Decision]]
+
+
 @dataclass(frozen=True)
 class PassResult:
     status: dict[str, Any]
@@ -160,12 +164,14 @@ def run_pass(
     read_signal: Callable[[], Mapping[str, float]],
     cluster: Cluster,
     source: str = "",
+    adjust: Adjust | None = None,
 ) -> PassResult:
     """One pass: sample, decide and scale every autoscaled role; return status and events.
 
     Promises: replicas are written only when a decision changes them, with the autoscaler's
     field manager; a failed read holds every role's replicas and reports metricsAvailable False;
     a missing workload or a failed write is reported in the message, never raised.
+    ``adjust`` (SLO mode, slo_pass.py) may replace the queue-depth decisions before any write.
     """
     state.last_pass = now
     cluster.begin_pass()
@@ -206,6 +212,8 @@ def run_pass(
         workloads[role] = workload
         if role_error is not None and role_error not in messages:
             messages.append(role_error)
+    if adjust is not None:
+        decisions = adjust(decisions, workloads)
     # Writes come after every decision, back to back: a spike on both roles lands at once.
     for role, decision in decisions.items():
         rs, workload = state.roles[role], workloads[role]

@@ -17,12 +17,15 @@ from typing import Any
 
 import kopf
 
-from baton_operator.autoscaling import config, controller, signal
+from baton_operator.autoscaling import config, controller, signal, slo_pass, slo_signal
 from baton_operator.autoscaling.actuation import GROUP, PLURAL, VERSION, KubeCluster
+from baton_operator.autoscaling.slo_profile import ProfileSource
 
 TICK_S = 0.5
 _MEMO_KEY = "baton_autoscaler"
+_SLO_MEMO_KEY = "baton_autoscaler_slo"
 _cluster: KubeCluster | None = None
+_profiles: ProfileSource | None = None
 _CLEARED: dict[str, Any] = {"autoscaling": None}
 
 
@@ -31,6 +34,14 @@ def _kube() -> KubeCluster:
     if _cluster is None:
         _cluster = KubeCluster()
     return _cluster
+
+
+def _profile_source() -> ProfileSource:
+    """SLO mode's profiles, read from ConfigMaps and cached (shared by every pool)."""
+    global _profiles
+    if _profiles is None:
+        _profiles = ProfileSource(lambda namespace, name: _kube().config_map(namespace, name))
+    return _profiles
 
 
 def _signal_timeout(cfg: config.AutoscalingConfig) -> float:
@@ -76,6 +87,51 @@ def _state(memo: Any) -> controller.PoolState:
     return state
 
 
+def _slo_state(memo: Any) -> slo_pass.SloState:
+    state = getattr(memo, _SLO_MEMO_KEY, None)
+    if state is None:
+        state = slo_pass.SloState()
+        setattr(memo, _SLO_MEMO_KEY, state)
+    return state
+
+
+def _run(
+    cfg: config.AutoscalingConfig, name: str, namespace: str, memo: Any, now: float
+) -> controller.PassResult:
+    """One pass: queue depth alone, or SLO mode (slo_pass.py) when spec.autoscaling.slo is set."""
+    state = _state(memo)
+    source = signal.source_for(cfg, name, namespace)
+    timeout = _signal_timeout(cfg)
+
+    def routers() -> list[str]:
+        return _kube().router_metrics_urls(namespace, name)
+
+    if cfg.slo is None:
+        _slo_state(memo).reset(None)  # a switch back to SLO mode starts from scratch
+        return controller.run_pass(
+            state,
+            cfg,
+            name,
+            namespace,
+            now,
+            lambda: signal.read_queue_depths(source, timeout, routers),
+            _kube(),
+            source.describe(),
+        )
+    return slo_pass.run_slo_pass(
+        state,
+        _slo_state(memo),
+        cfg,
+        name,
+        namespace,
+        now,
+        lambda: slo_signal.read(source, timeout, now, routers, name, namespace),
+        _kube(),
+        _profile_source().get,
+        source.describe(),
+    )
+
+
 @kopf.timer(GROUP, VERSION, PLURAL, id="baton-autoscaler", interval=TICK_S)
 def inferencepool_autoscale(
     spec: Any, name: str, namespace: str, status: Any, body: Any, memo: Any, logger: Any, **_: Any
@@ -86,6 +142,7 @@ def inferencepool_autoscale(
     if not _is_leader():
         state.roles.clear()
         state.last_pass = float("-inf")
+        _slo_state(memo).reset(None)
         return
     try:
         cfg = config.parse(dict(spec))
@@ -97,27 +154,15 @@ def inferencepool_autoscale(
     if cfg.mode != "builtin" or not cfg.roles:
         state.roles.clear()  # KEDA (or nobody) scales: forget samples so a switch back starts clean
         state.last_pass = float("-inf")
+        _slo_state(memo).reset(None)
         if (status or {}).get("autoscaling") is not None and state.written != _CLEARED:
             _write_status(namespace, name, state, _CLEARED, now, logger)
         return
     if not controller.due(state, cfg, now):
         return
     controller.seed_from_status(state, status)
-    source = signal.source_for(cfg, name, namespace)
-    timeout = _signal_timeout(cfg)
     try:
-        result = controller.run_pass(
-            state,
-            cfg,
-            name,
-            namespace,
-            now,
-            lambda: signal.read_queue_depths(
-                source, timeout, lambda: _kube().router_metrics_urls(namespace, name)
-            ),
-            _kube(),
-            source.describe(),
-        )
+        result = _run(cfg, name, namespace, memo, now)
     except Exception as e:  # noqa: BLE001 - an API outage must not kill the timer; the next tick retries
         logger.warning(f"autoscaling pass failed: {e}")
         return
@@ -127,6 +172,11 @@ def inferencepool_autoscale(
     for event in result.events:
         _post(body, event)
     patch = controller.status_to_write(state, result, now)
+    if cfg.slo is None and ((status or {}).get("autoscaling") or {}).get("slo") is not None:
+        patch = {
+            **result.status,
+            "autoscaling": {**result.status["autoscaling"], "slo": None},
+        }  # SLO mode off
     if patch is not None:
         _write_status(namespace, name, state, patch, now, logger)
 

@@ -10,6 +10,7 @@ names the ConfigMap and key (and the profile's field, from planning.profile's er
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ class ProfileSource:
         self._refresh_s = refresh_s
         self._clock = clock
         self._entries: dict[tuple[str, str], _Entry] = {}
+        self._lock = threading.Lock()  # kopf runs the pools' passes on several threads
         self.reads = 0
         self.parses = 0
 
@@ -76,13 +78,14 @@ class ProfileSource:
     def get(self, namespace: str, name: str, key: str) -> tuple[Profile, str]:
         """The profile at ``key`` of ConfigMap ``namespace/name`` and a version string that changes
         with its content; raises ProfileUnavailable."""
-        entry = self._entry(namespace, name)
-        where = f"ConfigMap {namespace}/{name}"
-        if entry.data is None:
-            raise ProfileUnavailable(f"{where} not found (spec.autoscaling.slo.profile.configMapRef)")
-        if key not in entry.parsed:
-            entry.parsed[key] = self._parse(entry.data, key, where)
-        found = entry.parsed[key]
+        with self._lock:
+            entry = self._entry(namespace, name)
+            where = f"ConfigMap {namespace}/{name}"
+            if entry.data is None:
+                raise ProfileUnavailable(f"{where} not found (spec.autoscaling.slo.profile.configMapRef)")
+            if key not in entry.parsed:
+                entry.parsed[key] = self._parse(entry.data, key, where)
+            found = entry.parsed[key]
         if isinstance(found, ProfileUnavailable):
             raise found
         return found, f"{namespace}/{name}@{entry.version}/{key}"
