@@ -1,4 +1,5 @@
-"""`baton profile` measures this machine and writes a baton-profile/v1 file `baton plan` can read."""
+"""`baton profile` measures this machine (the engine alone and through a `baton up` stack) and
+writes a baton-profile/v1 file `baton plan` can read."""
 
 from __future__ import annotations
 
@@ -47,4 +48,10 @@ def test_profile_writes_a_plannable_profile(tmp_path: Path) -> None:
     assert 0 < dec[1] < dec[16]
     kv = {r["tokens"]: r["seconds"] for r in prof["kv_transfer"]}
     assert set(kv) == {64, 512} and 0 < kv[64] < kv[512]
-    assert all(prof["sources"][k] for k in ("prefill", "decode", "kv_transfer"))
+    assert all(prof["sources"][k] for k in ("prefill", "decode", "kv_transfer", "router"))
+    # Measured through a baton up stack: the router's share of a request is not free.
+    assert 0 < prof["overheads"]["router_s"] < 1.0
+    # And `baton plan` reads what `baton profile` wrote.
+    from baton_operator.planning.profile import load_profile
+
+    assert load_profile(out).overheads.router_s == prof["overheads"]["router_s"]

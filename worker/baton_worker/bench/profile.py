@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-backends", default="grpc,nixl", help="KV transfer backends to time ('' for none)")
     p.add_argument("--kv-tokens", default="128,512,1024,1536", help="prompt lengths of the KV timings")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument(
+        "--no-serving",
+        dest="serving",
+        action="store_false",
+        help="engine figures only: no `baton up` stack for the router's share and the decode step as served",
+    )
     p.add_argument("--out", default="", help="write the profile here (default: print it)")
     p.add_argument("--json", action="store_true", help="print the profile as JSON (also with --out)")
     return p
@@ -215,6 +221,19 @@ def run_profile(opts: argparse.Namespace) -> dict[str, Any]:
     kv: list[dict[str, Any]] = []
     for backend in [b for b in opts.kv_backends.split(",") if b]:
         kv += profile_kv(opts, backend, _ints(opts.kv_tokens))
+    router_s, decode_how = 0.0, "DecodeEngine.step"
+    if opts.serving:
+        from baton_worker.bench.profile_serving import serving_figures
+
+        router_s, decode = serving_figures(
+            opts.model,
+            opts.device,
+            {r["prompt_tokens"]: r["seconds"] for r in prefill},
+            _ints(opts.batches),
+            _ints(opts.contexts),
+            opts.repeats,
+        )
+        decode_how = "time per output token of that many concurrent streams through baton up"
     device = (
         torch.cuda.get_device_name(0) if opts.device.startswith("cuda") else platform.processor() or "cpu"
     )
@@ -235,14 +254,19 @@ def run_profile(opts: argparse.Namespace) -> dict[str, Any]:
         "measured_by": how,
         "sources": {
             "prefill": f"{how}: PagedModel.prefill, batch 1, median of {opts.repeats}",
-            "decode": f"{how}: DecodeEngine.step, median over {max(1, opts.repeats)} runs of 8 steps",
+            "decode": f"{how}: {decode_how}, median over {max(1, opts.repeats)} runs"
+            if not opts.serving
+            else f"{how}: {decode_how} (1 prefill + 1 decode worker), median over the streams",
+            "router": f"{how}: time to first token through baton up at idle less the prefill time"
+            if opts.serving
+            else "not measured (--no-serving)",
             "kv_transfer": f"{how}: prefill -> decode worker processes on this host, median of {opts.repeats}",
         },
         "prefill": prefill,
         "decode": decode,
         "kv_transfer": kv,
         "overheads": {
-            "router_s": 0.0,
+            "router_s": router_s,
             "handoff_s": round(
                 min(
                     (_fixed_cost([r for r in kv if r["backend"] == b]) for b in {r["backend"] for r in kv}),
