@@ -36,6 +36,7 @@ from baton_operator.pods import (
     volumes,
 )
 from baton_operator.spec import Pool, RoleSpec
+from baton_operator.tls import tls_args
 
 __all__ = ["MANAGED_BY", "child_name", "config_map_name", "labels", "selector_labels"]
 
@@ -126,6 +127,7 @@ def worker_command(pool: Pool, role: RoleSpec) -> list[str]:
         "--drain-grace-s",
         str(GRACE_SECONDS[role.role] - PRE_STOP_SECONDS - 10),
         *([] if spec.prefix_caching.enabled else ["--no-prefix-caching"]),
+        *tls_args(pool),
     ]
 
 
@@ -268,6 +270,7 @@ def router_command(pool: Pool) -> list[str]:
         "--max-model-len",
         str(pool.spec.model.max_model_len),
         *pool.spec.prefix_caching.router_args(),
+        *tls_args(pool),
     ]
 
 

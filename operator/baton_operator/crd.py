@@ -25,6 +25,7 @@ from baton_operator.crd_roles import role_autoscaling_schema as role_autoscaling
 from baton_operator.crd_roles import role_schema
 from baton_operator.crd_slo import slo_rules, slo_schema
 from baton_operator.crd_status import status_schema
+from baton_operator.crd_tls import tls_schema
 from baton_operator.crd_types import S, boolean, integer, number, obj, string, string_map
 from baton_operator.spec import (
     AUTOSCALING_MODES,
@@ -156,6 +157,7 @@ def spec_schema() -> S:
             "decode": role_schema("decode"),
             "router": router_schema(),
             "networkPolicy": network_policy_schema(),
+            "tls": tls_schema(),
             "kvTransfer": obj(
                 "How KV caches move from prefill to decode.",
                 {

@@ -32,6 +32,8 @@ CHILD_RESOURCES = (
     ("rbac.authorization.k8s.io", "v1", "roles"),
     ("rbac.authorization.k8s.io", "v1", "rolebindings"),
 )
+# Not watched: Secrets (spec.tls). The operator may only get a pool's Secret by name, never list or
+# watch Secrets; every reconcile reads it fresh, and the resync corrects a deleted or edited one.
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, id="inferencepool_event")

@@ -15,6 +15,7 @@ from baton_worker.router.auth import API_KEY_ENV
 from baton_operator.names import config_map_name, selector_labels
 from baton_operator.spec import Pool
 from baton_operator.spec_pod import MODEL_TOKEN_ENV
+from baton_operator.tls import tls_volume
 
 CONFIG_MOUNT = "/etc/baton"
 CONFIG_FILE = "config.json"
@@ -43,7 +44,8 @@ def container_security(add: tuple[str, ...] = ()) -> dict[str, Any]:
 
 
 def volumes(pool: Pool, shm: bool = True) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Volumes and mounts of the pool config and model (and /dev/shm for workers, when ``shm``)."""
+    """Volumes and mounts of the pool config and model (and /dev/shm for workers, when ``shm``),
+    and the TLS Secret when ``spec.tls`` is on."""
     vols: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": config_map_name(pool)}},
         {"name": "model-cache", "emptyDir": {}},
@@ -58,6 +60,10 @@ def volumes(pool: Pool, shm: bool = True) -> tuple[list[dict[str, Any]], list[di
     if shm:
         vols.insert(0, {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}})
         mounts.insert(0, {"name": "dshm", "mountPath": "/dev/shm"})
+    tls = tls_volume(pool)
+    if tls is not None:
+        vols.append(tls[0])
+        mounts.append(tls[1])
     source = pool.spec.model.source
     if source.startswith("pvc://"):
         claim = source[len("pvc://") :].split("/", 1)[0]

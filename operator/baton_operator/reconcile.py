@@ -11,12 +11,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from baton_operator import builders, netpol
 from baton_operator.api import KINDS, ApiError, KubeApi, now_rfc3339
 from baton_operator.spec import Pool, SpecError, parse_pool
 from baton_operator.status import Observed, compute_status, invalid_spec_status, status_patch
+from baton_operator.tls import tls_secret_name
+from baton_operator.tls_reconcile import ensure_tls_secret
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +153,15 @@ def reconcile_pool(api: KubeApi, namespace: str, name: str, default_image: str) 
 
     live: dict[tuple[str, str, str], dict[str, Any]] = {}
     error, error_reason = "", ""
+    # Before the workloads, whose pods mount it.
+    tls_action, tls_error = ensure_tls_secret(api, pool, body, datetime.now(UTC))
+    if tls_action:
+        (outcome.created if tls_action == "issue" else outcome.updated).append(
+            f"Secret/{tls_secret_name(pool)}"
+        )
+    if tls_error:
+        error, error_reason = tls_error, "ApplyFailed"
+        log.warning("%s/%s: %s", namespace, name, error)
     for manifest in children:
         key = (manifest["apiVersion"], manifest["kind"], manifest["metadata"]["name"])
         label = f"{manifest['kind']}/{manifest['metadata']['name']}"

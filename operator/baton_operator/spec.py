@@ -22,6 +22,7 @@ from baton_operator.spec_pod import (
     parse_secret_ref,
 )
 from baton_operator.spec_slo import SloSpec, parse_slo
+from baton_operator.spec_tls import TlsSpec, parse_tls
 
 GROUP = "baton.dev"
 VERSION = "v1alpha1"
@@ -162,6 +163,7 @@ class PoolSpec:
     pod: PodOptions = field(default_factory=PodOptions)  # spec.env, envFrom, imagePullSecrets
     network_policy: NetworkPolicySpec = field(default_factory=NetworkPolicySpec)
     prefix_caching: PrefixCachingSpec = field(default_factory=PrefixCachingSpec)
+    tls: TlsSpec = field(default_factory=TlsSpec)  # spec.tls (spec_tls.py)
 
     def role(self, name: str) -> RoleSpec:
         return self.prefill if name == "prefill" else self.decode
@@ -355,6 +357,7 @@ def parse_spec(raw: Any, pool_name: str, default_image: str) -> PoolSpec:
         pod=parse_pod_options(spec),
         prefix_caching=_prefix_caching(spec.get("prefixCaching")),
         network_policy=parse_network_policy(spec),
+        tls=parse_tls(spec),
     )
 
 

@@ -93,11 +93,19 @@ def test_cluster_rbac_is_least_privilege():
     assert rules[("apps", "statefulsets")] == {"get", "list", "watch", "create", "patch"}
     assert rules[("", "pods")] == {"get", "list", "watch"}
     assert rules[("", "nodes")] == {"get", "list"}  # the autoscaler's GPU capacity check
-    assert ("", "secrets") not in rules
+    # Only the pools' TLS Secrets, read by name and written: never listed or watched.
+    assert rules[("", "secrets")] == {"get", "create", "patch"}
     assert all("*" not in verbs for verbs in rules.values())
     assert not any(
         "delete" in verbs for (group, _), verbs in rules.items() if group in ("apps", "", "baton.dev")
     )
+
+
+def test_no_secret_rights_without_operator_issued_tls():
+    (role,) = by_kind(render("rbac.tlsSecrets=false"), "ClusterRole")
+    assert ("", "secrets") not in rules_of(role)
+    docs = render("rbac.scope=namespace", "rbac.watchNamespaces={ml}", "rbac.tlsSecrets=false")
+    assert all(("", "secrets") not in rules_of(r) for r in by_kind(docs, "Role"))
 
 
 def test_namespace_scope_has_no_cluster_rights():

@@ -81,6 +81,7 @@ def test_architecture_fields_defaults_and_validation():
         "kvTransfer",
         "prefixCaching",
         "autoscaling",
+        "tls",
     }
     network = spec["networkPolicy"]["properties"]
     assert network["enabled"]["default"] is True

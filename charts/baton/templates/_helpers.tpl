@@ -69,6 +69,15 @@ application) needs. Used by the ClusterRole (scope cluster) or each Role (scope 
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [get, list, watch, create, patch, delete]
+{{- if .Values.rbac.tlsSecrets }}
+# spec.tls: the Secret <pool>-tls with each pool's CA and certificate, read by name (to renew it)
+# and written. No list or watch: the operator never enumerates Secrets, and one it does not own
+# it leaves alone. rbac.tlsSecrets=false drops this rule (pools then bring their own Secret:
+# spec.tls.secretName, which the operator does not read).
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, create, patch]
+{{- end }}
 # The router's ServiceAccount may read its pool's EndpointSlices; to grant that in a Role the
 # operator must hold the same rights itself (RBAC escalation prevention).
 - apiGroups: [rbac.authorization.k8s.io]
