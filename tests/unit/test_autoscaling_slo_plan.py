@@ -61,9 +61,21 @@ def test_plan_pool_respects_bounds_and_budget() -> None:
 
 
 def test_plan_pool_an_slo_no_deployment_meets_gives_the_closest() -> None:
+    tight = SloSpec(ttft_ms=50, itl_ms=50, profile_config_map="p")
+    got = plan_pool(PROFILE, tight, Bounds(1, 2, 1, 2), 15, 1000, 200)
+    assert not got.feasible and got.binding == "" and (got.prefill, got.decode) == (2, 2)
+    assert "the closest, 2 prefill + 2 decode, meets both for 85% of requests" in got.reason
+
+
+def test_plan_pool_an_slo_an_idle_worker_misses_keeps_up_with_the_rate() -> None:
     tight = SloSpec(ttft_ms=20, itl_ms=50, profile_config_map="p")  # below an idle prefill (~44 ms)
-    got = plan_pool(PROFILE, tight, Bounds(1, 3, 1, 3), 5, 1000, 200)
-    assert not got.feasible and "closest" in got.reason and got.binding == ""
+    t = time.perf_counter()
+    got = plan_pool(PROFILE, tight, WIDE, 10, 1000, 200)
+    assert time.perf_counter() - t < 1.0  # no sweep of simulations
+    assert not got.feasible and "below an idle worker's TTFT" in got.reason
+    assert (got.prefill, got.decode) == (1, 2)  # 10 req/s needs 2 decode workers (7.9 req/s each)
+    itl = plan_pool(PROFILE, SloSpec(500, 20, "p"), WIDE, 10, 1000, 200)
+    assert not itl.feasible and "below a decode step at batch 1" in itl.reason
 
 
 def test_plan_cache_hits_by_key() -> None:

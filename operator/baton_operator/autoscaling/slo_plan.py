@@ -26,6 +26,7 @@ from baton_operator.spec_slo import SloSpec
 
 PLAN_REQUESTS = 500  # simulated requests per run (`baton plan` defaults to 2000)
 CACHE_SIZE = 256
+HEADROOM = 1.2  # an SLO out of reach: the least replicas whose throughput bound is 20% above the rate
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,20 @@ def _result(
     )
 
 
+def _below_idle(profile: Profile, slo: SloSpec, isl: int, osl: int) -> str:
+    """Why no deployment can meet the SLOs even idle (as `baton plan` says it), or ""."""
+    idle_ttft = profile.prefill_seconds(isl, slo.prefill.tensor_parallel_size) + profile.overheads.router_s
+    if idle_ttft * 1000 > slo.ttft_ms:
+        return (
+            f"the TTFT SLO ({slo.ttft_ms:g} ms) is below an idle worker's TTFT for a mean prompt "
+            f"({idle_ttft * 1000:.1f} ms)"
+        )
+    idle_itl = profile.decode_step_seconds(1, isl + osl / 2, slo.decode.tensor_parallel_size)
+    if idle_itl * 1000 > slo.itl_ms:
+        return f"the ITL SLO ({slo.itl_ms:g} ms) is below a decode step at batch 1 ({idle_itl * 1000:.1f} ms)"
+    return ""
+
+
 def plan_pool(
     profile: Profile,
     slo: SloSpec,
@@ -128,7 +143,8 @@ def plan_pool(
     Walks the candidates by cost; at the first cost where some meet both SLOs (for
     ``slo.attainment`` of the simulated requests, under the throughput bound), the one that
     sustains the highest rate wins. None does: the closest miss (highest attainment; when the
-    rate is beyond every candidate's throughput, the one with the most), ``feasible`` False.
+    rate is beyond every candidate's throughput, the one with the most), ``feasible`` False. An
+    SLO that even an idle worker misses: the least replicas with 20% throughput headroom.
     No requests (rate 0): the least replicas. Raises ValueError when the profile lacks the
     pool's TP sizes or KV backend.
     """
@@ -141,6 +157,11 @@ def plan_pool(
     profile.resolve_backend(slo.kv_backend)
     workload = Workload(rate, LengthDist.fixed(isl), LengthDist.fixed(osl), num_requests=requests)
     s = Searcher(profile, workload, Slo(slo.ttft_ms / 1000, slo.itl_ms / 1000, slo.attainment))
+    unreachable = _below_idle(profile, slo, isl, osl)
+    if unreachable:  # no replica count helps: enough to keep up with the rate, no simulation sweep
+        stable = [d for d in deps if s.bound(d) >= rate * HEADROOM]
+        dep = stable[0] if stable else max(deps, key=s.bound)
+        return _result(s, slo, dep, rate, reason=f"{unreachable}; sized to keep up with the rate")
     by_cost: dict[int, list[Deployment]] = {}
     for d in deps:
         by_cost.setdefault(gpus(slo, *_pd(d)), []).append(d)
