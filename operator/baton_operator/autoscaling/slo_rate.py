@@ -141,4 +141,3 @@ def planned_inputs(rate: float, isl: float, osl: float) -> tuple[float, int, int
         max(1, math.ceil(bucket_up(isl, LENGTH_STEP) - 1e-6)),
         max(1, math.ceil(bucket_up(osl, LENGTH_STEP) - 1e-6)),
     )
-
