@@ -235,10 +235,11 @@ def aio_channel(
 class ChannelCache:
     """Blocking channels by address. When the TLS files change, every channel is retired: new
     calls get new channels with the new certificate, calls in flight finish on the old ones,
-    which are closed ``retire_s`` later (longer than any call on them may run)."""
+    which are closed ``retire_s`` later (longer than any call on them may run: a pull is bounded by
+    ``--kv-timeout-s``; channels left open meanwhile cost a connection each, nothing else)."""
 
     def __init__(
-        self, tls: TlsFiles | None, options: list[tuple[str, Any]] | None = None, retire_s: float = 300.0
+        self, tls: TlsFiles | None, options: list[tuple[str, Any]] | None = None, retire_s: float = 3600.0
     ) -> None:
         self._tls = tls
         self._options = list(options or [])
