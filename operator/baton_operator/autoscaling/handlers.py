@@ -107,7 +107,8 @@ def _run(
         return _kube().router_metrics_urls(namespace, name)
 
     if cfg.slo is None:
-        _slo_state(memo).reset(None)  # a switch back to SLO mode starts from scratch
+        if _slo_state(memo).spec is not None:
+            _slo_state(memo).reset(None)  # a switch back to SLO mode starts from scratch
         return controller.run_pass(
             state,
             cfg,

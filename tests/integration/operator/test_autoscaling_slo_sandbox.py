@@ -36,6 +36,7 @@ from baton_operator.spec_slo import SloSpec
 pytestmark = pytest.mark.sandbox
 
 PROFILE_FILE = Path(__file__).resolve().parents[3] / "profiles" / "h100-llama3-8b.json"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "inferencepool-slo.yaml"
 INTERVAL_S = 2
 WINDOW_S = 10  # scaleDownStabilizationSeconds of both roles
 RATE_WINDOW_S = 6
@@ -226,3 +227,4 @@ def test_slo_spec_is_refused_at_apply_time_naming_the_field(
     assert message in str(err.value), err.value
     ok = _pool("accepted", namespace, "http://127.0.0.1:9/metrics", "none", maxGpus=2)
     sandbox.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(ok))
+    sandbox.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(EXAMPLE))
