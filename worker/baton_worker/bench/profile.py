@@ -62,34 +62,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _median_seconds(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def profile_prefill(model: Any, lengths: list[int], repeats: int) -> list[dict[str, Any]]:
+    """Median seconds per prompt length. The lengths take turns within each repeat, so a burst of
+    load from elsewhere on the machine lands on all of them alike rather than on one."""
     from baton_worker.bench.decode import _prompts, _sync
     from baton_worker.engine import KvBlockPool
     from baton_worker.engine.model import PagedModel
 
-    rows = []
+    runs = {}
     for n in lengths:
         pool = KvBlockPool.for_model(model, num_blocks=-(-n // 16), block_size=16)
         runner = PagedModel(model, pool)
         prompt = [list(_prompts(1, n, model.shape.vocab_size, 1)[0])]
         table = [pool.allocate(pool.blocks_needed(n))]
 
-        def run() -> None:
-            runner.prefill(prompt, table)  # noqa: B023 - called within this iteration
+        def run(runner=runner, prompt=prompt, table=table) -> None:  # type: ignore[no-untyped-def]
+            runner.prefill(prompt, table)
             _sync(model.device)
 
-        rows.append({"tp": 1, "prompt_tokens": n, "seconds": round(_median_seconds(run, repeats), 6)})
-    return rows
+        run()  # warm-up
+        runs[n] = run
+    times: dict[int, list[float]] = {n: [] for n in lengths}
+    for _ in range(repeats):
+        for n in lengths:
+            t0 = time.perf_counter()
+            runs[n]()
+            times[n].append(time.perf_counter() - t0)
+    return [{"tp": 1, "prompt_tokens": n, "seconds": round(statistics.median(times[n]), 6)} for n in lengths]
 
 
 def profile_decode(model: Any, batches: list[int], contexts: list[int], repeats: int) -> list[dict[str, Any]]:

@@ -2,8 +2,8 @@
 
 A `baton up` (1 prefill + 1 decode worker, every prompt prefilled remotely) serves:
 
-- one request at a time for each prompt length: its time to first token less the engine's
-  prefill time for that length is the router's share (HTTP, tokenizing, the Prefill call);
+- one request at a time with the shortest prompt length: its median time to first token less the
+  engine's prefill time for that length is the router's share (HTTP, tokenizing, the Prefill call);
 - ``b`` streams at once for each batch size ``b`` and prompt length: each stream's time per
   output token after the first is a decode step as served (engine step, the token's trip over
   gRPC and the router, and whatever else the processes of the stack cost each other on this
@@ -50,24 +50,30 @@ def serving_figures(
     stack = _Stack(model, device, MODES["disaggregated"], 4096, [], 300.0, False)
     try:
         _run(stack.url, model, [_prompt(20, salt + i) for i in range(4)], 8)  # warm-up
-        router: list[float] = []
-        for n, seconds in sorted(prefill_seconds.items()):
-            for i in range(repeats):
-                [s] = _run(stack.url, model, [_prompt(_words_for(n), salt + 100 * n + i)], 2)
-                router.append(max(0.0, s.ttft_s - seconds))
+        # The shortest prompt: the router's share is the largest part of its time to first token.
+        n, seconds = min(prefill_seconds.items())
+        ttft = [
+            _run(stack.url, model, [_prompt(_words_for(n), salt + 100 * n + i)], 2)[0].ttft_s
+            for i in range(max(3, repeats))
+        ]
+        router_s = max(0.0, statistics.median(ttft) - seconds)
         rows = []
         for context in contexts:
             for b in batches:
-                prompts = [_prompt(_words_for(context), salt + 10_000 * b + context + i) for i in range(b)]
-                samples = _run(stack.url, model, prompts, 33)
+                # At least ``repeats`` streams' figures for every batch size (rounds of b streams).
+                tpot: list[float] = []
+                for r in range(-(-repeats // b)):
+                    seed = salt + 10_000 * b + 100 * r + context
+                    prompts = [_prompt(_words_for(context), seed + i) for i in range(b)]
+                    tpot += [s.tpot_s for s in _run(stack.url, model, prompts, 33)]
                 rows.append(
                     {
                         "tp": 1,
                         "batch": b,
                         "context_tokens": context,
-                        "step_seconds": round(statistics.median(s.tpot_s for s in samples), 6),
+                        "step_seconds": round(statistics.median(tpot), 6),
                     }
                 )
-        return round(statistics.median(router), 6), rows
+        return round(router_s, 6), rows
     finally:
         stack.stop()
