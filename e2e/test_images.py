@@ -49,8 +49,8 @@ print(json.dumps({"uid": os.getuid(), "site": site, "writable": os.access(site, 
                   "proto_files": sorted(os.listdir(os.path.dirname(importlib.import_module("baton_worker.proto").__file__)))}))
 
 """
-# The sandbox and the benchmarks are development tooling: they need the dev extra
-# (cryptography, openai), which no image carries.
+# The sandbox and the benchmarks are development tooling: they need the dev extra (openai and
+# the test tools), which no image carries.
 DEV_ONLY = ("baton_operator.sandbox", "baton_operator.bench", "baton_operator.autoscaling.bench")
 
 
