@@ -169,9 +169,12 @@ def test_kv_stream_call_past_its_deadline_leaves_no_blocks(workers: dict[str, Wo
         async with grpc.aio.insecure_channel(prefill.address) as ch:
             caller = PrefillCaller(ch, prefill.address)
             codes = []
+            salt = uuid.uuid4().int % 1000
             for i in range(3):
                 rid = f"late-{i}-{uuid.uuid4().hex[:6]}"
-                request = pb2.PrefillRequest(request_id=rid, prompt_token_ids=PROMPT * 4, sampling=GREEDY)
+                # A prompt of its own each time: a prefix-cache hit would finish within the deadline.
+                prompt = [3 + (t + 97 * i + salt) % 797 for t in PROMPT * 4]
+                request = pb2.PrefillRequest(request_id=rid, prompt_token_ids=prompt, sampling=GREEDY)
                 with pytest.raises(grpc.aio.AioRpcError) as err:
                     await caller.prefill(request, 0.002)
                 codes.append(err.value.code())
