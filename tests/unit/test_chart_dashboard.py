@@ -69,6 +69,7 @@ def exported_names() -> set[str]:
         worker = WorkerMetrics(role, lambda snap=snap: snap)
         worker.request("ok")
         worker.transfer("nixl", 1 << 20, 0.01)
+        worker.kv_backend("auto", "grpc", fallback=True)
         names |= sample_names(worker.registry)
 
     # The operator's counters live in the process-wide registry; collect just them.

@@ -172,11 +172,12 @@ def test_kv_stream_call_past_its_deadline_leaves_no_blocks(workers: dict[str, Wo
             salt = uuid.uuid4().int % 1000
             for i in range(3):
                 rid = f"late-{i}-{uuid.uuid4().hex[:6]}"
-                # A prompt of its own each time: a prefix-cache hit would finish within the deadline.
-                prompt = [3 + (t + 97 * i + salt) % 797 for t in PROMPT * 4]
+                # A prompt of its own each time (a prefix-cache hit would be quick), long enough
+                # (900 tokens) that its prefill outlasts the deadline once it runs.
+                prompt = [3 + (t + 97 * i + salt) % 797 for t in PROMPT * 20]
                 request = pb2.PrefillRequest(request_id=rid, prompt_token_ids=prompt, sampling=GREEDY)
                 with pytest.raises(grpc.aio.AioRpcError) as err:
-                    await caller.prefill(request, 0.002)
+                    await caller.prefill(request, 0.015)
                 codes.append(err.value.code())
             # Well before the 60 s TTL, with the stream still open.
             await asyncio.to_thread(

@@ -21,7 +21,7 @@ from baton_operator.autoscaling.scenario import (
     wait_until,
 )
 from baton_operator.sandbox.handle import Sandbox
-from baton_operator.sandbox.operator_proc import OperatorProcess, start_operator, stop_operator
+from baton_operator.sandbox.operator_proc import OperatorProcess
 
 pytestmark = pytest.mark.sandbox
 
@@ -49,16 +49,11 @@ def namespace(sandbox: Sandbox) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def operator(sandbox: Sandbox, namespace: str) -> Iterator[OperatorProcess]:
-    """`baton operator` watching only this test's namespace, under the chart's RBAC (which grants the
-    `list nodes` the capacity check needs)."""
-    op = start_operator(
-        sandbox, args=["-n", namespace, "--standalone", "--resync-seconds", "10"], name="operator-autoscaling"
-    )
-    try:
-        yield op
-    finally:
-        assert stop_operator(sandbox, op), f"operator {op.pid} would not stop; log {op.log}"
+def operator(operator_process: Any) -> OperatorProcess:
+    """The session's `baton operator` (all namespaces, under the chart's RBAC, which grants the
+    `list nodes` the capacity check needs). It must be the only autoscaler of these pools: a
+    second operator watching this namespace would scale them on its own samples too."""
+    return operator_process.process
 
 
 def _log_tail(op: OperatorProcess) -> str:

@@ -43,7 +43,11 @@ def test_operator_runs_under_the_charts_least_privilege_rbac(sandbox, operator_p
     for verb, resource in [
         ("create", "pods"),
         ("delete", "deployments.apps"),
-        ("get", "secrets"),
+        # It reads and writes only its pools' TLS Secrets by name: it may not list, watch or
+        # delete Secrets.
+        ("list", "secrets"),
+        ("watch", "secrets"),
+        ("delete", "secrets"),
         ("delete", "inferencepools.baton.dev"),
     ]:
         assert not can_i(sandbox, verb, resource, namespace), f"operator may {verb} {resource}"

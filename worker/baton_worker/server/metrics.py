@@ -7,7 +7,9 @@ Names (role is a label so one dashboard covers both pools):
 ``baton_worker_kv_transfer_seconds`` (histogram), ``baton_worker_kv_freed{reason}`` (prefill, a gauge of counts),
 ``baton_worker_prefix_cache_queried_tokens_total``, ``baton_worker_prefix_cache_hit_tokens_total``
 (hit rate = rate of hits / rate of queries), ``baton_worker_prefix_cache_evicted_blocks_total``,
-``baton_worker_prefix_cache_blocks`` (blocks named by a prefix hash, held or evictable).
+``baton_worker_prefix_cache_blocks`` (blocks named by a prefix hash, held or evictable),
+``baton_worker_kv_backend{requested,backend}`` (1) and ``baton_worker_kv_backend_fallback`` (1 when
+``--kv-backend auto`` found no NIXL).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -126,6 +128,23 @@ class WorkerMetrics:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
             registry=self.registry,
         )
+
+    def kv_backend(self, requested: str, running: str, fallback: bool) -> None:
+        """Which KV data path this worker runs, and whether ``auto`` fell back to gRPC."""
+        info = Gauge(
+            "baton_worker_kv_backend",
+            "1 for the KV data path this worker runs (requested: --kv-backend)",
+            ["role", "requested", "backend"],
+            registry=self.registry,
+        )
+        info.labels(self.role, requested, running).set(1)
+        fell = Gauge(
+            "baton_worker_kv_backend_fallback",
+            "1 when --kv-backend auto found no NIXL and moves KV over the gRPC stream",
+            ["role"],
+            registry=self.registry,
+        )
+        fell.labels(self.role).set(1 if fallback else 0)
 
     def request(self, outcome: str) -> None:
         self.requests.labels(self.role, outcome).inc()

@@ -56,6 +56,15 @@ def run_worker(opts: WorkerOptions, lifecycle: Lifecycle, stop: threading.Event)
     side = SideServer(opts.host, opts.metrics_port, lifecycle.readiness, _LazyRegistry(holder)).start()
     t0 = time.monotonic()
     backend = choose_backend(opts.kv_backend, nixl_available, _why_nixl_not)
+    fallback = _why_nixl_not() if opts.kv_backend == "auto" and backend == "grpc" else ""
+    if fallback:
+        # Loud: KV over the gRPC stream is one to two orders of magnitude slower than RDMA.
+        print(
+            f"baton worker: WARNING kv_backend auto fell back to grpc (KV moves over the gRPC stream, "
+            f"not RDMA): {fallback}",
+            file=sys.stderr,
+            flush=True,
+        )
     if backend == "nixl":
         applied = apply_ucx_defaults(cuda=opts.device.startswith("cuda"))
         if applied:
@@ -144,6 +153,7 @@ def run_worker(opts: WorkerOptions, lifecycle: Lifecycle, stop: threading.Event)
         )
         pb2_grpc.add_DecodeWorkerServicer_to_server(service, server)
         closers += [loop.stop, sink.close]
+    service.metrics.kv_backend(opts.kv_backend, backend, fallback=bool(fallback))
     holder["registry"] = service.metrics.registry
     server.start()
     lifecycle.set_loaded()
