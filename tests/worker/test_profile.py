@@ -45,7 +45,9 @@ def test_profile_writes_a_plannable_profile(tmp_path: Path) -> None:
     pre = {r["prompt_tokens"]: r["seconds"] for r in prof["prefill"]}
     assert 0 < pre[32] < pre[512]  # a 16x longer prompt takes longer
     dec = {r["batch"]: r["step_seconds"] for r in prof["decode"]}
-    assert 0 < dec[1] < dec[16]
+    # Served steps carry a per-token cost of their own, so 16 streams may step about as fast as
+    # one; but batching must pay: 16 streams deliver more tokens per second than one.
+    assert 0 < dec[1] and 0 < dec[16] < 16 * dec[1]
     kv = {r["tokens"]: r["seconds"] for r in prof["kv_transfer"]}
     assert set(kv) == {64, 512} and 0 < kv[64] < kv[512]
     assert all(prof["sources"][k] for k in ("prefill", "decode", "kv_transfer", "router"))
