@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
-from baton_operator.planning.plan import RATE_TOLERANCE, Searcher, Slo, capacity_bounds
+from baton_operator.planning.plan import Searcher, Slo, binding
 from baton_operator.planning.profile import Profile
 from baton_operator.planning.simulate import Deployment
 from baton_operator.planning.stats import percentile
@@ -78,16 +78,6 @@ def candidates(slo: SloSpec, bounds: Bounds) -> list[Deployment]:
         if bounds.max_gpus is None or gpus(slo, p, d) <= bounds.max_gpus
     ]
     return sorted(out, key=lambda d: (gpus(slo, d.prefill_replicas, d.decode_replicas), d.prefill_replicas))
-
-
-def _binding(s: Searcher, dep: Deployment, max_rate: float) -> str:
-    """Which limit stops ``dep`` just above its highest sustainable rate (as `baton plan` says)."""
-    bounds = capacity_bounds(s.profile, s.workload, dep)
-    role = min(bounds, key=bounds.__getitem__)
-    if max_rate >= bounds[role] * (1 - 1e-9):
-        return f"{role} capacity"
-    miss_ttft, miss_itl = s.run(dep, max_rate * (1 + 2 * RATE_TOLERANCE)).misses(s.slo.ttft_s, s.slo.itl_s)
-    return "ttft" if miss_ttft >= miss_itl else "itl"
 
 
 def _result(
@@ -171,7 +161,7 @@ def plan_pool(
         if ok:
             chosen, max_rate = s.best(ok, rate)
             assert chosen is not None
-            return _result(s, slo, chosen, rate, binding=_binding(s, chosen, max_rate), max_rate=max_rate)
+            return _result(s, slo, chosen, rate, binding=binding(s, chosen, max_rate), max_rate=max_rate)
         for d in by_cost[cost]:
             if rate <= s.bound(d):
                 att = s.run(d, rate).attainment(s.slo.ttft_s, s.slo.itl_s)

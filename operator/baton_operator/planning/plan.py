@@ -203,7 +203,7 @@ class Plan:
         return d.per_gpu() / c.per_gpu()
 
 
-def _binding(s: Searcher, dep: Deployment, max_rate: float) -> str:
+def binding(s: Searcher, dep: Deployment, max_rate: float) -> str:
     """Which limit stops ``dep`` just above its highest sustainable rate."""
     bounds = capacity_bounds(s.profile, s.workload, dep)
     role = min(bounds, key=bounds.__getitem__)
@@ -274,7 +274,7 @@ def plan(profile: Profile, workload: Workload, slo: Slo, opts: Options | None = 
         chosen=chosen,
         prediction=s.run(chosen, workload.rate) if chosen is not None else None,
         max_rate=max_rate,
-        binding=_binding(s, chosen, max_rate) if chosen is not None else "",
+        binding=binding(s, chosen, max_rate) if chosen is not None else "",
         cheapest=cheapest,
         comparison=_compare(s, all_deps, comparison_cost) if comparison_cost else {},
         comparison_cost=comparison_cost,
