@@ -329,16 +329,6 @@ class KvBlockPool:
         """The chained hashes of every full block of ``token_ids`` (``known``: the first ones)."""
         return extend_hashes(known, token_ids, self.block_size, self.cache_salt)
 
-    def cached_prefix_blocks(self, hashes: Sequence[bytes]) -> int:
-        """How many leading ``hashes`` are cached now (takes nothing)."""
-        with self._cond:
-            n = 0
-            for h in hashes:
-                if h not in self._block_of:
-                    break
-                n += 1
-            return n
-
     def prefix_stats(self) -> PrefixCacheStats:
         with self._cond:
             return PrefixCacheStats(self._queried_tokens, self._hit_tokens, self._evicted, len(self._hash_of))
