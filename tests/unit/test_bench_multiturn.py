@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from baton_worker.bench.multiturn import Turn, round_figures
+from baton_worker.bench.multiturn import round_figures
+from baton_worker.bench.serve import Sample
 
 
 def test_round_figures_are_deltas_of_the_counters_per_request() -> None:
-    turns = [Turn(True, 0.010, 1000, "a"), Turn(True, 0.030, 1000, "b"), Turn(False, 0, 0, "", "HTTP 503")]
+    turns = [
+        Sample(True, 0.010, 0.5, 32, (), text="a", prompt_tokens=1000),
+        Sample(True, 0.030, 0.5, 32, (), text="b", prompt_tokens=1000),
+        Sample(False, 0, 0, 0, (), "HTTP 503"),
+    ]
     before = {
         "baton_kv_transfer_bytes_sum": 1_000,
         "baton_worker_prefix_cache_hit_tokens_total:prefill": 100,

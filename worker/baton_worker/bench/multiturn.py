@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 
 import httpx
 
-from baton_worker.bench.serve import _Stack, one_request, percentile
+from baton_worker.bench.serve import Sample, _Stack, one_request, percentile
 
 BASE = ["--prefill", "1", "--decode", "2", "--local-prefill-max-tokens", "0"]
 SETUPS = {
@@ -32,15 +32,6 @@ SETUPS = {
     "no-cache": [*BASE, "--no-prefix-caching", "--prefix-weight", "0"],
 }
 WORDS = "prefill decode router cache block token stream batch handle worker pool queue".split()
-
-
-@dataclass(frozen=True)
-class Turn:
-    ok: bool
-    ttft_s: float
-    prompt_tokens: int
-    text: str
-    error: str = ""
 
 
 @dataclass(frozen=True)
@@ -56,11 +47,6 @@ class RoundFigures:
     decode_hit_rate: float  # prompt tokens the decode workers held (not pulled again)
     decode_cached_fraction: float  # router's view: of prompt tokens, held by the chosen decode worker
     decode_vs_oracle: float  # router's view: decode-cached tokens / what the best-holding worker had
-
-
-async def _turn(http: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int) -> Turn:
-    r = await one_request(http, url, model, prompt, max_tokens)
-    return Turn(r.ok, r.ttft_s, r.prompt_tokens, r.text, r.error)
 
 
 def counters(url: str, workers: dict[str, str]) -> dict[str, float]:
@@ -84,7 +70,7 @@ def _scrape(base: str, out: dict[str, float]) -> None:
 
 
 def round_figures(
-    turn: int, results: list[Turn], before: dict[str, float], after: dict[str, float]
+    turn: int, results: list[Sample], before: dict[str, float], after: dict[str, float]
 ) -> RoundFigures:
     """One round's figures from its turns and the router's counters around it (pure)."""
 
@@ -140,9 +126,9 @@ async def converse(
                 question = " ".join(rng.choice(WORDS) for _ in range(24))
                 prompts.append(f"{history[c]}User {c}: {question}\nAssistant:")
 
-            async def send(c: int, prompt: str) -> Turn:
+            async def send(c: int, prompt: str) -> Sample:
                 await asyncio.sleep(c / conversations)  # staggered over a second
-                return await _turn(http, url, model, prompt, max_tokens)
+                return await one_request(http, url, model, prompt, max_tokens)
 
             before = counters(url, workers)
             results = await asyncio.gather(*(send(c, p) for c, p in enumerate(prompts)))
