@@ -30,7 +30,6 @@ from baton_worker.engine.types import (
     RequestTooLongError,
     TokenLogprob,
 )
-from baton_worker.prefix_hash import reusable_blocks
 
 
 def validate_request(request: EngineRequest, max_model_len: int, pool: KvBlockPool, vocab_size: int) -> None:
@@ -250,9 +249,10 @@ class DecodeEngine:
             return []
         if seq.request.sampling.prompt_logprobs is not None and not seq.needs_recompute:
             return []  # every prompt position's logits are needed: compute them all
-        seq.hashes = self.pool.prefix_hashes(seq.tokens[:n], seq.hashes[: n // self.pool.block_size])
-        reuse = reusable_blocks(n, self.pool.block_size, must_compute_last=True)
-        return self.pool.match_prefix(seq.hashes[:reuse])
+        seq.hashes, hit = self.pool.match_tokens(
+            seq.tokens[:n], True, seq.hashes[: n // self.pool.block_size]
+        )
+        return hit
 
     def _remember(self, seq: Sequence) -> None:
         """Name the full blocks whose KV is written, so later requests with this prefix reuse them."""

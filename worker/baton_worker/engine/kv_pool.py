@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from baton_worker.prefix_hash import cache_salt, extend_hashes
+from baton_worker.prefix_hash import cache_salt, extend_hashes, reusable_blocks
 
 LAYOUT = "LNKHBD"
 DEFAULT_BLOCK_SIZE = 16
@@ -324,6 +324,20 @@ class KvBlockPool:
                     break
                 (stored if h in self._block_of else evicted).append(h)
             return PrefixEvents(self._event_seq, False, tuple(stored), tuple(evicted))
+
+    def match_tokens(
+        self,
+        token_ids: Sequence[int],
+        must_compute_last: bool,
+        known: Sequence[bytes] = (),
+        limit: int | None = None,
+    ) -> tuple[list[bytes], list[int]]:
+        """The hashes of every full block of ``token_ids`` (``known``: the first ones), and a
+        reference to the cached blocks of its longest reusable prefix (at most ``limit`` blocks;
+        see :func:`reusable_blocks` for ``must_compute_last``)."""
+        hashes = self.prefix_hashes(token_ids, known)
+        reuse = reusable_blocks(len(token_ids), self.block_size, must_compute_last)
+        return hashes, self.match_prefix(hashes[: reuse if limit is None else min(reuse, limit)])
 
     def prefix_hashes(self, token_ids: Sequence[int], known: Sequence[bytes] = ()) -> list[bytes]:
         """The chained hashes of every full block of ``token_ids`` (``known``: the first ones)."""

@@ -23,7 +23,6 @@ from baton_worker.engine.types import (
     PrefillResult,
     SamplingParams,
 )
-from baton_worker.prefix_hash import reusable_blocks
 
 DEFAULT_BLOCK_WAIT_S = 30.0
 
@@ -143,11 +142,9 @@ class PrefillRunner:
         """The prompt's block hashes and the cached blocks of its longest cached prefix (held)."""
         if not self.prefix_caching:
             return [], []
-        hashes = self.pool.prefix_hashes(tokens)
         if sampling.prompt_logprobs is not None:
-            return hashes, []  # every prompt position's logits are needed: compute them all
-        reuse = reusable_blocks(len(tokens), self.pool.block_size, must_compute_last=True)
-        return hashes, self.pool.match_prefix(hashes[:reuse])
+            return self.pool.prefix_hashes(tokens), []  # every position's logits are needed
+        return self.pool.match_tokens(tokens, must_compute_last=True)
 
     def _drive(self, job: _Job) -> None:
         # Whoever holds the run lock runs the oldest pending jobs, its own or others'.

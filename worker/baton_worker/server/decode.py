@@ -28,7 +28,6 @@ from baton_worker.engine import (
 from baton_worker.kv.errors import KvError, KvHandleError, KvTransferError
 from baton_worker.kv.handle import CompatInfo, check_handle
 from baton_worker.kv.sink import KvSink
-from baton_worker.prefix_hash import reusable_blocks
 from baton_worker.rpc import pb2, pb2_grpc
 from baton_worker.server.convert import prefix_events_pb, sampling_from_pb, status_for, token_chunk
 from baton_worker.server.lifecycle import Lifecycle, NotAccepting
@@ -187,11 +186,7 @@ class DecodeService(pb2_grpc.DecodeWorkerServicer):
         (a follow-up turn of a conversation it served): those are not transferred again."""
         if not self.loop.engine.prefix_caching or not getattr(self.sink, "supports_skip", False):
             return []
-        hashes = self.pool.prefix_hashes(tokens)
-        reuse = min(
-            reusable_blocks(len(tokens), self.pool.block_size, must_compute_last=False), len(handle.block_ids)
-        )
-        return self.pool.match_prefix(hashes[:reuse])
+        return self.pool.match_tokens(tokens, False, limit=len(handle.block_ids))[1]
 
     def _pull(
         self, handle: pb2.KvHandle, tokens: list[int], context: grpc.ServicerContext
