@@ -14,12 +14,13 @@ PYTEST_ARGS ?=
 # plugins, iptables and conntrack run the real node, skopeo hands it the images.
 DEBIAN_PACKAGES := podman skopeo mmdebstrap gcc libc6-dev containerd runc containernetworking-plugins iptables conntrack
 
-# A virtual environment with baton and its worker/dev extras. torch is large: pip's cache
+# A virtual environment with baton and its worker/dev extras, at the versions constraints.txt
+# pins (tools/lock.py writes it; the images install the same). torch is large: pip's cache
 # serves it after the first install on a machine.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[worker,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[worker,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
