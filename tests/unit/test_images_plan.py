@@ -72,6 +72,22 @@ def test_pins_come_from_pips_report_without_baton_normalized_and_sorted() -> Non
     assert imageplan.requirements_text(pins) == "aiohttp==3.14.5\nnvidia-cublas==13.4.1.3\npyyaml==6.0.2\n"
 
 
+def test_the_accelerator_stack_is_pinned_apart_from_the_other_dependencies() -> None:
+    pins = [
+        Pin("torch", "2.15.0"),
+        Pin("nvidia-cublas", "13.4.1.3"),
+        Pin("cuda-bindings", "13.5.0"),
+        Pin("triton", "3.9.0"),
+        Pin("nixl-cu12", "1.5.1"),
+        Pin("transformers", "5.25.0"),
+        Pin("torchvision-extra", "1.0"),
+        Pin("numpy", "2.4.6"),
+    ]
+    accelerator, rest = imageplan.split_pins(pins)
+    assert [p.name for p in accelerator] == ["cuda-bindings", "nixl-cu12", "nvidia-cublas", "torch", "triton"]
+    assert [p.name for p in rest] == ["numpy", "torchvision-extra", "transformers"]
+
+
 @pytest.mark.parametrize(
     ("name", "pin"),
     [
@@ -158,7 +174,9 @@ def test_layers_are_ordered_so_a_code_change_rebuilds_only_the_top_layer(contain
     steps = _steps(containerfile)
     index = {name: next(i for i, s in enumerate(steps) if s.startswith(name)) for name in ("FROM",)}
     deps = next(i for i, s in enumerate(steps) if s.startswith("COPY requirements.txt"))
-    deps_run = next(i for i, s in enumerate(steps) if s.startswith("RUN --mount=type=bind,source=wheels"))
+    deps_run = next(
+        i for i, s in enumerate(steps) if i > deps and s.startswith("RUN --mount=type=bind,source=wheels")
+    )
     code = next(i for i, s in enumerate(steps) if s.startswith("COPY dist/"))
     assert index["FROM"] < deps < deps_run < code
     # Wheels are bind-mounted while installing, never copied into a layer.
@@ -169,4 +187,42 @@ def test_layers_are_ordered_so_a_code_change_rebuilds_only_the_top_layer(contain
     revision = next(i for i, s in enumerate(steps) if s.startswith("ARG REVISION"))
     assert revision > max(i for i, s in enumerate(steps) if s.startswith(("RUN", "COPY")))
     assert "USER 65532:65532" in steps
+    if containerfile == "worker.Containerfile":
+        # torch's layer comes first: a new release of another dependency leaves its 5 GB cached.
+        accel = next(i for i, s in enumerate(steps) if s.startswith("COPY requirements-accelerator.txt"))
+        assert index["FROM"] < accel < deps
     assert any(s.startswith("LABEL") and "org.opencontainers.image.revision" in s for s in steps)
+
+
+CTR_LS_HEADER = "REF TYPE DIGEST SIZE PLATFORMS LABELS"
+
+
+@pytest.mark.parametrize(
+    ("rows", "stale"),
+    [
+        ([], []),
+        (
+            # the tag and the CRI's id name of one image: nothing to remove
+            [
+                "docker.io/library/baton-worker:dev application/vnd.oci.image.manifest.v1+json sha256:m1 6.5GiB linux/amd64 -",
+                "sha256:c1 application/vnd.oci.image.manifest.v1+json sha256:m1 6.5GiB linux/amd64 -",
+            ],
+            [],
+        ),
+        (
+            # the tag moved to a new import: the old image's id name (and digest name) are stale
+            [
+                "docker.io/library/baton-worker:dev application/vnd.oci.image.manifest.v1+json sha256:m2 6.5GiB linux/amd64 -",
+                "docker.io/library/baton-worker@sha256:m1 application/vnd.oci.image.manifest.v1+json sha256:m1 6.5GiB linux/amd64 -",
+                "sha256:c1 application/vnd.oci.image.manifest.v1+json sha256:m1 6.5GiB linux/amd64 -",
+                "sha256:c2 application/vnd.oci.image.manifest.v1+json sha256:m2 6.5GiB linux/amd64 -",
+                "docker.io/library/baton-pause:dev application/vnd.oci.image.manifest.v1+json sha256:p 600KiB linux/amd64 -",
+            ],
+            ["docker.io/library/baton-worker@sha256:m1", "sha256:c1"],
+        ),
+    ],
+)
+def test_stale_images(rows: list[str], stale: list[str]) -> None:
+    from baton_operator.sandbox.node_images import stale_images
+
+    assert stale_images("\n".join([CTR_LS_HEADER, *rows])) == stale

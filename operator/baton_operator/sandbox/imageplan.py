@@ -142,6 +142,25 @@ def pins_from_report(report: Mapping[str, Any], exclude: Iterable[str] = ("baton
     return sorted(p for p in pins if p.name not in skip)
 
 
+# The accelerator stack: torch and the CUDA libraries its wheels bring, triton and NIXL. Over
+# 5 GB of the worker image, and it changes only with torch's version, so it gets a layer of its
+# own that a new release of any other dependency leaves cached (and unwritten: podman and the
+# node's containerd each hold every distinct layer once more).
+ACCELERATOR_NAMES: tuple[str, ...] = ("torch", "triton")
+ACCELERATOR_PREFIXES: tuple[str, ...] = ("nvidia-", "cuda-", "nixl")
+
+
+def is_accelerator(pin: Pin) -> bool:
+    """Whether ``pin`` belongs to the accelerator stack's layer (see ACCELERATOR_NAMES)."""
+    return pin.name in ACCELERATOR_NAMES or pin.name.startswith(ACCELERATOR_PREFIXES)
+
+
+def split_pins(pins: Iterable[Pin]) -> tuple[list[Pin], list[Pin]]:
+    """``pins`` as (the accelerator stack, everything else), each sorted."""
+    ordered = sorted(pins)
+    return [p for p in ordered if is_accelerator(p)], [p for p in ordered if not is_accelerator(p)]
+
+
 def requirements_text(pins: Iterable[Pin]) -> str:
     """requirements.txt of the image: one ``name==version`` per line (it keys the layer cache)."""
     return "".join(f"{p.name}=={p.version}\n" for p in sorted(pins))

@@ -46,6 +46,7 @@ from .imageplan import (
     pip_resolve_argv,
     requirement,
     requirements_text,
+    split_pins,
     wheelhouse_name,
     wheels_for,
 )
@@ -213,7 +214,8 @@ def fetch_wheels(pins: list[Pin], variant: Variant, wheelhouse: Path, workdir: P
 def prepare_context(
     root: Path, recipe: Recipe, variant: Variant, context: Path, log: Callable[[str], None]
 ) -> Path:
-    """Write the build context of one image (Containerfile, requirements.txt, wheels/, dist/)."""
+    """Write the build context of one image: Containerfile, requirements-accelerator.txt (torch,
+    its CUDA libraries, triton, NIXL), requirements.txt (the other dependencies), wheels/, dist/."""
     shutil.rmtree(context, ignore_errors=True)
     (context / "wheels").mkdir(parents=True)
     wheel = build_wheel(root, context / "dist")
@@ -229,7 +231,9 @@ def prepare_context(
             os.link(f, target)
         except OSError:
             shutil.copy2(f, target)
-    (context / "requirements.txt").write_text(requirements_text(pins))
+    accelerator, rest = split_pins(pins)
+    (context / "requirements-accelerator.txt").write_text(requirements_text(accelerator))
+    (context / "requirements.txt").write_text(requirements_text(rest))
     shutil.copy2(root / recipe.containerfile, context / "Containerfile")
     log(f"  {recipe.name}: context {context} ({len(pins)} pinned dependencies, {wheel.name})")
     return context
@@ -306,6 +310,23 @@ def build_pause(root: Path, podman: str, log: Callable[[str], None]) -> BuiltIma
     )
 
 
+def disk_hint(podman: str) -> str:
+    """What to free when a build ran out of disk: podman's storage and its temporary directory
+    each hold a new dependency layer once (the worker's accelerator layer is over 5 GB)."""
+    root = subprocess.run(
+        [podman, "info", "--format={{.Store.GraphRoot}}"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    places = [p for p in (root or "/var/lib/containers", os.environ.get("TMPDIR") or "/var/tmp") if p]
+    free = ", ".join(
+        f"{p}: {shutil.disk_usage(p).free / 1e9:.1f} GB free" for p in places if Path(p).exists()
+    )
+    return (
+        f"out of disk ({free}); a new worker dependency layer needs about 15 GB while it is built. "
+        "Free space: `podman system prune --all` drops every image and build cache (the next "
+        "`make images` rebuilds them), or point TMPDIR at a larger file system."
+    )
+
+
 def build_images(
     which: Sequence[str] = ("operator", "worker"),
     *,
@@ -331,6 +352,10 @@ def build_images(
         base = ensure_base(podman, log) if podman else base_reference(base_key())
     contexts = Path(context_only) if context_only else images_dir() / "contexts"
     rev = revision(root)
+    if podman is not None:
+        # Images an earlier build untagged still hold their layers: drop them before this build
+        # needs the space.
+        _run([podman, "image", "prune", "--force"], "podman image prune")
     built: list[BuiltImage] = []
     for key in which:
         if key == "pause":
@@ -349,7 +374,12 @@ def build_images(
             built.append(BuiltImage(recipe.name, ref, variant, base, 0.0, context=str(context)))
             continue
         log(f"  {recipe.name}: podman build -> {ref}")
-        _run(argv, f"podman build of {recipe.name} ({recipe.containerfile})")
+        try:
+            _run(argv, f"podman build of {recipe.name} ({recipe.containerfile})")
+        except ImageError as exc:
+            if "no space left on device" in str(exc):
+                raise ImageError(f"{exc}\n{disk_hint(podman)}") from None
+            raise
         image = BuiltImage(
             image=recipe.name,
             reference=ref,

@@ -127,6 +127,34 @@ def _import(paths: NodePaths, layout: Path, desc: dict[str, Any]) -> int:
     return sent
 
 
+def stale_images(listing: str) -> list[str]:
+    """Names in ``ctr images ls`` output that only keep a replaced image alive (pure).
+
+    Importing an image under a name that held another moves the name, but the CRI plugin
+    also names every image by its config digest (``sha256:...``) and may name it by digest
+    (``repo@sha256:...``), so the replaced image and its 6 GB of layers would stay in the content
+    store and the snapshotter for good. A digest name whose manifest no tag points at is stale.
+    """
+    rows = [line.split() for line in listing.splitlines()[1:] if line.strip()]
+    rows = [r for r in rows if len(r) >= 3]
+
+    def alias(name: str) -> bool:
+        return name.startswith("sha256:") or "@sha256:" in name
+
+    tagged = {r[2] for r in rows if not alias(r[0])}
+    return sorted(r[0] for r in rows if alias(r[0]) and r[2] not in tagged)
+
+
+def prune_images(paths: NodePaths, log: Callable[[str], None]) -> list[str]:
+    """Remove the node's stale images (see :func:`stale_images`) and let containerd collect their
+    content and snapshots at once. Returns the names removed."""
+    stale = stale_images(ctr(paths, "images", "ls", check=False))
+    if stale:
+        ctr(paths, "images", "rm", "--sync", *stale, check=False, timeout=600)
+        log(f"removed {len(stale)} replaced image(s) from the node's containerd")
+    return stale
+
+
 def load_images(paths: NodePaths, references: Iterable[str], log: Callable[[str], None]) -> list[str]:
     """Import podman's images into the node's containerd unless it already has the same ones.
 
@@ -150,4 +178,5 @@ def load_images(paths: NodePaths, references: Iterable[str], log: Callable[[str]
             f"imported {ref} into the node's containerd in {time.monotonic() - t0:.1f} s ({sent / 1e6:.0f} MB sent)"
         )
         imported.append(ref)
+    prune_images(paths, log)
     return imported
