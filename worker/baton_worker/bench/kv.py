@@ -19,9 +19,9 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import sys
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,12 +29,10 @@ import numpy as np
 from baton_worker.bench.kv_source import (
     BLOCK,
     BLOCK_BYTES,
-    ECHO_METHOD,
     HEAD_DIM,
     HEADS,
     LAYERS,
     MIB,
-    NO_HANDLE,
     RTT_MIB,
     bench_compat,
     geometry_blocks,
@@ -71,75 +69,6 @@ def prompt_ids(num_tokens: int) -> list[int]:
     bytes on the wire each, zeros only 1)."""
     rng = np.random.default_rng(0)
     return rng.integers(0, 128256, size=num_tokens).tolist()
-
-
-async def _handle_round_trips(address: str, num_tokens: int, samples: int) -> dict[str, list[float]]:
-    """Seconds per handle round trip, the way the router makes it, by kind:
-
-    - ``stream``: ``Prefill`` of the prompt over the worker's long-lived PrefillStream
-      (:class:`PrefillCaller`, grpc.aio) returning the KV handle, then the decode side's
-      ``check_handle``: what the router does;
-    - ``unary``: the same as one unary ``Prefill`` call (what the router did before);
-    - ``stream_no_handle``: the same call answered without a handle (nothing issued, nothing
-      checked): the control. ``stream`` minus this is what the KV metadata itself costs;
-    - ``grpc_floor``: the bytes of the same call and of a reply with a handle, echoed over a bare
-      bidi stream (``_echo_handler`` in :mod:`.kv_source`): no protobuf work, no framework, no handle issued or
-      checked. What Python gRPC alone costs for this round trip on this machine.
-
-    The kinds take turns call by call, so that the machine's noise hits them alike.
-    """
-    import grpc
-
-    from baton_worker.kv.handle import check_handle
-    from baton_worker.router.prefill_stream import PrefillCaller
-    from baton_worker.rpc import pb2, pb2_grpc
-
-    compat = bench_compat()
-    ids = prompt_ids(num_tokens)
-    out: dict[str, list[float]] = {"stream": [], "unary": [], "stream_no_handle": [], "grpc_floor": []}
-    async with grpc.aio.insecure_channel(address) as ch:
-        stub = pb2_grpc.PrefillWorkerStub(ch)
-        caller = PrefillCaller(ch, address)
-        same = lambda b: b  # noqa: E731
-        echo = ch.stream_stream(ECHO_METHOD, request_serializer=same, response_deserializer=same)()
-        floor_call = pb2.PrefillCall(
-            call_id=1, request=pb2.PrefillRequest(request_id="floor", prompt_token_ids=ids), timeout_ms=30000
-        ).SerializeToString()
-
-        async def floor(_request: pb2.PrefillRequest) -> pb2.PrefillResponse:
-            await echo.write(floor_call)
-            if await echo.read() == grpc.aio.EOF:
-                raise AssertionError("the bench source's echo stream ended: no floor to measure")
-            return pb2.PrefillResponse()  # nothing to check or release: the bytes were all it cost
-
-        calls = {
-            "stream": lambda r: caller.prefill(r, 30),
-            "unary": lambda r: stub.Prefill(r, timeout=30),
-            "stream_no_handle": lambda r: caller.prefill(r, 30),
-            "grpc_floor": floor,
-        }
-        seq = 0
-        for i in range(samples + 5):  # the first calls warm the channel and the threads
-            for kind, call in calls.items():
-                seq += 1
-                rid = f"{NO_HANDLE if kind == 'stream_no_handle' else 'rtt-'}{seq}"
-                request = pb2.PrefillRequest(request_id=rid, prompt_token_ids=ids)
-                t0 = time.perf_counter()
-                pre = await call(request)
-                if pre.HasField("handle"):
-                    check_handle(pre.handle, compat)
-                took = time.perf_counter() - t0
-                if i >= 5:
-                    out[kind].append(took)
-                # Every kind makes the Release the real flow makes (a no-op for the control).
-                await stub.Release(
-                    pb2.ReleaseRequest(request_id=rid, engine_id=pre.handle.engine_id), timeout=30
-                )
-        if caller.unary_calls:
-            raise AssertionError("the bench source did not take a PrefillStream")
-        await caller.close()
-        await echo.done_writing()
-    return out
 
 
 class BenchFailed(RuntimeError):
@@ -180,7 +109,7 @@ def _pull_once(
     dst[:, dst.shape[1] - n :].zero_()
     if backend == "nixl" and "agent_first_contact_ms" not in meta:
         t1 = time.perf_counter()
-        sink._remote_agent(pre.handle, pre.handle.shards[0], time.monotonic() + 30)
+        sink.remote_agent(pre.handle, pre.handle.shards[0], time.monotonic() + 30)
         meta["agent_first_contact_ms"] = round((time.perf_counter() - t1) * 1000, 3)
     dst_blocks = list(range(dst.shape[1] - n, dst.shape[1]))
     res = sink.pull(pre.handle, dst_blocks, time.monotonic() + 120)
@@ -203,6 +132,87 @@ def _copy_once(reference: CopyReference, runs: list[Run], lanes: int, n: int) ->
     return figure
 
 
+@dataclass
+class _Bench:
+    """What one bench run measures with: the source's stub, one sink per pulling backend, the
+    reference copy (with ``memcpy``) and the NIXL reader's lane count it copies on."""
+
+    stub: PrefillWorkerStub
+    sinks: dict[str, KvSink]
+    reference: CopyReference | None
+    lanes: int
+    meta: dict
+    seq: int = 0
+
+    def sample(
+        self, backends: list[str], n: int, runs: list[Run], reps: int
+    ) -> tuple[dict[str, list[float]], dict[int, list[CopyFigure]]]:
+        """``reps`` pulls of ``n`` blocks per backend (seconds) and reference copies of ``runs``
+        on ``lanes`` threads and on one, the backends taking turns so that the machine's noise
+        hits them alike."""
+        secs: dict[str, list[float]] = {b: [] for b in self.sinks}
+        copies: dict[int, list[CopyFigure]] = {self.lanes: [], 1: []}
+        for _ in range(reps):
+            for backend in backends:
+                if backend == "memcpy":
+                    assert self.reference is not None
+                    for threads in dict.fromkeys((self.lanes, 1)):
+                        copies[threads].append(_copy_once(self.reference, runs, threads, n))
+                    continue
+                self.seq += 1
+                took, ok = _pull_once(self.stub, self.sinks[backend], backend, n, self.seq, self.meta)
+                if not ok:
+                    raise AssertionError(f"{backend}: bytes did not arrive intact at {n * BLOCK_BYTES} bytes")
+                secs[backend].append(took)
+        return secs, copies
+
+
+def _open_sinks(dst, backends: list[str]) -> dict[str, KvSink]:  # noqa: ANN001 - a torch tensor
+    from baton_worker.kv.sink import KvSink
+
+    return {
+        b: KvSink(storage=dst, dtype="bfloat16", backend=b, name=f"bench-sink-{b}-{os.getpid()}")
+        for b in backends
+        if b != "memcpy"
+    }
+
+
+def _measure(
+    bench: _Bench, address: str, sizes_mib: list[int], backends: list[str], repeats: int
+) -> list[dict]:
+    """The result rows of every size; the control plane's figures go into ``bench.meta``."""
+    from baton_worker.bench.kv_reference import lanes_used, pull_runs
+    from baton_worker.bench.kv_report import memcpy_row, pull_row, rtt_metadata, with_ratios
+    from baton_worker.bench.kv_rtt import handle_round_trips
+
+    max_blocks = geometry_blocks(max(sizes_mib) * MIB)
+    nixl_sink = bench.sinks.get("nixl")
+    results: list[dict] = []
+    xfer_512: dict[str, list[float]] = {}
+    for size in sizes_mib:
+        n = geometry_blocks(size * MIB)
+        nbytes = n * BLOCK_BYTES
+        runs = pull_runs(max_blocks, n)
+        secs, copies = bench.sample(backends, n, runs, repeats if size < 256 else max(2, repeats // 2))
+        rows: dict[str, dict] = {}
+        for backend in backends:
+            if backend == "memcpy":
+                rows[backend] = memcpy_row(nbytes, copies, bench.lanes)
+                continue
+            rows[backend] = pull_row(backend, nbytes, secs[backend])
+            if backend == "nixl" and nixl_sink is not None and nixl_sink.endpoint is not None:
+                rows[backend]["lanes"] = lanes_used(runs, nixl_sink.endpoint.read_lanes)
+            if size == RTT_MIB:
+                xfer_512[backend] = secs[backend]
+        results += with_ratios(rows).values()
+    if xfer_512:
+        # The control plane a request pays before its bytes move: the Prefill call that
+        # returns the handle of a 4k-token prompt, then the decode side's check of it.
+        ids = prompt_ids(geometry_blocks(RTT_MIB * MIB) * BLOCK)
+        bench.meta.update(rtt_metadata(asyncio.run(handle_round_trips(address, ids, RTT_SAMPLES)), xfer_512))
+    return results
+
+
 def run(sizes_mib: list[int], backends: list[str], repeats: int, device: str = "cpu") -> dict:
     """Measure every size over every backend, the backends taking turns; raises
     :class:`BenchFailed` when a backend asked for cannot be measured (NIXL did not load, or a
@@ -210,7 +220,7 @@ def run(sizes_mib: list[int], backends: list[str], repeats: int, device: str = "
     import grpc
     import torch
 
-    from baton_worker.bench.kv_reference import CopyReference, lanes_used, pull_runs, summary
+    from baton_worker.bench.kv_reference import CopyReference
     from baton_worker.kv.nixl_agent import (
         UCX_DEFAULTS_ALWAYS,
         UCX_DEFAULTS_CPU,
@@ -218,7 +228,6 @@ def run(sizes_mib: list[int], backends: list[str], repeats: int, device: str = "
         apply_ucx_defaults,
         default_read_lanes,
     )
-    from baton_worker.kv.sink import KvSink
     from baton_worker.rpc import pb2_grpc
 
     torch.set_num_threads(1)
@@ -238,109 +247,14 @@ def run(sizes_mib: list[int], backends: list[str], repeats: int, device: str = "
             grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 * MIB)])
         )
         dst = torch.zeros(LAYERS, max_blocks, 2, HEADS, BLOCK, HEAD_DIM, dtype=torch.bfloat16, device=device)
-        sinks = {
-            b: KvSink(storage=dst, dtype="bfloat16", backend=b, name=f"bench-sink-{b}-{os.getpid()}")
-            for b in backends
-            if b != "memcpy"
-        }
+        sinks = _open_sinks(dst, backends)
         nixl_endpoint = sinks["nixl"].endpoint if "nixl" in sinks else None
         # The reference copies on as many threads as the NIXL reader has lanes (or would have).
         lanes = nixl_endpoint.read_lanes if nixl_endpoint else default_read_lanes("VRAM" if cuda else "DRAM")
         if "memcpy" in backends:
             reference = CopyReference(dst, lanes)
-        results: list[dict] = []
         meta: dict[str, float] = {"memcpy_threads": lanes} if reference else {}
-        xfer_512: dict[str, list[float]] = {}
-        seq = 0
-        for size in sizes_mib:
-            n = geometry_blocks(size * MIB)
-            nbytes = n * BLOCK_BYTES
-            runs = pull_runs(max_blocks, n)
-            reps = repeats if size < 256 else max(2, repeats // 2)
-            secs: dict[str, list[float]] = {b: [] for b in sinks}
-            copies: dict[int, list[CopyFigure]] = {lanes: [], 1: []}
-            for _ in range(reps):
-                # The backends take turns, so that the machine's noise hits them alike.
-                for backend in backends:
-                    if backend == "memcpy":
-                        assert reference is not None
-                        for threads in dict.fromkeys((lanes, 1)):
-                            copies[threads].append(_copy_once(reference, runs, threads, n))
-                        continue
-                    seq += 1
-                    took, ok = _pull_once(stub, sinks[backend], backend, n, seq, meta)
-                    if not ok:
-                        raise AssertionError(f"{backend}: bytes did not arrive intact at {nbytes} bytes")
-                    secs[backend].append(took)
-            rows: dict[str, dict] = {}
-            for backend in backends:
-                if backend == "memcpy":
-                    one = summary(copies[1])
-                    rows[backend] = {
-                        "backend": "memcpy",
-                        "bytes": nbytes,
-                        **summary(copies[lanes]),
-                        "lanes": copies[lanes][0].threads,
-                        "gbps_1thread": one["gbps"],
-                        "gbps_1thread_best": one["gbps_best"],
-                        "verified": True,  # _copy_once raised otherwise
-                    }
-                    continue
-                rates = [nbytes / t / 1e9 for t in secs[backend]]
-                rows[backend] = {
-                    "backend": backend,
-                    "bytes": nbytes,
-                    "gbps": round(statistics.median(rates), 3),
-                    "gbps_best": round(max(rates), 3),
-                    "seconds": round(statistics.median(secs[backend]), 6),
-                    "verified": True,  # _pull_once's check raised otherwise
-                }
-                if backend == "nixl" and nixl_endpoint is not None:
-                    rows[backend]["lanes"] = lanes_used(runs, nixl_endpoint.read_lanes)
-                if size == RTT_MIB:
-                    xfer_512[backend] = secs[backend]
-            if "memcpy" in rows:
-                ref = rows["memcpy"]
-                for row in rows.values():
-                    if row is not ref:
-                        # against the copy on as many threads as nixl's lanes, and against one thread
-                        row["ratio_to_memcpy"] = round(row["gbps"] / ref["gbps"], 3)
-                        row["ratio_to_memcpy_1thread"] = round(row["gbps"] / ref["gbps_1thread"], 3)
-            results += rows.values()
-        if xfer_512:
-            # The control plane a request pays before its bytes move: the Prefill call that
-            # returns the handle of a 4k-token prompt, then the decode side's check of it.
-            by_transport = asyncio.run(
-                _handle_round_trips(address, geometry_blocks(RTT_MIB * MIB) * BLOCK, RTT_SAMPLES)
-            )
-            rtts = by_transport["stream"]
-            meta["handle_rtt_ms"] = round(statistics.median(rtts) * 1000, 3)
-            meta["handle_rtt_ms_best"] = round(min(rtts) * 1000, 3)
-            meta["handle_rtt_samples"] = len(rtts)
-            unary = by_transport["unary"]
-            meta["handle_rtt_ms_unary"] = round(statistics.median(unary) * 1000, 3)
-            meta["handle_rtt_ms_unary_best"] = round(min(unary) * 1000, 3)
-            control = by_transport["stream_no_handle"]
-            meta["prefill_call_without_handle_ms"] = round(statistics.median(control) * 1000, 3)
-            # What handing out the KV metadata adds to the Prefill call a request makes anyway
-            # (median minus median: below zero when the machine's noise is larger than the cost).
-            marginal = statistics.median(rtts) - statistics.median(control)
-            meta["handle_marginal_ms"] = round(marginal * 1000, 3)
-            floor = by_transport["grpc_floor"]
-            meta["grpc_floor_rtt_ms"] = round(statistics.median(floor) * 1000, 3)
-            meta["grpc_floor_rtt_ms_best"] = round(min(floor) * 1000, 3)
-            for b, xfer in xfer_512.items():
-                meta[f"transfer_512mib_ms_{b}"] = round(statistics.median(xfer) * 1000, 3)
-                meta[f"transfer_512mib_ms_{b}_best"] = round(min(xfer) * 1000, 3)
-                # median against median; _best: best against best
-                meta[f"handle_rtt_fraction_of_512mib_{b}"] = round(
-                    statistics.median(rtts) / statistics.median(xfer), 5
-                )
-                meta[f"handle_rtt_fraction_of_512mib_{b}_best"] = round(min(rtts) / min(xfer), 5)
-                meta[f"handle_marginal_fraction_of_512mib_{b}"] = round(marginal / statistics.median(xfer), 5)
-                meta[f"grpc_floor_fraction_of_512mib_{b}"] = round(
-                    statistics.median(floor) / statistics.median(xfer), 5
-                )
+        results = _measure(_Bench(stub, sinks, reference, lanes, meta), address, sizes_mib, backends, repeats)
         if nixl_endpoint is not None:
             meta["nixl_read_lanes"] = nixl_endpoint.read_lanes
         for sink in sinks.values():
@@ -351,11 +265,10 @@ def run(sizes_mib: list[int], backends: list[str], repeats: int, device: str = "
         if child.stdin:
             child.stdin.close()
         child.wait(timeout=30)
-    ucx = {k: v for k, v in os.environ.items() if k.startswith("UCX_")}
     return {
         "results": results,
         "metadata": meta,
-        "ucx_env": ucx,
+        "ucx_env": {k: v for k, v in os.environ.items() if k.startswith("UCX_")},
         "ucx_defaults_applied": applied,
         "ucx_defaults": {**UCX_DEFAULTS_ALWAYS, **(UCX_DEFAULTS_CUDA if cuda else UCX_DEFAULTS_CPU)},
         "device": torch.cuda.get_device_name(device) if cuda else "cpu",
@@ -364,7 +277,7 @@ def run(sizes_mib: list[int], backends: list[str], repeats: int, device: str = "
     }
 
 
-def main(argv: list[str]) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="baton bench kv", description=__doc__.splitlines()[0])
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)), help="MiB, comma-separated")
@@ -389,7 +302,52 @@ def main(argv: list[str]) -> int:
     p.add_argument(
         "--tp", default="", help="instead: per-rank pull bandwidth, prefill TP N -> decode TP M, e.g. 2:1,4:2"
     )
-    a = p.parse_args(argv)
+    return p
+
+
+def _bad_args(a: argparse.Namespace, sizes: list[int], backends: list[str]) -> str:
+    """Why the parsed sizes, backends and device cannot run ("" when they can)."""
+    bad = [b for b in backends if b not in ("nixl", "grpc", "memcpy")]
+    if bad or not sizes or any(s < 1 for s in sizes):
+        return f"bad --backends {bad} or --sizes {sizes}"
+    if a.device != "cpu":
+        import torch
+
+        if not a.device.startswith("cuda") or not torch.cuda.is_available():
+            return f"--device {a.device}: expected cpu, or cuda[:N] on a machine with a GPU"
+    return ""
+
+
+def _print_text(out: dict) -> None:
+    for r in out["results"]:
+        tls = f"  UCX_TLS={r['ucx_tls']}" if "ucx_tls" in r else ""
+        if r["backend"] == "memcpy":
+            extra = f"  on {r['lanes']} thread(s); 1 thread {r['gbps_1thread']:.2f} GB/s"
+        elif "ratio_to_memcpy" in r:
+            extra = f"  {r['ratio_to_memcpy']:.2f} of memcpy, {r['ratio_to_memcpy_1thread']:.2f} of 1 thread"
+        else:
+            extra = ""
+        print(f"{r['backend']:>7} {r['bytes'] / MIB:>7.0f} MiB {r['gbps']:>8.2f} GB/s{extra}{tls}")
+    print(json.dumps(out.get("metadata", out.get("sweep"))))
+
+
+def _sweep(a: argparse.Namespace, sizes: list[int], backends: list[str]) -> dict | None:
+    """``--ucx-tls``: the bench once per setting (None, said on stderr, for a bad list)."""
+    from baton_worker.bench.kv_sweep import parse_ucx_settings, sweep
+
+    try:
+        settings = parse_ucx_settings(a.ucx_tls)
+    except ValueError as exc:
+        print(f"baton bench kv: {exc}", file=sys.stderr)
+        return None
+    require_nixl(backends)  # here, not once per setting
+    args = ["--sizes", ",".join(map(str, sizes)), "--backends", ",".join(backends)]
+    args += ["--repeats", str(max(1, a.repeats)), "--device", a.device]
+    return sweep(settings, args, a.setting_timeout_s)
+
+
+def main(argv: list[str]) -> int:
+    a = _parser().parse_args(argv)
     if a.tp:
         from baton_worker.engine.tp_bench import kv_main
 
@@ -404,54 +362,23 @@ def main(argv: list[str]) -> int:
     if a.no_1g:
         sizes = [s for s in sizes if s < 1024]
     backends = [b for b in a.backends.split(",") if b]
-    bad = [b for b in backends if b not in ("nixl", "grpc", "memcpy")]
-    if bad or not sizes or any(s < 1 for s in sizes):
-        print(f"baton bench kv: bad --backends {bad} or --sizes {sizes}", file=sys.stderr)
+    why = _bad_args(a, sizes, backends)
+    if why:
+        print(f"baton bench kv: {why}", file=sys.stderr)
         return 2
-    if a.device != "cpu":
-        import torch
-
-        if not a.device.startswith("cuda") or not torch.cuda.is_available():
-            print(
-                f"baton bench kv: --device {a.device}: expected cpu, or cuda[:N] on a machine with a GPU",
-                file=sys.stderr,
-            )
-            return 2
     try:
-        if a.ucx_tls:
-            from baton_worker.bench.kv_sweep import parse_ucx_settings, sweep
-
-            try:
-                settings = parse_ucx_settings(a.ucx_tls)
-            except ValueError as exc:
-                print(f"baton bench kv: {exc}", file=sys.stderr)
-                return 2
-            require_nixl(backends)  # here, not once per setting
-            args = ["--sizes", ",".join(map(str, sizes)), "--backends", ",".join(backends)]
-            args += ["--repeats", str(max(1, a.repeats)), "--device", a.device]
-            out = sweep(settings, args, a.setting_timeout_s)
-        else:
-            out = run(sizes, backends, max(1, a.repeats), a.device)
+        out = _sweep(a, sizes, backends) if a.ucx_tls else run(sizes, backends, max(1, a.repeats), a.device)
     except BenchFailed as exc:
         print(f"baton bench kv: {exc}", file=sys.stderr)
         if a.json:
             print(json.dumps({"error": str(exc), "backends": backends, "device": a.device}))
         return 1
+    if out is None:
+        return 2
     if a.json:
         print(json.dumps(out))
     else:
-        for r in out["results"]:
-            tls = f"  UCX_TLS={r['ucx_tls']}" if "ucx_tls" in r else ""
-            if r["backend"] == "memcpy":
-                extra = f"  on {r['lanes']} thread(s); 1 thread {r['gbps_1thread']:.2f} GB/s"
-            elif "ratio_to_memcpy" in r:
-                extra = (
-                    f"  {r['ratio_to_memcpy']:.2f} of memcpy, {r['ratio_to_memcpy_1thread']:.2f} of 1 thread"
-                )
-            else:
-                extra = ""
-            print(f"{r['backend']:>7} {r['bytes'] / MIB:>7.0f} MiB {r['gbps']:>8.2f} GB/s{extra}{tls}")
-        print(json.dumps(out.get("metadata", out.get("sweep"))))
+        _print_text(out)
     return 0
 
 

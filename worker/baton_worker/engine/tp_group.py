@@ -3,7 +3,8 @@
 Rank 0 lives in the serving process. :meth:`TpGroup.launch` starts ranks ``1..N-1`` as child
 processes (``python -m baton_worker.engine.tp_group --role ROLE --rank R``), joins them in a
 ``torch.distributed`` group (NCCL on CUDA, gloo on CPU) and returns once every rank has loaded
-its shard of the model and registered its own KV pool shard for transfer.
+its shard of the model and registered its own KV pool shard for transfer (what a rank holds and
+runs: :mod:`baton_worker.engine.tp_rank`).
 
 Rank 0 tells the others what to run over a private pipe per rank (not a collective: an idle
 worker must be able to wait for its next request for hours, and a pipe closes when rank 0 dies,
@@ -25,161 +26,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
 import torch
 
-from baton_worker.engine.kv_pool import KvBlockPool
-from baton_worker.engine.loader import LoadedModel, load_model, model_shape, resolve_source
-from baton_worker.engine.model import PagedModel
-from baton_worker.engine.tp import TpRank, init_rank, shard_model
-from baton_worker.kv.tp_plan import check_tp_size
-
-
-class TpGroupError(RuntimeError):
-    """A rank failed to start, died, or did not answer in time (names the rank)."""
-
-
-@dataclass(frozen=True)
-class TpSpec:
-    """Everything a rank needs to build its share of a worker (JSON-serialisable)."""
-
-    source: str
-    tp_size: int
-    role: str  # "prefill" | "decode"
-    engine_id: str
-    dtype: str = "float32"
-    device: str = "cpu"  # "cpu", or "cuda": rank r uses cuda:r
-    num_blocks: int = 256
-    block_size: int = 16
-    max_model_len: int | None = None
-    nixl: bool = True  # register each rank's pool with NIXL (needed for pulls)
-    threads: int = 1  # torch intra-op threads per rank on CPU
-    timeout_s: float = 120.0  # start-up, collectives and replies
-    bind_host: str = "127.0.0.1"  # where ranks serve their NIXL agent metadata
-    advertise_host: str = ""  # the host put in KvShard.metadata_address (default: bind_host)
-    rank0_kv: bool = True  # False: rank 0's KV shard is registered by the caller (KvSource)
-    served_name: str = ""  # the model name in the compatibility hash (default: source)
-
-    def rank_device(self, rank: int) -> torch.device:
-        return torch.device(f"cuda:{rank}") if self.device.startswith("cuda") else torch.device("cpu")
-
-
-@dataclass(frozen=True)
-class PullCommand:
-    handle: bytes  # a serialised pb2.KvHandle
-    dst_blocks: list[int]
-    timeout_s: float
-
-
-class RankState:
-    """What one rank holds: its model shard, its KV pool shard and its transfer endpoint."""
-
-    def __init__(self, spec: TpSpec, rank: int, global_model: LoadedModel) -> None:
-        from baton_worker.kv.handle import CompatInfo
-
-        self.spec = spec
-        self.tp = TpRank(rank, spec.tp_size, global_model.shape)
-        self.compat = CompatInfo(
-            model=spec.served_name or spec.source,
-            revision=global_model.fingerprint,
-            dtype=global_model.dtype_name,
-            num_layers=global_model.shape.num_layers,
-            num_kv_heads=global_model.shape.num_kv_heads,
-            head_dim=global_model.shape.head_dim,
-            block_size=spec.block_size,
-        )
-        local = shard_model(global_model, rank, spec.tp_size)
-        device = spec.rank_device(rank)
-        if device != local.device:
-            local.hf_model.to(device)
-            local = dataclasses.replace(local, device=device)
-        self.model = local
-        self.pool = KvBlockPool.for_model(local, num_blocks=spec.num_blocks, block_size=spec.block_size)
-        self.paged = PagedModel(local, self.pool)
-        self.kv: Any = None
-        if spec.nixl and (rank > 0 or spec.rank0_kv):
-            from baton_worker.kv.tp_pull import RankKv
-
-            self.kv = RankKv(
-                name=f"{spec.engine_id}-{spec.role}-r{rank}",
-                rank=rank,
-                storage=self.pool.storage,
-                engine_id=spec.engine_id,
-                compat_hash=self.compat.hash(),
-                serve_metadata=spec.role == "prefill",
-                bind_host=spec.bind_host,
-                advertise_host=spec.advertise_host,
-            )
-
-    def shard_info(self) -> Any:
-        """This rank's ShardInfo (None when this rank registers no KV shard itself)."""
-        return None if self.kv is None else self.kv.shard_info(self.tp.kv_heads, self.pool.num_blocks)
-
-    def pull(self, cmd: PullCommand) -> Any:
-        """Pull this rank's KV heads of ``cmd.handle`` into ``cmd.dst_blocks``; a PullResult."""
-        from baton_worker.kv.layout import PoolGeometry
-        from baton_worker.rpc import pb2
-
-        if self.kv is None:
-            raise TpGroupError(f"rank {self.tp.rank}: pulls need NIXL (TpSpec.nixl)")
-        pool = self.pool
-        geo = PoolGeometry(
-            pool.num_layers,
-            pool.num_blocks,
-            pool.num_kv_heads,
-            pool.block_size,
-            pool.head_dim,
-            self.model.dtype_name,
-        )
-        handle = pb2.KvHandle.FromString(cmd.handle)
-        return self.kv.pull(handle, self.tp.kv_heads, geo, cmd.dst_blocks, time.monotonic() + cmd.timeout_s)
-
-    def run(self, cmd: tuple) -> Any:
-        kind = cmd[0]
-        if kind == "prefill":
-            self.paged.prefill(*cmd[1:])
-            return None
-        if kind == "decode":
-            self.paged.decode(*(torch.tensor(v, dtype=torch.long) for v in cmd[1:]))
-            return None
-        if kind == "pull":
-            return self.pull(cmd[1])
-        raise TpGroupError(f"rank {self.tp.rank}: unknown command {kind!r}")
-
-    def close(self) -> None:
-        if self.kv is not None:
-            self.kv.close()
-
-
-def check_spec(spec: TpSpec) -> None:
-    """Refuse, before any process starts, a group that cannot work: TpConfigError naming the TP
-    size and the model's head counts, or ValueError for missing GPUs / a bad role."""
-    from transformers import AutoConfig
-
-    if spec.role not in ("prefill", "decode"):
-        raise ValueError(f"role: {spec.role!r} is not prefill or decode")
-    config = AutoConfig.from_pretrained(resolve_source(spec.source))
-    shape = model_shape(config)
-    inter = getattr(config, "intermediate_size", None)
-    check_tp_size("tensorParallelSize", spec.tp_size, shape.num_kv_heads, shape.num_attention_heads, inter)
-    if spec.device.startswith("cuda") and torch.cuda.device_count() < spec.tp_size:
-        raise ValueError(
-            f"tensorParallelSize: {spec.tp_size} ranks need {spec.tp_size} GPUs, "
-            f"this machine has {torch.cuda.device_count()}"
-        )
-
-
-def build_rank(spec: TpSpec, rank: int, init_file: str) -> RankState:
-    """Join the group, load the model, keep this rank's shard (the same steps on every rank)."""
-    if spec.rank_device(rank).type == "cpu":
-        torch.set_num_threads(spec.threads)
-    init_rank(init_file, rank, spec.tp_size, spec.rank_device(rank), spec.timeout_s)
-    # Loaded on the CPU and sharded there, so a GPU only ever holds its own share.
-    model = load_model(spec.source, dtype=spec.dtype, device="cpu", max_model_len=spec.max_model_len)
-    return RankState(spec, rank, model)
+from baton_worker.engine.tp_rank import PullCommand, RankState, TpGroupError, TpSpec, build_rank, check_spec
 
 
 class _Follower:
@@ -254,7 +106,7 @@ class TpGroup:
         self._init_file = init_file
         self._send_lock = threading.Lock()  # whole messages, in one order for every rank
         self._pull_lock = threading.Lock()  # one pull at a time: replies come back in order
-        self.shards: list[Any] = []
+        self.shards: list[Any] = []  # a prefill group's ShardInfo per rank (None: the caller's)
 
     @classmethod
     def launch(cls, spec: TpSpec) -> TpGroup:
@@ -273,7 +125,7 @@ class TpGroup:
             rank0 = build_rank(spec, 0, init_file)
             group = cls(spec, rank0, followers, init_file)
             infos = [rank0.shard_info()] + [f.recv(spec.timeout_s) for f in followers]
-            group.shards = infos if spec.nixl else []
+            group.shards = infos if spec.nixl and spec.role == "prefill" else []
             return group
         except BaseException:
             for f in followers:

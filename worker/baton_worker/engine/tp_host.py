@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from baton_worker.engine.tp_group import TpGroup, TpGroupError, TpSpec, _Follower
+from baton_worker.engine.tp_group import TpGroup, _Follower
+from baton_worker.engine.tp_rank import TpGroupError, TpSpec
 from baton_worker.engine.types import EngineRequest, Prefilled, SamplingParams
 
 HANDLE_TTL_S = 120.0

@@ -196,86 +196,13 @@ class PrefillStreams:
     def _serve(
         self, calls: Iterator[pb2.PrefillCall], context: grpc.ServicerContext, replies: queue.SimpleQueue
     ) -> Iterator[pb2.PrefillReply]:
-        inflight: dict[int, StreamCall] = {}
-        lock = threading.Lock()
-        sent = [0]  # calls that will get a reply (written by the reader only)
-
-        def answer(call_id: int, request: pb2.PrefillRequest, state: StreamCall) -> None:
-            if not state.is_active():
-                # Given up (cancelled, past its deadline, stream gone) while it waited for a
-                # slot: not run at all, so nothing is held for it.
-                code = (
-                    grpc.StatusCode.CANCELLED
-                    if state.cancelled.is_set()
-                    else grpc.StatusCode.DEADLINE_EXCEEDED
-                )
-                reply = status_reply(call_id, code, "prefill call given up before it ran")
-            else:
-                try:
-                    reply = pb2.PrefillReply(call_id=call_id, response=self.run(request, state))
-                except CallRefused as exc:
-                    reply = status_reply(call_id, exc.code, exc.message)
-                except Exception as exc:  # a bug: answer it rather than leave the caller waiting
-                    log.exception("prefill call %d (%s) failed", call_id, request.request_id)
-                    why = f"internal: {type(exc).__name__}: {exc}"
-                    reply = status_reply(call_id, grpc.StatusCode.INTERNAL, why)
-            with lock:
-                inflight.pop(call_id, None)
-            replies.put(reply)
-
-        def read() -> None:
-            try:
-                for call in calls:
-                    if call.cancel:
-                        with lock:
-                            state = inflight.get(call.call_id)
-                        if state is not None:
-                            state.cancelled.set()
-                        continue
-                    sent[0] += 1
-                    with lock:
-                        duplicate = call.call_id in inflight
-                        if not duplicate:
-                            state = inflight[call.call_id] = StreamCall(call.timeout_ms, context.is_active)
-                    if duplicate:
-                        # A bug of the caller's, not of the request: INTERNAL (retried elsewhere),
-                        # not INVALID_ARGUMENT (which the router would answer 400 to the user).
-                        why = f"internal: call_id {call.call_id} is already in flight on this stream"
-                        replies.put(status_reply(call.call_id, grpc.StatusCode.INTERNAL, why))
-                        continue
-                    if self._slots.acquire(blocking=False):
-                        try:
-                            self._pool.submit(read)  # the next reader
-                        except RuntimeError:  # the pool is shut down: the worker is stopping
-                            self._slots.release()
-                            with lock:
-                                inflight.pop(call.call_id, None)
-                            stopping = status_reply(
-                                call.call_id, grpc.StatusCode.UNAVAILABLE, "not_ready: stopping"
-                            )
-                            replies.put(stopping)
-                            break
-                        try:
-                            answer(call.call_id, call.request, state)
-                        finally:
-                            self._slots.release()
-                        self._serve_queued()
-                        return
-                    with self._lock:
-                        self._queued.append(_Queued(call.call_id, call.request, state, answer))
-                    self._serve_queued()  # a slot may have freed meanwhile
-            except grpc.RpcError:
-                pass  # the stream broke: calls still running or queued see is_active() turn false
-            except Exception:  # a malformed message, say: end the stream rather than hang it
-                log.exception("prefill stream reader failed")
-            replies.put(_READ_DONE)  # this thread stopped reading for good, and nobody reads on
-
+        stream = _Stream(self, context, replies)
         try:
-            self._pool.submit(read)
+            self._pool.submit(stream.read, calls)
         except RuntimeError:
             context.abort(grpc.StatusCode.UNAVAILABLE, "not_ready: prefill worker is stopping")
         reading, answered = True, 0
-        while reading or answered < sent[0]:
+        while reading or answered < stream.sent:
             item = replies.get()
             if item is _END:
                 return
@@ -284,3 +211,97 @@ class PrefillStreams:
                 continue
             answered += 1
             yield item
+
+
+class _Stream:
+    """One open stream's calls: read off it by one pool thread at a time, each answered into
+    ``replies`` (see :class:`PrefillStreams` for which thread does what)."""
+
+    def __init__(
+        self, streams: PrefillStreams, context: grpc.ServicerContext, replies: queue.SimpleQueue
+    ) -> None:
+        self._streams = streams
+        self._context = context
+        self._replies = replies
+        self._inflight: dict[int, StreamCall] = {}
+        self._lock = threading.Lock()
+        self.sent = 0  # calls that will get a reply (written by the reader only)
+
+    def answer(self, call_id: int, request: pb2.PrefillRequest, state: StreamCall) -> None:
+        if not state.is_active():
+            # Given up (cancelled, past its deadline, stream gone) while it waited for a
+            # slot: not run at all, so nothing is held for it.
+            code = (
+                grpc.StatusCode.CANCELLED if state.cancelled.is_set() else grpc.StatusCode.DEADLINE_EXCEEDED
+            )
+            reply = status_reply(call_id, code, "prefill call given up before it ran")
+        else:
+            try:
+                reply = pb2.PrefillReply(call_id=call_id, response=self._streams.run(request, state))
+            except CallRefused as exc:
+                reply = status_reply(call_id, exc.code, exc.message)
+            except Exception as exc:  # a bug: answer it rather than leave the caller waiting
+                log.exception("prefill call %d (%s) failed", call_id, request.request_id)
+                why = f"internal: {type(exc).__name__}: {exc}"
+                reply = status_reply(call_id, grpc.StatusCode.INTERNAL, why)
+        with self._lock:
+            self._inflight.pop(call_id, None)
+        self._replies.put(reply)
+
+    def _admit(self, call: pb2.PrefillCall) -> StreamCall | None:
+        """Track a new call; None (answered already) for a call_id still in flight."""
+        self.sent += 1
+        with self._lock:
+            if call.call_id not in self._inflight:
+                state = self._inflight[call.call_id] = StreamCall(call.timeout_ms, self._context.is_active)
+                return state
+        # A bug of the caller's, not of the request: INTERNAL (retried elsewhere), not
+        # INVALID_ARGUMENT (which the router would answer 400 to the user).
+        why = f"internal: call_id {call.call_id} is already in flight on this stream"
+        self._replies.put(status_reply(call.call_id, grpc.StatusCode.INTERNAL, why))
+        return None
+
+    def _lead(self, call: pb2.PrefillCall, state: StreamCall, calls: Iterator[pb2.PrefillCall]) -> bool:
+        """Holding a slot: hand the reading on to another thread and serve ``call`` here. False
+        (the call answered UNAVAILABLE) when the pool is shut down: the worker is stopping."""
+        streams = self._streams
+        try:
+            streams._pool.submit(self.read, calls)  # the next reader
+        except RuntimeError:
+            streams._slots.release()
+            with self._lock:
+                self._inflight.pop(call.call_id, None)
+            self._replies.put(status_reply(call.call_id, grpc.StatusCode.UNAVAILABLE, "not_ready: stopping"))
+            return False
+        try:
+            self.answer(call.call_id, call.request, state)
+        finally:
+            streams._slots.release()
+        streams._serve_queued()
+        return True
+
+    def read(self, calls: Iterator[pb2.PrefillCall]) -> None:
+        streams = self._streams
+        try:
+            for call in calls:
+                if call.cancel:
+                    with self._lock:
+                        cancelled = self._inflight.get(call.call_id)
+                    if cancelled is not None:
+                        cancelled.cancelled.set()
+                    continue
+                state = self._admit(call)
+                if state is None:
+                    continue
+                if streams._slots.acquire(blocking=False):
+                    if self._lead(call, state, calls):
+                        return
+                    break
+                with streams._lock:
+                    streams._queued.append(_Queued(call.call_id, call.request, state, self.answer))
+                streams._serve_queued()  # a slot may have freed meanwhile
+        except grpc.RpcError:
+            pass  # the stream broke: calls still running or queued see is_active() turn false
+        except Exception:  # a malformed message, say: end the stream rather than hang it
+            log.exception("prefill stream reader failed")
+        self._replies.put(_READ_DONE)  # this thread stopped reading for good, and nobody reads on
