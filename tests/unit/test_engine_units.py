@@ -8,11 +8,11 @@ import threading
 import pytest
 import torch
 from baton_worker.engine.builtin import build_tokenizer
-from baton_worker.engine.detok import IncrementalDetokenizer
 from baton_worker.engine.kv_pool import KvBlockPool
 from baton_worker.engine.sampling import filtered_probs, sample_batch, sample_one, token_seed
 from baton_worker.engine.sequence import finish_reason_for
 from baton_worker.engine.types import EngineRequest, InvalidRequestError, SamplingParams
+from baton_worker.text import IncrementalDetokenizer
 
 torch.set_num_threads(1)
 

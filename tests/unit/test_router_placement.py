@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from baton_worker.router.dispatch import new_tokens
+from baton_worker.router.decode_stream import new_tokens
 from baton_worker.router.placement import (
     DisaggConfig,
     WorkerLoad,

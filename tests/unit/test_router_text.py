@@ -1,9 +1,9 @@
-"""Output text assembly with stop strings and incomplete UTF-8 (pure)."""
+"""The shared output text: stop strings, incomplete UTF-8, EOS ids and the context length (pure)."""
 
 from __future__ import annotations
 
 import pytest
-from baton_worker.router.text import TextAssembler
+from baton_worker.text import StopText, TextAssembler, context_limit, eos_token_ids, sendable_end
 
 # A toy byte-level vocabulary: id -> bytes (ids 200 and 201 are the two halves of "é").
 VOCAB = {i: bytes([i]) for i in range(1, 127)}
@@ -70,7 +70,7 @@ def test_nothing_after_stop() -> None:
 
 
 def test_the_builtin_tokenizers_split_characters_never_reach_a_stream() -> None:
-    from baton_worker.router.tokenizer import load_tokenizer
+    from baton_worker.text import load_tokenizer
 
     tok = load_tokenizer("builtin://tiny")
     text = "héllo 😀 日本"
@@ -81,3 +81,46 @@ def test_the_builtin_tokenizers_split_characters_never_reach_a_stream() -> None:
     deltas = [t.add([i]) for i in ids] + [t.flush()]
     assert all("\ufffd" not in d for d in deltas), deltas
     assert "".join(deltas) == tok.decode(ids) == t.text
+
+
+@pytest.mark.parametrize(
+    ("text", "stops", "end"),
+    [
+        ("abc", (), 3),
+        ("ab\ufffd\ufffd", (), 2),  # an incomplete character waits for its next byte
+        ("hello EN", ("END",), 6),  # the possible start of a stop string waits
+        ("hello EX", ("END",), 8),  # text that cannot start a stop string goes at once
+        ("a\ufffd", ("a\u00e9",), 0),  # a stop may go on with the character still incomplete
+    ],
+)
+def test_sendable_end(text: str, stops: tuple[str, ...], end: int) -> None:
+    assert sendable_end(text, stops) == end
+
+
+def test_stop_text_appended_pieces_equal_whole_updates() -> None:
+    pieces = ["he", "llo E", "N", "x E", "ND tail"]
+    appended, whole = StopText(("END",)), StopText(("END",))
+    a = [appended.append(p) for p in pieces] + [appended.flush()]
+    w = [whole.update("".join(pieces[: i + 1])) for i in range(len(pieces))] + [whole.flush()]
+    assert a == w == ["he", "llo ", "", "ENx ", "", ""]
+    assert appended.text == whole.text == "hello ENx " and appended.stopped and whole.stopped
+
+
+@pytest.mark.parametrize(
+    ("config", "limit"),
+    [
+        ({"model_type": "llama", "max_position_embeddings": 2048}, 2048),
+        ({"model_type": "mistral", "max_position_embeddings": 32768, "sliding_window": 4096}, 4096),
+        ({"model_type": "mistral", "max_position_embeddings": 32768, "sliding_window": None}, 32768),
+        ({"model_type": "qwen2", "max_position_embeddings": 32768, "sliding_window": 4096}, 32768),
+        ({}, 0),  # unknown
+    ],
+)
+def test_context_limit(config: dict, limit: int) -> None:
+    assert context_limit(config) == limit
+
+
+def test_eos_token_ids_merge_config_and_tokenizer() -> None:
+    assert eos_token_ids([7, 2], 2) == (2, 7)
+    assert eos_token_ids(None, 5) == (5,)
+    assert eos_token_ids(None, None) == ()

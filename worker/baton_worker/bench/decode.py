@@ -131,8 +131,7 @@ def _load(args: argparse.Namespace):
     return load_model(args.model, dtype=args.dtype or "float32", device=args.device)
 
 
-def main(argv: list[str]) -> int:
-    cuda = torch.cuda.is_available()
+def _parser(cuda: bool) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="baton bench decode", description=__doc__.splitlines()[0])
     ap.add_argument(
         "--model",
@@ -160,7 +159,50 @@ def main(argv: list[str]) -> int:
         default="",
         help="instead: prefill latency of TP groups of these sizes, e.g. 1,2 (tensor-parallel.md)",
     )
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _measure_batch(
+    model, b: int, context: int, prompt_len: int, steps: int, peak: float | None, compare_hf: bool
+) -> BatchFigures:
+    """Prefill and decode figures at batch size ``b``."""
+    on_cuda = model.device.type == "cuda"
+    prefill_tps = measure_prefill(model, b, prompt_len, repeats=2 if not on_cuda else 5)
+    step_s = measure_decode(model, b, context, steps)
+    hf = measure_hf_decode(model, b, context, steps) if compare_hf else None
+    return BatchFigures(
+        batch=b,
+        prefill_tokens_per_s=round(prefill_tps, 1),
+        decode_tokens_per_s=round(b / step_s, 1),
+        decode_step_ms=round(step_s * 1e3, 3),
+        roofline_fraction=None
+        if peak is None
+        else round(roofline_fraction(model, b, context, step_s, peak), 4),
+        hf_decode_tokens_per_s=None if hf is None else round(b / hf, 1),
+    )
+
+
+def decode_ratio(figures: list[BatchFigures]) -> float | None:
+    """Decode tokens/s at batch 64 over batch 1, when both were measured."""
+    by_batch = {f.batch: f for f in figures}
+    if 1 in by_batch and 64 in by_batch:
+        return round(by_batch[64].decode_tokens_per_s / by_batch[1].decode_tokens_per_s, 2)
+    return None
+
+
+def _print_table(figures: list[BatchFigures], ratio: float | None) -> None:
+    for f in figures:
+        roof = f" ({f.roofline_fraction:.0%} of HBM roofline)" if f.roofline_fraction is not None else ""
+        print(
+            f"batch {f.batch:>3}: prefill {f.prefill_tokens_per_s:>10.1f} tok/s   "
+            f"decode {f.decode_tokens_per_s:>10.1f} tok/s, {f.decode_step_ms:.2f} ms/step{roof}"
+        )
+    if ratio is not None:
+        print(f"decode tokens/s, batch 64 / batch 1: {ratio}x")
+
+
+def main(argv: list[str]) -> int:
+    args = _parser(torch.cuda.is_available()).parse_args(argv)
     if args.tp:
         from baton_worker.engine.tp_bench import decode_main
 
@@ -185,27 +227,10 @@ def main(argv: list[str]) -> int:
     peak = _peak_bandwidth(device, args.hbm_gbps)
     figures = []
     for b in batches:
-        prefill_tps = measure_prefill(model, b, prompt_len, repeats=2 if not on_cuda else 5)
-        step_s = measure_decode(model, b, context, steps)
-        hf = measure_hf_decode(model, b, context, steps) if args.compare_hf else None
-        figures.append(
-            BatchFigures(
-                batch=b,
-                prefill_tokens_per_s=round(prefill_tps, 1),
-                decode_tokens_per_s=round(b / step_s, 1),
-                decode_step_ms=round(step_s * 1e3, 3),
-                roofline_fraction=None
-                if peak is None
-                else round(roofline_fraction(model, b, context, step_s, peak), 4),
-                hf_decode_tokens_per_s=None if hf is None else round(b / hf, 1),
-            )
-        )
+        figures.append(_measure_batch(model, b, context, prompt_len, steps, peak, args.compare_hf))
         if not args.json:
             print(f"batch {b}: {asdict(figures[-1])}", file=sys.stderr)
-    by_batch = {f.batch: f for f in figures}
-    ratio = None
-    if 1 in by_batch and 64 in by_batch:
-        ratio = round(by_batch[64].decode_tokens_per_s / by_batch[1].decode_tokens_per_s, 2)
+    ratio = decode_ratio(figures)
     report = {
         "bench": "decode",
         "model": args.model,
@@ -223,12 +248,5 @@ def main(argv: list[str]) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        for f in figures:
-            roof = f" ({f.roofline_fraction:.0%} of HBM roofline)" if f.roofline_fraction is not None else ""
-            print(
-                f"batch {f.batch:>3}: prefill {f.prefill_tokens_per_s:>10.1f} tok/s   "
-                f"decode {f.decode_tokens_per_s:>10.1f} tok/s, {f.decode_step_ms:.2f} ms/step{roof}"
-            )
-        if ratio is not None:
-            print(f"decode tokens/s, batch 64 / batch 1: {ratio}x")
+        _print_table(figures, ratio)
     return 0

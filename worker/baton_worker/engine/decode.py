@@ -15,7 +15,6 @@ import threading
 import torch
 
 from baton_worker.engine.cuda_graphs import GraphedDecode, graphs_enabled
-from baton_worker.engine.detok import IncrementalDetokenizer
 from baton_worker.engine.kv_pool import KvBlockPool
 from baton_worker.engine.loader import LoadedModel
 from baton_worker.engine.model import PagedModel
@@ -30,6 +29,7 @@ from baton_worker.engine.types import (
     RequestTooLongError,
     TokenLogprob,
 )
+from baton_worker.text import IncrementalDetokenizer
 
 
 def validate_request(request: EngineRequest, max_model_len: int, pool: KvBlockPool, vocab_size: int) -> None:

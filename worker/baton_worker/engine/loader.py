@@ -20,6 +20,7 @@ import torch
 
 from baton_worker.engine.builtin import ensure_builtin
 from baton_worker.engine.kv_pool import dtype_name, torch_dtype
+from baton_worker.text import context_limit, eos_token_ids
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
 
@@ -121,16 +122,6 @@ def model_shape(config: Any) -> ModelShape:
     )
 
 
-def _eos_ids(config: Any, tokenizer: Any) -> tuple[int, ...]:
-    ids: set[int] = set()
-    for value in (getattr(config, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, (list, tuple)):
-            ids.update(int(v) for v in value)
-    return tuple(sorted(ids))
-
-
 def load_model(
     source: str,
     dtype: str = "float32",
@@ -159,11 +150,8 @@ def load_model(
         f"loading {source} ({shape.model_type}, {shape.num_layers} layers, hidden {shape.hidden_size}, "
         f"{shape.num_attention_heads}/{shape.num_kv_heads} heads) as {dtype} on {dev}"
     )
-    limit = int(config.max_position_embeddings)
-    window = getattr(config, "sliding_window", None)
-    if window and getattr(config, "use_sliding_window", True) and shape.model_type == "mistral":
-        # The paged attention has no sliding window: stay inside it so results stay exact.
-        limit = min(limit, int(window))
+    fields = config.to_dict()
+    limit = context_limit(fields)
     if max_model_len is not None:
         if max_model_len < 2 or max_model_len > limit:
             raise ValueError(f"max_model_len: {max_model_len} is outside [2, {limit}] for this model")
@@ -185,8 +173,8 @@ def load_model(
         dtype=tdtype,
         device=dev,
         max_model_len=limit,
-        eos_token_ids=_eos_ids(config, tokenizer),
-        fingerprint=_fingerprint(path, config.to_dict()),
+        eos_token_ids=eos_token_ids(fields.get("eos_token_id"), tokenizer.eos_token_id),
+        fingerprint=_fingerprint(path, fields),
     )
 
 

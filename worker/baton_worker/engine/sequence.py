@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from baton_worker.engine.detok import IncrementalDetokenizer
 from baton_worker.engine.types import EngineRequest, FinishReason, RequestOutput, SamplingParams, TokenLogprob
+from baton_worker.text import IncrementalDetokenizer
 
 
 def finish_reason_for(

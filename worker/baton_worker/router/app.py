@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from baton_worker.rpc import pb2
+from baton_worker.text import RouterTokenizer, load_tokenizer
 
 from . import openai_format as fmt
 from .auth import refusal
@@ -27,7 +28,6 @@ from .metrics import RouterMetrics
 from .params import ParsedRequest, parse_chat, parse_completion
 from .pool import WorkerPool
 from .respond import Answer
-from .tokenizer import RouterTokenizer, load_tokenizer
 
 log = logging.getLogger("baton.router")
 MAX_BODY_BYTES = 16 << 20

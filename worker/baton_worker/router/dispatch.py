@@ -20,9 +20,17 @@ import grpc
 
 from baton_worker.rpc import pb2
 
+from .decode_stream import Progress, WorkerDown, cancel_when_down, chunk_progress, next_chunk
 from .errors import bad_param, internal, unavailable
 from .metrics import RouterMetrics
-from .placement import KV_INCOMPATIBLE, DisaggConfig, choose_decode, decide_prefill, layout_differences
+from .placement import (
+    KV_INCOMPATIBLE,
+    DisaggConfig,
+    PrefillDecision,
+    choose_decode,
+    decide_prefill,
+    layout_differences,
+)
 from .pool import Worker, WorkerPool
 from .prefix_index import PromptHashes
 
@@ -48,32 +56,6 @@ class Job:
     request_id: str
     prompt_token_ids: list[int]
     sampling: pb2.SamplingParams
-
-
-@dataclass(frozen=True)
-class Progress:
-    """New output tokens, in order, each exactly once; ``finish_reason`` on the last event."""
-
-    token_ids: tuple[int, ...]
-    finish_reason: str | None = None
-    # With sampling.logprobs: one per token. With sampling.prompt_logprobs: once, on the
-    # event of the first output token (the first prompt token has none: see PromptLogprobs).
-    logprobs: tuple[pb2.TokenLogprob, ...] = ()
-    prompt_logprobs: pb2.PromptLogprobs | None = None
-    cached_tokens: int = 0  # prompt tokens whose KV came from a prefix cache (first event)
-
-
-def new_tokens(chunk_ids: Sequence[int], chunk_total: int, known: int) -> tuple[list[int], int]:
-    """The part of a chunk that is new, and the size of any gap before it.
-
-    ``chunk_total`` is the worker's count of output tokens after this chunk, resumed tokens
-    included, so the chunk holds output indices ``[chunk_total - len(chunk_ids), chunk_total)``.
-    Tokens below ``known`` (already delivered, e.g. the prefill worker's first token echoed
-    by the decode worker) are dropped; a positive gap means the worker skipped tokens.
-    """
-    start = chunk_total - len(chunk_ids)
-    skip = max(0, known - start)
-    return list(chunk_ids[skip:]), max(0, start - known)
 
 
 def attempt_sampling(sampling: pb2.SamplingParams, resume: Sequence[int]) -> pb2.SamplingParams:
@@ -152,20 +134,7 @@ class Dispatcher:
 
         Appends every token it yields to ``known``.
         """
-        prefill_loads = self.prefill.loads(prompt)
-        decision = decide_prefill(
-            len(prompt.token_ids),
-            prefill_loads,
-            self.cfg.disagg,
-            excluded["prefill"],
-            decode_compat=dw.health.kv_compat_hash if dw.health is not None else "",
-        )
-        self.metrics.placements.labels("remote" if decision.remote else "local", decision.reason).inc()
-        if decision.remote:
-            chosen = next(w for w in prefill_loads if w.address == decision.worker)
-            self.metrics.prefix_placement("prefill", chosen, prefill_loads)
-        if decision.reason == KV_INCOMPATIBLE:
-            self._warn_incompatible(dw)
+        decision = self._place_prefill(dw, excluded["prefill"], prompt)
         handle = None
         first = 0
         resume = list(known)
@@ -209,7 +178,7 @@ class Dispatcher:
                     f"decode {dw.address} refused the KV handle of {pw.address}: {e.details()}"
                 ) from None
             raise self._failed(self.decode, dw.address, excluded, e) from None
-        except _WorkerDown:
+        except WorkerDown:
             why = f"decode {dw.address}: stopped answering Health"
             self.metrics.retries.labels("decode", "unreachable").inc()
         finally:
@@ -219,6 +188,24 @@ class Dispatcher:
                 # now rather than at its TTL (a no-op when decode already pulled it).
                 self._spawn(self._release(pw, sub_id, handle.engine_id))
         raise _Retry(why)
+
+    def _place_prefill(self, dw: Worker, excluded: set[str], prompt: PromptHashes) -> PrefillDecision:
+        """Decide where the prompt is prefilled for decode worker ``dw``, and count the decision."""
+        prefill_loads = self.prefill.loads(prompt)
+        decision = decide_prefill(
+            len(prompt.token_ids),
+            prefill_loads,
+            self.cfg.disagg,
+            excluded,
+            decode_compat=dw.health.kv_compat_hash if dw.health is not None else "",
+        )
+        self.metrics.placements.labels("remote" if decision.remote else "local", decision.reason).inc()
+        if decision.remote:
+            chosen = next(w for w in prefill_loads if w.address == decision.worker)
+            self.metrics.prefix_placement("prefill", chosen, prefill_loads)
+        if decision.reason == KV_INCOMPATIBLE:
+            self._warn_incompatible(dw)
+        return decision
 
     def _warn_incompatible(self, dw: Worker) -> None:
         """Log, once per pair of KV layouts, why a decode worker can use no prefill worker."""
@@ -308,31 +295,18 @@ class Dispatcher:
             req.first_token = first
         call = dw.stub.Generate(req, timeout=self.cfg.request_timeout_s)
         finished = False
-        watcher = asyncio.get_running_loop().create_task(_cancel_when_down(dw, call))
+        watcher = asyncio.get_running_loop().create_task(cancel_when_down(dw, call))
         try:
             while True:
-                chunk = await _next_chunk(call, watcher)
+                chunk = await next_chunk(call, watcher)
                 if chunk is None:
                     return
                 if chunk.kv_transfer_bytes:
                     self.metrics.kv_bytes.observe(chunk.kv_transfer_bytes)
                     self.metrics.kv_seconds.observe(chunk.kv_transfer_seconds)
-                ids, gap = new_tokens(chunk.token_ids, chunk.completion_tokens, len(known))
-                if gap:
-                    raise grpc.aio.AioRpcError(
-                        grpc.StatusCode.DATA_LOSS, None, None, f"worker skipped {gap} output tokens"
-                    )
-                finish = chunk.finish_reason or None
-                if finish == "abort":
-                    # The worker gave the request up (drain, cancel): resume it elsewhere.
-                    raise grpc.aio.AioRpcError(
-                        grpc.StatusCode.ABORTED, None, None, "worker aborted the request"
-                    )
-                finished = finish is not None
-                # The logprobs of tokens dropped as already known go with them.
-                logprobs = tuple(chunk.logprobs[len(chunk.logprobs) - len(ids) :]) if chunk.logprobs else ()
-                prompt = chunk.prompt_logprobs if chunk.HasField("prompt_logprobs") else None
-                yield Progress(tuple(ids), finish, logprobs, prompt, chunk.cached_tokens)
+                ev = chunk_progress(chunk, len(known))
+                finished = ev.finish_reason is not None
+                yield ev
                 if finished:
                     return
         finally:
@@ -381,27 +355,3 @@ class _Retry(Exception):
     def __init__(self, why: str) -> None:
         super().__init__(why)
         self.why = why
-
-
-class _WorkerDown(Exception):
-    """The decode worker stopped answering Health while streaming to us."""
-
-
-async def _cancel_when_down(w: Worker, call: grpc.aio.UnaryStreamCall) -> None:
-    # Health polling sets `down` when the worker stops answering; a hung stream is then cut.
-    await w.down.wait()
-    call.cancel()
-
-
-async def _next_chunk(call: grpc.aio.UnaryStreamCall, watcher: asyncio.Task) -> pb2.TokenChunk | None:
-    """The next chunk, None at the end of the stream; _WorkerDown when the watcher cut it."""
-    try:
-        chunk = await call.read()
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        # grpc.aio reports a locally cancelled call as CancelledError; tell that apart from
-        # the cancellation of our own task (client gone), which must propagate.
-        if watcher.done() and task is not None and not task.cancelling():
-            raise _WorkerDown() from None
-        raise
-    return None if chunk is grpc.aio.EOF else chunk

@@ -97,6 +97,10 @@ class RouterMetrics:
             r.register(_HeldCollector(held))
         if prefix_view is not None:
             r.register(_PrefixViewCollector(prefix_view))
+        self._add_counters(r)
+        self._add_histograms(r)
+
+    def _add_counters(self, r: CollectorRegistry) -> None:
         self.requests = Counter("baton_requests", "Requests received", ["api", "stream"], registry=r)
         self.errors = Counter(
             "baton_request_errors", "Requests answered with an error", ["status", "type"], registry=r
@@ -149,6 +153,8 @@ class RouterMetrics:
         self.generation_tokens = Counter(
             "baton_generation_tokens", "Output tokens sent to clients", registry=r
         )
+
+    def _add_histograms(self, r: CollectorRegistry) -> None:
         self.ttft = Histogram(
             "baton_time_to_first_token_seconds",
             "Arrival to first output token",

@@ -20,12 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from baton_worker.text import TextAssembler
+
 from . import logprobs as lps
 from . import openai_format as fmt
-from .dispatch import Job, Progress
+from .decode_stream import Progress
+from .dispatch import Job
 from .errors import ApiError
 from .params import ParsedRequest
-from .text import TextAssembler
 
 if TYPE_CHECKING:
     from .app import Router
