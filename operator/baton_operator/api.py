@@ -21,7 +21,8 @@ import kubernetes
 from prometheus_client import Counter as PromCounter
 
 from baton_operator.cache import ChildCache
-from baton_operator.spec import GROUP, KIND, PLURAL, VERSION
+from baton_operator.names import WORKLOAD_KINDS
+from baton_operator.spec import API_VERSION, KIND, PLURAL
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,11 @@ class Kind:
     plural: str
 
     def path(self, namespace: str, name: str = "") -> str:
+        """The object's path; an empty ``namespace`` means cluster-wide (nodes, all pods)."""
         base = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
+        scope = f"/namespaces/{namespace}" if namespace else ""
         suffix = f"/{name}" if name else ""
-        return f"{base}/namespaces/{namespace}/{self.plural}{suffix}"
+        return f"{base}{scope}/{self.plural}{suffix}"
 
 
 KINDS: dict[tuple[str, str], Kind] = {
@@ -50,7 +53,9 @@ KINDS: dict[tuple[str, str], Kind] = {
         Kind("v1", "Service", "services"),
         Kind("v1", "ServiceAccount", "serviceaccounts"),
         Kind("v1", "Pod", "pods"),
+        Kind("v1", "Node", "nodes"),
         Kind("v1", "Event", "events"),
+        Kind("discovery.k8s.io/v1", "EndpointSlice", "endpointslices"),
         Kind("apps/v1", "StatefulSet", "statefulsets"),
         Kind("apps/v1", "Deployment", "deployments"),
         Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
@@ -59,10 +64,12 @@ KINDS: dict[tuple[str, str], Kind] = {
         Kind("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings"),
         Kind("keda.sh/v1alpha1", "ScaledObject", "scaledobjects"),
         Kind("coordination.k8s.io/v1", "Lease", "leases"),
-        Kind(f"{GROUP}/{VERSION}", KIND, PLURAL),
+        Kind(API_VERSION, KIND, PLURAL),
     )
 }
-POOL = KINDS[(f"{GROUP}/{VERSION}", KIND)]
+POOL = KINDS[(API_VERSION, KIND)]
+# The role workloads the autoscaler scales.
+WORKLOADS: dict[str, Kind] = {role: KINDS[("apps/v1", kind)] for role, kind in WORKLOAD_KINDS.items()}
 
 
 class ApiError(RuntimeError):
@@ -147,6 +154,7 @@ class KubeApi:
         body: Any = None,
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
+        timeout: float = REQUEST_TIMEOUT_S,
     ) -> dict[str, Any] | None:
         """One API call. Returns the decoded body, None on 404 for GET; raises ApiError otherwise."""
         headers = {"Accept": "application/json", "Content-Type": content_type}
@@ -159,7 +167,7 @@ class KubeApi:
                 body=body,
                 auth_settings=["BearerToken"],
             )
-            response = self._client.call_api(*params, _request_timeout=REQUEST_TIMEOUT_S)
+            response = self._client.call_api(*params, _request_timeout=timeout)
             response.read()
         except Exception as e:  # urllib3 and TLS errors: the API server is unreachable right now
             raise ApiError(0, method, path, f"{type(e).__name__}: {e}") from e
@@ -179,6 +187,9 @@ class KubeApi:
             raise ApiError(response.status, method, path, message)
         return json.loads(text) if text else {}
 
+    def close(self) -> None:
+        self._client.close()
+
     @property
     def write_count(self) -> int:
         with self._lock:
@@ -186,20 +197,28 @@ class KubeApi:
 
     # --- children -------------------------------------------------------------------------
 
-    def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.request("GET", kind.path(namespace, name))
+    def get(
+        self, kind: Kind, namespace: str, name: str, timeout: float = REQUEST_TIMEOUT_S
+    ) -> dict[str, Any] | None:
+        return self.request("GET", kind.path(namespace, name), timeout=timeout)
 
-    def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
-        """Server-side apply of ``manifest`` with the operator's field manager, taking over conflicts."""
+    def apply(
+        self,
+        manifest: Mapping[str, Any],
+        field_manager: str = FIELD_MANAGER,
+        timeout: float = REQUEST_TIMEOUT_S,
+    ) -> dict[str, Any]:
+        """Server-side apply of ``manifest`` with ``field_manager``, taking over conflicts."""
         kind = KINDS[(manifest["apiVersion"], manifest["kind"])]
         meta = manifest["metadata"]
-        query = [("fieldManager", FIELD_MANAGER), ("force", "true")]
+        query = [("fieldManager", field_manager), ("force", "true")]
         result = self.request(
             "PATCH",
             kind.path(meta["namespace"], meta["name"]),
             manifest,
             query,
             "application/apply-patch+yaml",
+            timeout,
         )
         return result or {}
 
@@ -232,19 +251,51 @@ class KubeApi:
             raise
         return True
 
-    def list(self, kind: Kind, namespace: str, label_selector: str) -> list[dict[str, Any]]:
-        result = self.request("GET", kind.path(namespace), query=[("labelSelector", label_selector)])
+    def list(
+        self,
+        kind: Kind,
+        namespace: str,
+        label_selector: str = "",
+        field_selector: str = "",
+        timeout: float = REQUEST_TIMEOUT_S,
+    ) -> list[dict[str, Any]]:
+        """Objects of ``kind`` in ``namespace`` ("" lists every namespace, or a cluster-scoped kind)."""
+        query = [("labelSelector", label_selector)] if label_selector else []
+        if field_selector:
+            query.append(("fieldSelector", field_selector))
+        result = self.request("GET", kind.path(namespace), query=query, timeout=timeout)
         return list((result or {}).get("items") or [])
+
+    def set_replicas(
+        self, kind: Kind, namespace: str, name: str, replicas: int, field_manager: str, timeout: float
+    ) -> None:
+        """Server-side apply of ``spec.replicas`` alone, so ``field_manager`` owns that one field and
+        the operator's apply of the rest of the workload never fights it."""
+        manifest = {
+            "apiVersion": kind.api_version,
+            "kind": kind.kind,
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"replicas": replicas},
+        }
+        self.apply(manifest, field_manager, timeout)
 
     # --- the pool -------------------------------------------------------------------------
 
     def get_pool(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.get(POOL, namespace, name)
 
-    def patch_pool_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+    def patch_pool_status(
+        self, namespace: str, name: str, patch: Mapping[str, Any], timeout: float = REQUEST_TIMEOUT_S
+    ) -> None:
         """Merge-patch the status subresource (other writers' fields stay untouched)."""
         path = POOL.path(namespace, name) + "/status"
-        self.request("PATCH", path, {"status": patch}, content_type="application/merge-patch+json")
+        self.request(
+            "PATCH",
+            path,
+            {"status": dict(patch)},
+            content_type="application/merge-patch+json",
+            timeout=timeout,
+        )
 
     def post_event(self, pool: Mapping[str, Any], event_type: str, reason: str, message: str) -> None:
         """A core/v1 Event about ``pool``; failures are logged, never raised (events are best effort)."""
@@ -256,7 +307,7 @@ class KubeApi:
             "kind": "Event",
             "metadata": {"name": f"{meta.get('name')}.{uuid.uuid4().hex[:12]}", "namespace": namespace},
             "involvedObject": {
-                "apiVersion": f"{GROUP}/{VERSION}",
+                "apiVersion": API_VERSION,
                 "kind": KIND,
                 "name": meta.get("name"),
                 "namespace": namespace,

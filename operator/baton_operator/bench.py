@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from baton_operator.api import POOL, KubeApi
+from baton_operator.names import NODE_POOL_LABEL, inference_pool
 
 
 @dataclass(frozen=True)
@@ -52,18 +53,12 @@ def bench_node_pools(pools: int) -> list[Any]:
 
 def pool_manifest(name: str, namespace: str) -> dict[str, Any]:
     """A small pool: 1 prefill (H100, 1 GPU), 1 decode (A100), 1 router, on the bench's nodes."""
-    from baton_operator.sandbox.nodepools import POOL_LABEL
-
-    return {
-        "apiVersion": "baton.dev/v1alpha1",
-        "kind": "InferencePool",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "model": {"name": "tiny", "source": "builtin://tiny"},
-            "prefill": {"replicas": 1, "tensorParallelSize": 1, "nodeSelector": {POOL_LABEL: "bench-h100"}},
-            "decode": {"replicas": 1, "maxBatchSize": 8, "nodeSelector": {POOL_LABEL: "bench-a100"}},
-        },
+    spec = {
+        "model": {"name": "tiny", "source": "builtin://tiny"},
+        "prefill": {"replicas": 1, "tensorParallelSize": 1, "nodeSelector": {NODE_POOL_LABEL: "bench-h100"}},
+        "decode": {"replicas": 1, "maxBatchSize": 8, "nodeSelector": {NODE_POOL_LABEL: "bench-a100"}},
     }
+    return inference_pool(name, namespace, spec)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -111,6 +106,60 @@ def _wait(predicate: Any, timeout: float, what: str, interval: float = 0.2) -> N
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def _create_until_ready(
+    api: KubeApi, namespace: str, pools: int, timeout: float
+) -> tuple[list[float], float]:
+    """Create ``pools`` pools at once and wait for each to be Ready: (each one's time to Ready,
+    the time until the last was Ready)."""
+    created: dict[str, float] = {}
+    t_start = time.monotonic()
+    for i in range(pools):
+        name = f"pool-{i:03d}"
+        created[name] = time.monotonic()
+        api.request("POST", POOL.path(namespace), pool_manifest(name, namespace))
+    ready_at: dict[str, float] = {}
+    deadline = time.monotonic() + timeout
+    while len(ready_at) < pools:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{pools - len(ready_at)} of {pools} pools not Ready after {timeout:.0f}s")
+        listing = api.request("GET", POOL.path(namespace)) or {}
+        now = time.monotonic()
+        for item in listing.get("items") or []:
+            name = item["metadata"]["name"]
+            if name in created and name not in ready_at and _ready(item):
+                ready_at[name] = now
+        time.sleep(0.2)
+    return [ready_at[n] - created[n] for n in created], max(ready_at.values()) - t_start
+
+
+def _noop_resync(url: str, pools: int, resync_seconds: float) -> tuple[float, int, int]:
+    """Watch one full resync of every pool once all are Ready: (window, reconciles, API writes)."""
+    # Let the last status writes land, then watch one full resync period (+ margin).
+    settle = time.monotonic() + 3 * resync_seconds
+    previous = -1.0
+    while time.monotonic() < settle:
+        current_writes = scrape_metric(url, "baton_operator_api_writes_total")
+        if current_writes == previous:
+            break
+        previous = current_writes
+        time.sleep(resync_seconds / 2)
+    w0 = scrape_metric(url, "baton_operator_api_writes_total")
+    r0 = scrape_metric(url, "baton_operator_reconciles_total", result="ok")
+    t0 = time.monotonic()
+    _wait(
+        lambda: (
+            scrape_metric(url, "baton_operator_reconciles_total", result="ok") >= r0 + pools
+            and time.monotonic() - t0 >= resync_seconds
+        ),
+        resync_seconds * 4 + 30,
+        "a full resync of every pool",
+        interval=0.5,
+    )
+    window = time.monotonic() - t0
+    reconciles = int(scrape_metric(url, "baton_operator_reconciles_total", result="ok") - r0)
+    return window, reconciles, int(scrape_metric(url, "baton_operator_api_writes_total") - w0)
+
+
 def run(pools: int, resync_seconds: float, timeout: float, log: Any = print) -> BenchResult:
     """Run the benchmark against the running sandbox; raises SandboxError/TimeoutError on failure."""
     from baton_operator.sandbox import procs
@@ -144,50 +193,10 @@ def run(pools: int, resync_seconds: float, timeout: float, log: Any = print) -> 
         )
         warm_writes = scrape_metric(url, "baton_operator_api_writes_total")
         log(f"creating {pools} InferencePools in namespace {namespace}")
-        created: dict[str, float] = {}
-        t_start = time.monotonic()
-        for i in range(pools):
-            name = f"pool-{i:03d}"
-            created[name] = time.monotonic()
-            api.request("POST", POOL.path(namespace), pool_manifest(name, namespace))
-        ready_at: dict[str, float] = {}
-        deadline = time.monotonic() + timeout
-        while len(ready_at) < pools:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{pools - len(ready_at)} of {pools} pools not Ready after {timeout:.0f}s")
-            listing = api.request("GET", POOL.path(namespace)) or {}
-            now = time.monotonic()
-            for item in listing.get("items") or []:
-                name = item["metadata"]["name"]
-                if name in created and name not in ready_at and _ready(item):
-                    ready_at[name] = now
-            time.sleep(0.2)
-        all_ready = max(ready_at.values()) - t_start
-        latencies = [ready_at[n] - created[n] for n in created]
+        latencies, all_ready = _create_until_ready(api, namespace, pools, timeout)
         writes_until_ready = int(scrape_metric(url, "baton_operator_api_writes_total") - warm_writes)
         log(f"all {pools} Ready after {all_ready:.1f}s; measuring a no-op resync")
-        # Let the last status writes land, then watch one full resync period (+ margin).
-        settle = time.monotonic() + 3 * resync_seconds
-        previous = -1.0
-        while time.monotonic() < settle:
-            current_writes = scrape_metric(url, "baton_operator_api_writes_total")
-            if current_writes == previous:
-                break
-            previous = current_writes
-            time.sleep(resync_seconds / 2)
-        w0 = scrape_metric(url, "baton_operator_api_writes_total")
-        r0 = scrape_metric(url, "baton_operator_reconciles_total", result="ok")
-        t0 = time.monotonic()
-        _wait(
-            lambda: (
-                scrape_metric(url, "baton_operator_reconciles_total", result="ok") >= r0 + pools
-                and time.monotonic() - t0 >= resync_seconds
-            ),
-            resync_seconds * 4 + 30,
-            "a full resync of every pool",
-            interval=0.5,
-        )
-        window = time.monotonic() - t0
+        window, reconciles, writes = _noop_resync(url, pools, resync_seconds)
         return BenchResult(
             pools=pools,
             ready_p50_s=round(statistics.median(latencies), 3),
@@ -195,10 +204,8 @@ def run(pools: int, resync_seconds: float, timeout: float, log: Any = print) -> 
             all_ready_s=round(all_ready, 3),
             writes_until_ready=writes_until_ready,
             noop_resync_window_s=round(window, 1),
-            noop_resync_reconciles=int(
-                scrape_metric(url, "baton_operator_reconciles_total", result="ok") - r0
-            ),
-            noop_resync_writes=int(scrape_metric(url, "baton_operator_api_writes_total") - w0),
+            noop_resync_reconciles=reconciles,
+            noop_resync_writes=writes,
         )
     finally:
         _cleanup(sandbox, api, namespace, op, bool(paused), log)
@@ -206,7 +213,6 @@ def run(pools: int, resync_seconds: float, timeout: float, log: Any = print) -> 
 
 def _cleanup(sandbox: Any, api: KubeApi, namespace: str, op: Any, restart_background: bool, log: Any) -> None:
     """Remove what the run created; problems are reported, never raised (the figures stand)."""
-    from baton_operator.sandbox.nodepools import POOL_LABEL
     from baton_operator.sandbox.operator_proc import ensure_operator, stop_operator
 
     # Delete the pools while the bench operator runs: kopf must lift its finalizer (the autoscaler's
@@ -223,7 +229,7 @@ def _cleanup(sandbox: Any, api: KubeApi, namespace: str, op: Any, restart_backgr
         log(f"cleanup: {e}")
     stop_operator(sandbox, op)
     sandbox.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
-    selector = f"{POOL_LABEL} in ({','.join(BENCH_NODE_POOLS)})"
+    selector = f"{NODE_POOL_LABEL} in ({','.join(BENCH_NODE_POOLS)})"
     sandbox.kubectl("delete", "nodes", "-l", selector, "--wait=false", check=False, timeout=120)
     if restart_background:
         ensure_operator(sandbox)

@@ -29,6 +29,8 @@ from typing import Any
 
 import yaml
 
+from baton_operator.names import pool_selector
+
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "inferencepool-cpu.yaml"
 KUBEPODS_MEMORY = Path("/sys/fs/cgroup/memory/kubepods/memory.stat")
 
@@ -109,9 +111,7 @@ def first_token_s(sandbox: Any, namespace: str, name: str, timeout: float) -> fl
 def delete_pool(sandbox: Any, namespace: str, name: str, timeout: float) -> None:
     sandbox.kubectl("delete", "inferencepool", name, "-n", namespace, "--wait=false")
     _wait(
-        lambda: (
-            not sandbox.kubectl_json("get", "pods", "-n", namespace, "-l", f"baton.dev/pool={name}")["items"]
-        ),
+        lambda: not sandbox.kubectl_json("get", "pods", "-n", namespace, "-l", pool_selector(name))["items"],
         timeout,
         f"the pods of {name} gone",
         interval=0.5,

@@ -13,6 +13,7 @@ from typing import Any
 
 from baton_operator.memory import worker_memory_request
 from baton_operator.names import (
+    CONFIG_HASH_ANNOTATION,
     MANAGED_BY,
     child_name,
     config_map_name,
@@ -38,7 +39,14 @@ from baton_operator.pods import (
 from baton_operator.spec import Pool, RoleSpec
 from baton_operator.tls import tls_args
 
-__all__ = ["MANAGED_BY", "child_name", "config_map_name", "labels", "selector_labels"]
+__all__ = [
+    "CONFIG_HASH_ANNOTATION",
+    "MANAGED_BY",
+    "child_name",
+    "config_map_name",
+    "labels",
+    "selector_labels",
+]
 
 WORKER_GRPC_PORT = 50051
 WORKER_METRICS_PORT = 8081
@@ -47,7 +55,6 @@ PRE_STOP_SECONDS = 5
 # Long enough for a decode pod to finish its running sequences after readiness drops.
 GRACE_SECONDS = {"prefill": 120, "decode": 600, "router": 60}
 ROUTER_RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
-CONFIG_HASH_ANNOTATION = "baton.dev/config-hash"
 
 
 def worker_config(pool: Pool) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from baton_operator.crd_slo import slo_rules, slo_schema
 from baton_operator.crd_status import status_schema
 from baton_operator.crd_tls import tls_schema
 from baton_operator.crd_types import S, boolean, integer, number, obj, string, string_map
+from baton_operator.names import APP_NAME, NAME_LABEL, PART_OF_LABEL
 from baton_operator.spec import (
     AUTOSCALING_MODES,
     DTYPES,
@@ -144,7 +145,78 @@ def router_schema() -> S:
     )
 
 
+def kv_transfer_schema() -> S:
+    """``spec.kvTransfer``: how KV caches move between the roles."""
+    return obj(
+        "How KV caches move from prefill to decode.",
+        {
+            "backend": string(
+                "auto (NIXL when available, else gRPC), nixl (RDMA data path) or grpc (stream over gRPC).",
+                default="auto",
+                enum=list(KV_BACKENDS),
+            ),
+            "rdmaResource": string(
+                "Extended resource of an RDMA device each worker pod requests, e.g. rdma/ib; empty for none.",
+                default="",
+                pattern=r"^$|^[A-Za-z0-9.-]+/[A-Za-z0-9_.-]+$",
+            ),
+            "ucx": ucx_env_schema(),
+        },
+    )
+
+
+def prefix_caching_schema() -> S:
+    """``spec.prefixCaching``: reuse of cached prompt prefixes."""
+    return obj(
+        "Automatic prefix caching: workers keep the KV of prompt prefixes they computed or received "
+        "and reuse it for later prompts that start the same way (multi-turn chat, shared system "
+        "prompts); the router places requests where their prefix is cached.",
+        {
+            "enabled": boolean(
+                "Reuse cached prompt prefixes (greedy outputs are the same with it on or off).",
+                default=True,
+            ),
+            "routingWeight": number(
+                "Weight of a worker's cached prefix of the prompt against its load when the router picks "
+                "workers; 0 places on load alone.",
+                default=1.0,
+                minimum=0,
+            ),
+        },
+    )
+
+
+def pool_autoscaling_schema() -> S:
+    """``spec.autoscaling``: pool-wide autoscaling settings."""
+    return obj(
+        "Pool-wide autoscaling settings (per-role bounds are under prefill/decode.autoscaling).",
+        {
+            "mode": string(
+                "builtin (the operator scales) or keda (the operator emits KEDA ScaledObjects).",
+                default="builtin",
+                enum=list(AUTOSCALING_MODES),
+            ),
+            "metricsUrl": string(
+                "URL of a Prometheus text endpoint exporting baton_queue_depth{role}; "
+                "empty = the router Service's /metrics.",
+                default="",
+            ),
+            "intervalSeconds": integer("Seconds between queue-depth samples.", default=5, minimum=1),
+            "prometheus": obj(
+                "Read the queue depth from a Prometheus server instead of scraping.",
+                {
+                    "url": string("Prometheus server URL.", minLength=1),
+                    "query": string("PromQL returning the queue depth; {role} is replaced.", minLength=1),
+                },
+                required=["url", "query"],
+            ),
+            "slo": slo_schema(),
+        },
+    )
+
+
 def spec_schema() -> S:
+    """``spec``: the whole desired state of a pool."""
     return obj(
         "Desired state of a disaggregated serving pool: one model, a prefill pool, a decode pool and a router.",
         {
@@ -158,66 +230,9 @@ def spec_schema() -> S:
             "router": router_schema(),
             "networkPolicy": network_policy_schema(),
             "tls": tls_schema(),
-            "kvTransfer": obj(
-                "How KV caches move from prefill to decode.",
-                {
-                    "backend": string(
-                        "auto (NIXL when available, else gRPC), nixl (RDMA data path) or grpc (stream over gRPC).",
-                        default="auto",
-                        enum=list(KV_BACKENDS),
-                    ),
-                    "rdmaResource": string(
-                        "Extended resource of an RDMA device each worker pod requests, e.g. rdma/ib; empty for none.",
-                        default="",
-                        pattern=r"^$|^[A-Za-z0-9.-]+/[A-Za-z0-9_.-]+$",
-                    ),
-                    "ucx": ucx_env_schema(),
-                },
-            ),
-            "prefixCaching": obj(
-                "Automatic prefix caching: workers keep the KV of prompt prefixes they computed or received "
-                "and reuse it for later prompts that start the same way (multi-turn chat, shared system "
-                "prompts); the router places requests where their prefix is cached.",
-                {
-                    "enabled": boolean(
-                        "Reuse cached prompt prefixes (greedy outputs are the same with it on or off).",
-                        default=True,
-                    ),
-                    "routingWeight": number(
-                        "Weight of a worker's cached prefix of the prompt against its load when the router picks "
-                        "workers; 0 places on load alone.",
-                        default=1.0,
-                        minimum=0,
-                    ),
-                },
-            ),
-            "autoscaling": obj(
-                "Pool-wide autoscaling settings (per-role bounds are under prefill/decode.autoscaling).",
-                {
-                    "mode": string(
-                        "builtin (the operator scales) or keda (the operator emits KEDA ScaledObjects).",
-                        default="builtin",
-                        enum=list(AUTOSCALING_MODES),
-                    ),
-                    "metricsUrl": string(
-                        "URL of a Prometheus text endpoint exporting baton_queue_depth{role}; "
-                        "empty = the router Service's /metrics.",
-                        default="",
-                    ),
-                    "intervalSeconds": integer("Seconds between queue-depth samples.", default=5, minimum=1),
-                    "prometheus": obj(
-                        "Read the queue depth from a Prometheus server instead of scraping.",
-                        {
-                            "url": string("Prometheus server URL.", minLength=1),
-                            "query": string(
-                                "PromQL returning the queue depth; {role} is replaced.", minLength=1
-                            ),
-                        },
-                        required=["url", "query"],
-                    ),
-                    "slo": slo_schema(),
-                },
-            ),
+            "kvTransfer": kv_transfer_schema(),
+            "prefixCaching": prefix_caching_schema(),
+            "autoscaling": pool_autoscaling_schema(),
         },
         required=["model"],
         rules=[
@@ -269,7 +284,7 @@ def build_crd() -> S:
         "kind": "CustomResourceDefinition",
         "metadata": {
             "name": f"{PLURAL}.{GROUP}",
-            "labels": {"app.kubernetes.io/name": "baton", "app.kubernetes.io/part-of": "baton"},
+            "labels": {NAME_LABEL: APP_NAME, PART_OF_LABEL: APP_NAME},
         },
         "spec": {
             "group": GROUP,

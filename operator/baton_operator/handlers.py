@@ -14,12 +14,12 @@ from typing import Any
 import kopf
 
 from baton_operator import runtime
-from baton_operator.builders import MANAGED_BY
+from baton_operator.names import MANAGED_BY, MANAGED_BY_LABEL, POOL_LABEL
 from baton_operator.spec import GROUP, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
 
-CHILD_LABELS = {"app.kubernetes.io/managed-by": MANAGED_BY, "baton.dev/pool": kopf.PRESENT}
+CHILD_LABELS = {MANAGED_BY_LABEL: MANAGED_BY, POOL_LABEL: kopf.PRESENT}
 # Children whose drift (edits, deletion) the operator corrects, and whose status feeds the pool's.
 CHILD_RESOURCES = (
     ("apps", "v1", "statefulsets"),
@@ -46,7 +46,7 @@ async def inferencepool_event(event: Mapping[str, Any], name: str, namespace: st
 
 
 async def _child_event(labels: Mapping[str, str], namespace: str, **_: Any) -> None:
-    pool = labels.get("baton.dev/pool")
+    pool = labels.get(POOL_LABEL)
     if pool:
         runtime.controller().trigger(namespace, pool)
 

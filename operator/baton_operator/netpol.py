@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from baton_operator.names import child_name, labels, metadata, selector_labels
+from baton_operator.names import ROLE_LABEL, child_name, labels, metadata, selector_labels
 from baton_operator.spec import ROLES, Pool
 
 API_VERSION = "networking.k8s.io/v1"
@@ -31,11 +31,11 @@ def _ports(*names: str) -> list[dict[str, Any]]:
 
 def _pool_workers(pool: Pool) -> dict[str, Any]:
     """Selects every prefill and decode pod of the pool (and nothing of another pool)."""
-    match = {k: v for k, v in selector_labels(pool, "prefill").items() if k != "baton.dev/role"}
+    match = {k: v for k, v in selector_labels(pool, "prefill").items() if k != ROLE_LABEL}
     return {
         "podSelector": {
             "matchLabels": match,
-            "matchExpressions": [{"key": "baton.dev/role", "operator": "In", "values": list(ROLES)}],
+            "matchExpressions": [{"key": ROLE_LABEL, "operator": "In", "values": list(ROLES)}],
         }
     }
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from baton_operator import builders, netpol
+from baton_operator import builders, names, netpol
 from baton_operator.api import KINDS, ApiError, KubeApi, now_rfc3339
 from baton_operator.spec import Pool, SpecError, parse_pool
 from baton_operator.status import Observed, compute_status, invalid_spec_status, status_patch
@@ -23,11 +23,7 @@ from baton_operator.tls_reconcile import ensure_tls_secret
 
 log = logging.getLogger(__name__)
 
-WORKLOAD_KINDS = {
-    "prefill": ("apps/v1", "StatefulSet"),
-    "decode": ("apps/v1", "Deployment"),
-    "router": ("apps/v1", "Deployment"),
-}
+WORKLOAD_KINDS = {role: ("apps/v1", kind) for role, kind in names.WORKLOAD_KINDS.items()}
 
 
 @dataclass
@@ -115,7 +111,7 @@ def prune_children(api: KubeApi, pool: Pool, outcome: Outcome) -> str:
     if pool.spec.network_policy.enabled:
         return ""
     kind = KINDS[(netpol.API_VERSION, netpol.KIND)]
-    selector = f"baton.dev/pool={pool.name},app.kubernetes.io/managed-by={builders.MANAGED_BY}"
+    selector = f"{names.pool_selector(pool.name)},{names.MANAGED_BY_LABEL}={names.MANAGED_BY}"
     label = "NetworkPolicies"
     try:
         for obj in api.list(kind, pool.namespace, selector):
@@ -194,7 +190,7 @@ def reconcile_pool(api: KubeApi, namespace: str, name: str, default_image: str) 
         api_version, kind = WORKLOAD_KINDS[role]
         return live.get((api_version, kind, builders.child_name(pool, role)))
 
-    pods = api.list(KINDS[("v1", "Pod")], namespace, f"baton.dev/pool={name}")
+    pods = api.list(KINDS[("v1", "Pod")], namespace, names.pool_selector(name))
     observed = Observed(
         prefill=workload("prefill"),
         decode=workload("decode"),

@@ -6,12 +6,15 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from baton_operator.api import KubeApi
 from baton_operator.controller import Controller
 from baton_operator.images import DEFAULT_WORKER_IMAGE
 from baton_operator.leader import LeaderElector
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -56,6 +59,15 @@ def controller() -> Controller:
     if _state.controller is None:
         raise RuntimeError("the operator has not started (no controller)")
     return _state.controller
+
+
+def is_leader() -> bool:
+    """Whether this replica may write now: the reconcile controller's own answer, so the
+    autoscaler and the reconciler agree; False before the operator has started."""
+    if _state.controller is None:
+        log.error("leadership asked before the operator started: acting as a follower")
+        return False
+    return _state.controller.is_leader()
 
 
 def api() -> KubeApi:

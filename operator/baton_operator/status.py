@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from baton_operator.names import ROLE_LABEL
 from baton_operator.spec import Pool
 
 CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "ScalingActive")
@@ -72,7 +73,7 @@ def unschedulable_reasons(pods: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     """role -> the scheduler's message for that role's first unschedulable pod (PodScheduled=False)."""
     found: dict[str, str] = {}
     for pod in sorted(pods, key=lambda p: str(_get(p, "metadata", "name", default=""))):
-        role = _get(pod, "metadata", "labels", "baton.dev/role", default="")
+        role = _get(pod, "metadata", "labels", ROLE_LABEL, default="")
         if not role or role in found or _get(pod, "metadata", "deletionTimestamp"):
             continue
         for cond in _get(pod, "status", "conditions", default=[]) or []:
@@ -165,18 +166,15 @@ def _scaling_condition(
     return _condition("ScalingActive", True, "MetricsAvailable", message, pool.generation, previous, now)
 
 
-def compute_status(
-    pool: Pool, observed: Observed, previous_status: Mapping[str, Any] | None, now: str
-) -> dict[str, Any]:
-    """The operator's part of status.
+# (status, reason, message) of one condition.
+Verdict = tuple[bool, str, str]
 
-    Promises: conditions Ready/Progressing/Degraded always present (ScalingActive when a role
-    autoscales); lastTransitionTime carried over unless the status flipped; Ready False naming the
-    scheduler's reason when pods are unschedulable; the autoscaler's fields never included for an
-    autoscaled role. ``now`` is an RFC 3339 timestamp.
-    """
-    previous_status = previous_status or {}
-    previous = {c.get("type"): c for c in previous_status.get("conditions") or [] if isinstance(c, Mapping)}
+
+def _worker_roles(
+    pool: Pool, observed: Observed, previous_status: Mapping[str, Any]
+) -> tuple[dict[str, RoleView], dict[str, dict[str, Any]]]:
+    """Views and status blocks of prefill and decode; an autoscaled role's desired replicas are the
+    autoscaler's, so its block leaves desiredReplicas out."""
     views: dict[str, RoleView] = {}
     roles_status: dict[str, dict[str, Any]] = {}
     for name, workload in (("prefill", observed.prefill), ("decode", observed.decode)):
@@ -196,9 +194,11 @@ def compute_status(
         if not auto:
             block["desiredReplicas"] = view.desired
         roles_status[name] = block
-    router = _role_view("router", observed.router, pool.spec.router.replicas)
-    views["router"] = router
+    return views, roles_status
 
+
+def _verdicts(observed: Observed, views: Mapping[str, RoleView]) -> tuple[Verdict, Verdict, Verdict]:
+    """Ready, Progressing and Degraded from what was observed."""
     unschedulable = unschedulable_reasons(observed.pods)
     crashing = crashing_pods(observed.pods)
     missing = [v.name for v in views.values() if not v.exists]
@@ -206,6 +206,7 @@ def compute_status(
     rolling = [v for v in views.values() if v.exists and (not v.current or v.updated < v.desired)]
     progress = ", ".join(f"{v.name} {v.ready}/{v.desired} ready" for v in views.values())
 
+    ready: Verdict
     if observed.error:
         ready = (False, observed.error_reason or "ReconcileError", observed.error)
     elif unschedulable:
@@ -218,6 +219,7 @@ def compute_status(
     else:
         ready = (True, "AllReplicasReady", progress)
 
+    progressing: Verdict
     if observed.error or missing:
         progressing = (True, "Reconciling", observed.error or f"creating {', '.join(missing)}")
     elif rolling:
@@ -233,12 +235,31 @@ def compute_status(
     problems += [f"{role} pods unschedulable: {msg}" for role, msg in sorted(unschedulable.items())]
     if crashing:
         problems.append("pods failing: " + ", ".join(crashing))
+    degraded: Verdict
     if problems:
         reason = observed.error_reason or ("Unschedulable" if unschedulable else "PodsFailing")
         degraded = (True, reason, "; ".join(problems))
     else:
         degraded = (False, "AsExpected", "no problems observed")
+    return ready, progressing, degraded
 
+
+def compute_status(
+    pool: Pool, observed: Observed, previous_status: Mapping[str, Any] | None, now: str
+) -> dict[str, Any]:
+    """The operator's part of status.
+
+    Promises: conditions Ready/Progressing/Degraded always present (ScalingActive when a role
+    autoscales); lastTransitionTime carried over unless the status flipped; Ready False naming the
+    scheduler's reason when pods are unschedulable; the autoscaler's fields never included for an
+    autoscaled role. ``now`` is an RFC 3339 timestamp.
+    """
+    previous_status = previous_status or {}
+    previous = {c.get("type"): c for c in previous_status.get("conditions") or [] if isinstance(c, Mapping)}
+    views, roles_status = _worker_roles(pool, observed, previous_status)
+    router = _role_view("router", observed.router, pool.spec.router.replicas)
+    views["router"] = router
+    ready, progressing, degraded = _verdicts(observed, views)
     conditions = [
         _condition("Ready", *ready, pool.generation, previous, now),
         _condition("Progressing", *progressing, pool.generation, previous, now),

@@ -34,14 +34,14 @@ from typing import Any
 
 from baton_worker.pki import CertInfo, key_matches, pool_identity, read_bundle, read_cert, signed_by
 
-from baton_operator.names import metadata, pool_labels
+from baton_operator.names import TLS_IDENTITY_ANNOTATION, metadata, pool_labels
 from baton_operator.spec import Pool
 
 TLS_MOUNT = "/etc/baton-tls"
 CA_FILE, CERT_FILE, KEY_FILE, CA_KEY = "ca.crt", "tls.crt", "tls.key", "ca.key"
 MOUNTED = (CA_FILE, CERT_FILE, KEY_FILE)
 SECRET_TYPE = "kubernetes.io/tls"
-IDENTITY_ANNOTATION = "baton.dev/tls-identity"
+IDENTITY_ANNOTATION = TLS_IDENTITY_ANNOTATION
 RENEW_AT = 2 / 3  # of a certificate's lifetime
 CA_LIFETIME_FACTOR = 4
 # How long a change of the Secret takes to reach every pod: the kubelet's sync period (1 min by

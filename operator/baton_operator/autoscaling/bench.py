@@ -55,6 +55,38 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _time_spike(
+    endpoint: QueueEndpoint, replicas: Replicas, interval_s: int, timeout_s: float
+) -> dict[str, float]:
+    """One timed spike: settle both roles at minReplicas, spike the queue, wait for maxReplicas."""
+    endpoint.set(prefill=0, decode=0)
+    wait_until(
+        lambda: (
+            replicas.get("prefill") == PREFILL.min_replicas and replicas.get("decode") == DECODE.min_replicas
+        ),
+        timeout_s,
+        "both roles at minReplicas",
+        poll_s=0.2,
+    )
+    time.sleep(random.uniform(0, interval_s))  # a random phase of the scrape cycle
+    scrapes_before = len(endpoint.scrapes)
+    t0 = time.time()
+    endpoint.set(**SPIKE)
+    t_prefill = wait_until(
+        lambda: replicas.get("prefill") == PREFILL.max_replicas, timeout_s, "prefill spike"
+    )
+    t_decode = wait_until(lambda: replicas.get("decode") == DECODE.max_replicas, timeout_s, "decode spike")
+    seen = [t for t in endpoint.scrapes[scrapes_before:] if t >= t0]
+    t_scrape = seen[0] if seen else t0
+    return {
+        "reaction_s": max(t_prefill, t_decode) - t0,
+        "prefill_s": t_prefill - t0,
+        "decode_s": t_decode - t0,
+        "detect_s": t_scrape - t0,
+        "actuate_s": max(t_prefill, t_decode) - t_scrape,
+    }
+
+
 def run(runs: int, interval_s: int, timeout_s: float, log: Any = print) -> dict[str, Any]:
     """Run the bench against the running sandbox; returns the JSON document."""
     from baton_operator.sandbox import cluster
@@ -84,35 +116,7 @@ def run(runs: int, interval_s: int, timeout_s: float, log: Any = print) -> dict[
         prefill, decode = pinned(PREFILL, tag), pinned(DECODE, tag)
         sandbox.apply([autoscaled_pool(pool, ns, endpoint.url, interval_s, prefill, decode)])
         for i in range(runs):
-            endpoint.set(prefill=0, decode=0)
-            wait_until(
-                lambda: (
-                    replicas.get("prefill") == PREFILL.min_replicas
-                    and replicas.get("decode") == DECODE.min_replicas
-                ),
-                timeout_s,
-                "both roles at minReplicas",
-                poll_s=0.2,
-            )
-            time.sleep(random.uniform(0, interval_s))  # a random phase of the scrape cycle
-            scrapes_before = len(endpoint.scrapes)
-            t0 = time.time()
-            endpoint.set(**SPIKE)
-            t_prefill = wait_until(
-                lambda: replicas.get("prefill") == PREFILL.max_replicas, timeout_s, "prefill spike"
-            )
-            t_decode = wait_until(
-                lambda: replicas.get("decode") == DECODE.max_replicas, timeout_s, "decode spike"
-            )
-            seen = [t for t in endpoint.scrapes[scrapes_before:] if t >= t0]
-            t_scrape = seen[0] if seen else t0
-            row = {
-                "reaction_s": max(t_prefill, t_decode) - t0,
-                "prefill_s": t_prefill - t0,
-                "decode_s": t_decode - t0,
-                "detect_s": t_scrape - t0,
-                "actuate_s": max(t_prefill, t_decode) - t_scrape,
-            }
+            row = _time_spike(endpoint, replicas, interval_s, timeout_s)
             results.append(row)
             log(f"run {i + 1}/{runs}: reaction {row['reaction_s']:.2f} s (detect {row['detect_s']:.2f} s)")
     finally:
@@ -123,6 +127,11 @@ def run(runs: int, interval_s: int, timeout_s: float, log: Any = print) -> dict[
             sandbox.kubectl("delete", "node", node["metadata"]["name"], "--wait=false", check=False)
         if own_operator is not None:
             stop_operator(sandbox, own_operator)
+    return _document(results, interval_s)
+
+
+def _document(results: list[dict[str, float]], interval_s: int) -> dict[str, Any]:
+    """The bench's JSON document from its timed runs."""
     reaction = [r["reaction_s"] for r in results]
     return {
         "bench": "autoscale",

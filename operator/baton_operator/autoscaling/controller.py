@@ -155,43 +155,35 @@ def _decide_role(
     return decision
 
 
-def run_pass(
+def _read_depths(
+    read_signal: Callable[[], Mapping[str, float]], source: str
+) -> tuple[Mapping[str, float], str | None]:
+    """The queue depth per role, or ({}, why) when the signal cannot be read."""
+    try:
+        return read_signal(), None
+    except SignalError as e:
+        return {}, f"cannot read queue depth from {source or 'the metrics source'}: {e}"
+
+
+def _decide_roles(
     state: PoolState,
     cfg: AutoscalingConfig,
     pool: str,
     namespace: str,
     now: float,
-    read_signal: Callable[[], Mapping[str, float]],
     cluster: Cluster,
-    source: str = "",
-    adjust: Adjust | None = None,
-) -> PassResult:
-    """One pass: sample, decide and scale every autoscaled role; return status and events.
-
-    Promises: replicas are written only when a decision changes them, with the autoscaler's
-    field manager; a failed read holds every role's replicas and reports metricsAvailable False;
-    a missing workload or a failed write is reported in the message, never raised.
-    ``adjust`` (SLO mode, slo_pass.py) may replace the queue-depth decisions before any write.
-    """
-    state.last_pass = now
-    cluster.begin_pass()
-    error: str | None = None
-    depths: Mapping[str, float] = {}
-    try:
-        depths = read_signal()
-    except SignalError as e:
-        error = f"cannot read queue depth from {source or 'the metrics source'}: {e}"
+    depths: Mapping[str, float],
+    error: str | None,
+    source: str,
+    messages: list[str],
+) -> tuple[dict[str, Decision], dict[str, Workload]]:
+    """Record this pass's sample of every autoscaled role and decide its replicas (no writes)."""
     keep = max(
         [max(s.scale_up_stabilization_s, s.scale_down_stabilization_s) for s in cfg.roles.values()] or [0]
     )
     keep += 2 * cfg.interval_s
-
-    status: dict[str, Any] = {}
-    events: list[ScaleEvent] = []
     decisions: dict[str, Decision] = {}
     workloads: dict[str, Workload] = {}
-    messages: list[str] = []
-    limits: list[str] = []
     for role, scaling in cfg.roles.items():
         rs = state.roles.setdefault(role, RoleState())
         role_error = error
@@ -212,43 +204,97 @@ def run_pass(
         workloads[role] = workload
         if role_error is not None and role_error not in messages:
             messages.append(role_error)
+    return decisions, workloads
+
+
+def _scale(
+    role: str, rs: RoleState, workload: Workload, decision: Decision, cluster: Cluster, now: float
+) -> tuple[ScaleEvent, str]:
+    """Write one role's new replicas; the event to post and a message ("" when it worked)."""
+    try:
+        cluster.set_replicas(workload, decision.desired)
+    except Exception as e:  # noqa: BLE001 - any API failure is reported, the pass goes on
+        return (
+            ScaleEvent(role, "ScaleFailed", f"{role}: {e}", warning=True),
+            f"{role}: failed to set replicas to {decision.desired}: {e}",
+        )
+    rs.last_scale_time = rfc3339(now)
+    rs.last_scale_reason = f"{decision.reason}: {decision.message}"
+    message = f"{role} {workload.kind}/{workload.name}: {workload.replicas} -> {decision.desired} ({decision.message})"
+    return ScaleEvent(role, decision.reason, message), ""
+
+
+def _role_block(rs: RoleState, decision: Decision) -> dict[str, Any]:
+    """A role's part of the autoscaler's status."""
+    block: dict[str, Any] = {"desiredReplicas": decision.desired}
+    if rs.samples and decision.reason != METRICS_UNAVAILABLE:
+        block["queueDepth"] = rs.samples[-1].queue_depth
+    if rs.last_scale_time:
+        block["lastScaleTime"] = rs.last_scale_time
+        block["lastScaleReason"] = rs.last_scale_reason
+    return block
+
+
+def run_pass(
+    state: PoolState,
+    cfg: AutoscalingConfig,
+    pool: str,
+    namespace: str,
+    now: float,
+    read_signal: Callable[[], Mapping[str, float]],
+    cluster: Cluster,
+    source: str = "",
+    adjust: Adjust | None = None,
+) -> PassResult:
+    """One pass: sample, decide and scale every autoscaled role; return status and events.
+
+    Promises: replicas are written only when a decision changes them, with the autoscaler's
+    field manager; a failed read holds every role's replicas and reports metricsAvailable False;
+    a missing workload or a failed write is reported in the message, never raised.
+    ``adjust`` (SLO mode, slo_pass.py) may replace the queue-depth decisions before any write.
+    """
+    state.last_pass = now
+    cluster.begin_pass()
+    depths, error = _read_depths(read_signal, source)
+    messages: list[str] = []
+    decisions, workloads = _decide_roles(
+        state, cfg, pool, namespace, now, cluster, depths, error, source, messages
+    )
     if adjust is not None:
         decisions = adjust(decisions, workloads)
+    status: dict[str, Any] = {}
+    events: list[ScaleEvent] = []
+    limits: list[str] = []
     # Writes come after every decision, back to back: a spike on both roles lands at once.
     for role, decision in decisions.items():
         rs, workload = state.roles[role], workloads[role]
         if decision.desired != workload.replicas:
-            try:
-                cluster.set_replicas(workload, decision.desired)
-            except Exception as e:  # noqa: BLE001 - any API failure is reported, the pass goes on
-                messages.append(f"{role}: failed to set replicas to {decision.desired}: {e}")
-                events.append(ScaleEvent(role, "ScaleFailed", f"{role}: {e}", warning=True))
-            else:
-                rs.last_scale_time = rfc3339(now)
-                rs.last_scale_reason = f"{decision.reason}: {decision.message}"
-                events.append(
-                    ScaleEvent(
-                        role,
-                        decision.reason,
-                        f"{role} {workload.kind}/{workload.name}: {workload.replicas} -> "
-                        f"{decision.desired} ({decision.message})",
-                    )
-                )
+            event, failure = _scale(role, rs, workload, decision, cluster, now)
+            if failure:
+                messages.append(failure)
+            events.append(event)
         if decision.limited_by and decision.limited_by != LIMIT_MIN:
             limits.append(f"{role}:{decision.limited_by}")
             messages.append(f"{role}: {decision.message}")
-        block: dict[str, Any] = {"desiredReplicas": decision.desired}
-        if rs.samples and decision.reason != METRICS_UNAVAILABLE:
-            block["queueDepth"] = rs.samples[-1].queue_depth
-        if rs.last_scale_time:
-            block["lastScaleTime"] = rs.last_scale_time
-            block["lastScaleReason"] = rs.last_scale_reason
-        status[role] = block
+        status[role] = _role_block(rs, decision)
 
     metrics_ok = error is None and all(d.reason != METRICS_UNAVAILABLE for d in decisions.values())
     if not metrics_ok and state.metrics_ok is not False:
         events.append(ScaleEvent("", "MetricsUnavailable", "; ".join(messages) or str(error), warning=True))
     state.metrics_ok = metrics_ok
+    status["autoscaling"] = _summary(state, status, decisions, messages, limits, metrics_ok)
+    return PassResult(status, events, decisions)
+
+
+def _summary(
+    state: PoolState,
+    status: Mapping[str, Any],
+    decisions: Mapping[str, Decision],
+    messages: list[str],
+    limits: list[str],
+    metrics_ok: bool,
+) -> dict[str, Any]:
+    """``status.autoscaling``: whether metrics flow, what happened, when the last sample was taken."""
     if not messages:
         messages.append(
             "; ".join(
@@ -261,13 +307,12 @@ def run_pass(
     if last_sample is not None:
         state.last_sample_time = last_sample
     last_sample = state.last_sample_time
-    status["autoscaling"] = {
+    return {
         "metricsAvailable": metrics_ok,
         "message": "; ".join(messages),
         "lastSampleTime": rfc3339(last_sample) if last_sample is not None else None,
         "limitedBy": ",".join(limits) or None,
     }
-    return PassResult(status, events, decisions)
 
 
 def status_to_write(state: PoolState, result: PassResult, now: float) -> dict[str, Any] | None:

@@ -6,8 +6,9 @@ fixed interval, so the timer ticks every half second and runs a pass when the po
 The handler is synchronous: kopf runs it in its executor, so blocking HTTP and API calls (all with
 deadlines) never stall the event loop. It never raises: failures end up in status and Events.
 Only the operator replica holding the leader Lease scales; the others forget their samples, so a
-new leader starts every window from scratch instead of from stale data.
-Status and Events go through the operator's API client (runtime.api()) when the operator runs.
+new leader starts every window from scratch instead of from stale data. A replica that cannot
+tell (the operator has not started) does not scale: two replicas must never both actuate.
+All Kubernetes I/O (reads, replicas, status, Events) goes through the operator's API client.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from typing import Any
 
 import kopf
 
+from baton_operator import runtime
 from baton_operator.autoscaling import config, controller, signal, slo_pass, slo_signal
-from baton_operator.autoscaling.actuation import GROUP, PLURAL, VERSION, KubeCluster
+from baton_operator.autoscaling.actuation import REQUEST_TIMEOUT_S, KubeCluster
 from baton_operator.autoscaling.slo_profile import ProfileSource
+from baton_operator.spec import GROUP, PLURAL, VERSION
 
 TICK_S = 0.5
 _MEMO_KEY = "baton_autoscaler"
@@ -32,7 +35,7 @@ _CLEARED: dict[str, Any] = {"autoscaling": None}
 def _kube() -> KubeCluster:
     global _cluster
     if _cluster is None:
-        _cluster = KubeCluster()
+        _cluster = KubeCluster(runtime.api())
     return _cluster
 
 
@@ -49,34 +52,9 @@ def _signal_timeout(cfg: config.AutoscalingConfig) -> float:
     return max(0.5, min(3.0, cfg.interval_s / 2))
 
 
-def _runtime_api() -> Any:
-    """The operator's KubeApi (status patches, Events), or None outside a started operator."""
-    try:
-        from baton_operator import runtime
-
-        return runtime.api()
-    except (ImportError, RuntimeError):
-        return None
-
-
-def _is_leader() -> bool:
-    try:
-        from baton_operator import runtime
-    except ImportError:
-        return True
-    try:
-        return bool(runtime.controller().is_leader())
-    except RuntimeError:
-        return False  # the operator has not started yet
-
-
 def _post(body: Any, event: controller.ScaleEvent) -> None:
-    api = _runtime_api()
     kind = "Warning" if event.warning else "Normal"
-    if api is not None:
-        api.post_event(dict(body), kind, event.reason, event.message)
-    else:
-        (kopf.warn if event.warning else kopf.info)(dict(body), reason=event.reason, message=event.message)
+    runtime.api().post_event(dict(body), kind, event.reason, event.message)
 
 
 def _state(memo: Any) -> controller.PoolState:
@@ -140,7 +118,7 @@ def inferencepool_autoscale(
     """Run one autoscaling pass on this pool when its interval has elapsed."""
     state = _state(memo)
     now = time.time()
-    if not _is_leader():
+    if not runtime.is_leader():
         state.roles.clear()
         state.last_pass = float("-inf")
         _slo_state(memo).reset(None)
@@ -186,11 +164,7 @@ def _write_status(
     namespace: str, name: str, state: controller.PoolState, patch: dict, now: float, logger: Any
 ) -> None:
     try:
-        api = _runtime_api()
-        if api is not None:
-            api.patch_pool_status(namespace, name, patch)
-        else:
-            _kube().patch_status(namespace, name, patch)
+        runtime.api().patch_pool_status(namespace, name, patch, timeout=REQUEST_TIMEOUT_S)
     except Exception as e:  # noqa: BLE001 - status is retried on the next pass
         logger.warning(f"autoscaling status write failed: {e}")
         return

@@ -14,8 +14,10 @@ from string import Template
 from typing import Any
 
 from baton_operator.autoscaling import config, signal
-from baton_operator.autoscaling.actuation import KINDS, workload_name
 from baton_operator.autoscaling.policy import RoleScaling
+from baton_operator.names import WORKLOAD_KINDS, role_labels, workload_name
+from baton_operator.spec import API_VERSION as POOL_API_VERSION
+from baton_operator.spec import KIND as POOL_KIND
 
 API_VERSION = "keda.sh/v1alpha1"
 KIND = "ScaledObject"
@@ -31,16 +33,6 @@ DEFAULT_TOLERANCE = 0.1
 def scaled_object_name(pool: str, role: str) -> str:
     """Name of a role's ScaledObject: the same as the workload it scales."""
     return workload_name(pool, role)
-
-
-def _labels(pool: str, role: str) -> dict[str, str]:
-    return {
-        "app.kubernetes.io/name": "baton",
-        "app.kubernetes.io/instance": pool,
-        "app.kubernetes.io/managed-by": "baton-operator",
-        "baton.dev/pool": pool,
-        "baton.dev/role": role,
-    }
 
 
 def _trigger(
@@ -108,8 +100,8 @@ def build_scaled_objects(pool: Mapping[str, Any]) -> list[dict[str, Any]]:
     if meta.get("uid"):
         owner = [
             {
-                "apiVersion": str(pool.get("apiVersion") or "baton.dev/v1alpha1"),
-                "kind": str(pool.get("kind") or "InferencePool"),
+                "apiVersion": str(pool.get("apiVersion") or POOL_API_VERSION),
+                "kind": str(pool.get("kind") or POOL_KIND),
                 "name": name,
                 "uid": meta["uid"],
                 "controller": True,
@@ -121,7 +113,7 @@ def build_scaled_objects(pool: Mapping[str, Any]) -> list[dict[str, Any]]:
         metadata: dict[str, Any] = {
             "name": scaled_object_name(name, role),
             "namespace": namespace,
-            "labels": _labels(name, role),
+            "labels": role_labels(name, role),
         }
         if owner:
             metadata["ownerReferences"] = owner
@@ -133,7 +125,7 @@ def build_scaled_objects(pool: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "spec": {
                     "scaleTargetRef": {
                         "apiVersion": "apps/v1",
-                        "kind": KINDS[role],
+                        "kind": WORKLOAD_KINDS[role],
                         "name": workload_name(name, role),
                     },
                     "pollingInterval": cfg.interval_s,

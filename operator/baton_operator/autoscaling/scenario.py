@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from baton_operator.autoscaling.actuation import KINDS, workload_name
+from baton_operator.names import TEST_NODE_LABEL, inference_pool, workload_name
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class RoleKnobs:
     tolerations: tuple[tuple[str, str], ...] = ()  # (key, value) tolerated with effect NoSchedule
 
 
-PRIVATE_LABEL = "baton.dev/test-node"
+PRIVATE_LABEL = TEST_NODE_LABEL
 GPU_PRODUCTS = {"H100": ("NVIDIA-H100-80GB-HBM3", 81559), "A100": ("NVIDIA-A100-SXM4-80GB", 81920)}
 
 
@@ -90,46 +90,33 @@ def autoscaled_pool(
             },
         }
 
-    return {
-        "apiVersion": "baton.dev/v1alpha1",
-        "kind": "InferencePool",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "model": {"name": "tiny", "source": "builtin://tiny"},
-            "prefill": role(prefill),
-            "decode": role(decode),
-            "router": {"replicas": 1},
-            "autoscaling": {"metricsUrl": metrics_url, "intervalSeconds": int(interval_s)},
-        },
+    spec = {
+        "model": {"name": "tiny", "source": "builtin://tiny"},
+        "prefill": role(prefill),
+        "decode": role(decode),
+        "router": {"replicas": 1},
+        "autoscaling": {"metricsUrl": metrics_url, "intervalSeconds": int(interval_s)},
     }
+    return inference_pool(name, namespace, spec)
 
 
 class Replicas:
-    """spec.replicas of a pool's role workloads, read with the Kubernetes client."""
+    """spec.replicas of a pool's role workloads, read with the operator's API client."""
 
     def __init__(self, kubeconfig: Path, namespace: str, pool: str) -> None:
-        from kubernetes import client, config
+        from baton_operator.api import KubeApi
 
-        self._api = config.new_client_from_config(config_file=str(kubeconfig))
-        self._apps = client.AppsV1Api(self._api)
+        self._api = KubeApi.from_environment(str(kubeconfig))
         self.namespace, self.pool = namespace, pool
 
     def get(self, role: str) -> int | None:
         """The role's spec.replicas, or None while its workload does not exist."""
-        from kubernetes.client.exceptions import ApiException
+        from baton_operator.api import WORKLOADS
 
-        name = workload_name(self.pool, role)
-        read = (
-            self._apps.read_namespaced_stateful_set
-            if KINDS[role] == "StatefulSet"
-            else self._apps.read_namespaced_deployment
-        )
-        try:
-            return int(read(name, self.namespace, _request_timeout=5).spec.replicas or 0)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+        obj = self._api.get(WORKLOADS[role], self.namespace, workload_name(self.pool, role), timeout=5)
+        if obj is None:
+            return None
+        return int((obj.get("spec") or {}).get("replicas") or 0)
 
     def close(self) -> None:
         self._api.close()

@@ -7,32 +7,27 @@ stops exactly those pids again.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import ssl
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-from . import node_images, node_stop, procs, realnode
-from .addresses import NODE_NAME
+from . import node_images, nodes, procs, realnode
 from .build import Resolved, resolve
 from .certs import CLIENTS, ensure_pki
 from .handle import Sandbox
-from .health import NotReady, get_json, healthy, tls_context, wait_for
-from .imageplan import OPERATOR_IMAGE, PAUSE_IMAGE, WORKER_IMAGE
+from .health import NotReady, healthy, tls_context, wait_for
 from .kubeconfig import kubeconfig_dict, write_kubeconfig
 from .layout import COMPONENTS, Layout, Ports, api_host, command, default_state_dir, server_url
-from .nodeplan import NODE_COMPONENTS, NodePorts, rbac_manifests
-from .nodepools import DEFAULT_NODEPOOLS, KWOK_ANNOTATION, KWOK_ANNOTATION_VALUE, load_pools, node_manifests
+from .nodeplan import NODE_COMPONENTS, NodePorts
+from .nodepools import DEFAULT_NODEPOOLS, KWOK_ANNOTATION, KWOK_ANNOTATION_VALUE
+from .nodes import START_TIMEOUT_S
+from .nodes import node_schedulable as node_schedulable  # re-exported
 from .state import State, load_state, save_state, state_lock
 
-START_TIMEOUT_S = 60.0
 REUSE_TIMEOUT_S = 30.0
 
 
@@ -84,7 +79,7 @@ def processes_alive(state: State) -> bool:
 
 def api_ready(layout: Layout, state: State) -> bool:
     """Whether the API server answers /readyz with 200 now."""
-    return healthy(state.ports.apiserver, "/readyz", _admin_ctx(layout), host=state.api_host)
+    return healthy(state.ports.apiserver, "/readyz", nodes.admin_ctx(layout), host=state.api_host)
 
 
 def running_ok(layout: Layout, state: State) -> bool:
@@ -169,67 +164,6 @@ def _start_control_plane(
     log("kube-controller-manager and kube-scheduler healthy")
 
 
-def node_schedulable(node: dict[str, Any]) -> bool:
-    """Ready, and without the not-ready/unreachable taints the node-lifecycle controller lifts."""
-    conditions = node.get("status", {}).get("conditions", [])
-    ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
-    taints = {t["key"] for t in node.get("spec", {}).get("taints", [])}
-    return ready and not taints & {"node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"}
-
-
-def _admin_ctx(layout: Layout) -> ssl.SSLContext:
-    pki = layout.pki
-    return tls_context(pki.ca_cert, pki.client_cert("admin"), pki.client_key("admin"))
-
-
-def _nodes_ready(layout: Layout, state: State, expected: set[str]) -> bool:
-    nodes = get_json(state.ports.apiserver, "/api/v1/nodes", _admin_ctx(layout), host=state.api_host)
-    if nodes is None:
-        return False
-    return expected <= {n["metadata"]["name"] for n in nodes["items"] if node_schedulable(n)}
-
-
-def _default_sa_exists(layout: Layout, state: State) -> bool:
-    path = "/api/v1/namespaces/default/serviceaccounts/default"
-    return get_json(state.ports.apiserver, path, _admin_ctx(layout), host=state.api_host) is not None
-
-
-def _create_nodes(sandbox: Sandbox, nodepools: Path, real_node: bool) -> set[str]:
-    pools = load_pools(nodepools)
-    if real_node:
-        # The real node takes the place of the simulated pools without GPUs: pods that need no
-        # GPU (CPU pools, routers, the operator) run there for real.
-        pools = [p for p in pools if p.gpu is not None]
-    manifests = node_manifests(pools)
-    # Plain create: Node status (capacity, allocatable) is kept only on create, and apply
-    # would strip it as a reset field. `up` only adds nodes to a fresh cluster.
-    doc = json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests})
-    sandbox.kubectl("create", "-f", "-", input=doc)
-    return {m["metadata"]["name"] for m in manifests}
-
-
-def _wait_nodes(layout: Layout, state: State, names: set[str], log: Callable[[str], None]) -> int:
-    kwok = next(p for p in state.procs if p.name == "kwok")
-    wait_for(
-        f"{len(names)} kwok nodes",
-        lambda: _nodes_ready(layout, state, names),
-        START_TIMEOUT_S,
-        check_alive=_alive_check(kwok, state.ports),
-        interval_s=0.3,
-    )
-    log(f"{len(names)} kwok nodes Ready and untainted")
-    cm = next(p for p in state.procs if p.name == "kube-controller-manager")
-    # Pods cannot be created in a namespace before its `default` ServiceAccount exists.
-    wait_for(
-        "the default ServiceAccount",
-        lambda: _default_sa_exists(layout, state),
-        START_TIMEOUT_S,
-        check_alive=_alive_check(cm, state.ports),
-        interval_s=0.2,
-    )
-    return len(names)
-
-
 def _remove_state_dir(layout: Layout) -> None:
     # $BATON_SANDBOX_DIR may point anywhere: only ever delete a directory the sandbox made.
     d = layout.state_dir
@@ -252,6 +186,83 @@ def stop_all(layout: Layout, state: State) -> list[str]:
     return stuck
 
 
+def _reuse(layout: Layout, state: State, real_node: bool, log: Callable[[str], None]) -> Sandbox:
+    """The handle of the live sandbox recorded in ``state``, once its API server answers."""
+    if real_node and state.node is None:
+        raise SandboxError(
+            f"the sandbox in {layout.state_dir} runs without a real node: "
+            "`baton sandbox down`, then `up --real-node`"
+        )
+    # Never restart a live sandbox others may be using because it answers slowly
+    # (a loaded machine): wait for it, and fail rather than wipe it.
+    try:
+        wait_for("the running sandbox's API server", lambda: api_ready(layout, state), REUSE_TIMEOUT_S)
+    except NotReady:
+        raise SandboxError(
+            f"sandbox processes in {layout.state_dir} run but the API server is not ready after "
+            f"{REUSE_TIMEOUT_S:.0f} s; see {layout.logs}, or `baton sandbox down` and `up` again"
+        ) from None
+    log(f"sandbox already up ({layout.state_dir})")
+    return handle(layout, state)
+
+
+def _fresh_state(layout: Layout, bins: Resolved, real_node: bool) -> State:
+    """A new state directory with certificates and kubeconfigs, and its recorded state."""
+    if real_node:
+        realnode.preflight(bins)
+    _remove_state_dir(layout)
+    layout.state_dir.mkdir(parents=True)
+    layout.state_dir.chmod(0o700)
+    ports = Ports(*procs.free_ports(6))
+    host = api_host(real_node)
+    _write_configs(layout, ports, host)
+    state = State(
+        ports=ports,
+        binaries={k: str(v) for k, v in bins.paths.items()},
+        started_at=time.time(),
+        api_host=host,
+    )
+    if real_node:
+        state.node = realnode.NodeState(ports=NodePorts(*procs.free_ports(6)), host=realnode.snapshot_host())
+    save_state(layout, state)
+    return state
+
+
+def _start(
+    layout: Layout,
+    state: State,
+    bins: Resolved,
+    nodepools: Path,
+    real_node: bool,
+    progress: Callable[[str], None],
+) -> tuple[Sandbox, int]:
+    """Start the control plane, the kwok nodes and the real node; returns the handle and the
+    number of nodes. Stops whatever it started when a step fails."""
+    try:
+        if real_node:
+            # The API server binds to the bridge's address: the bridge comes first.
+            realnode.setup_bridge()
+        sandbox = handle(layout, state)
+        names: set[str] = set()
+
+        def create_nodes() -> None:
+            # Nodes exist before kwok and the node-lifecycle controller start: both pick
+            # them up in their first sync instead of on a later event.
+            names.update(nodes.create_nodes(sandbox, nodepools, real_node))
+
+        def alive(name: str) -> Callable[[], None]:
+            return _alive_check(next(p for p in state.procs if p.name == name), state.ports)
+
+        _start_control_plane(layout, state, bins, progress, create_nodes)
+        n = nodes.wait_nodes(layout, state, names, alive, progress)
+        if real_node:
+            n += nodes.start_real_node(layout, state, sandbox, bins, progress)
+    except (NotReady, SandboxError, RuntimeError) as exc:
+        _stop_everything(layout, state)
+        raise SandboxError(str(exc)) from None
+    return sandbox, n
+
+
 def up(
     state_dir: Path | None = None,
     *,
@@ -270,23 +281,7 @@ def up(
     with state_lock(layout):
         state = load_state(layout)
         if state is not None and processes_alive(state):
-            if real_node and state.node is None:
-                raise SandboxError(
-                    f"the sandbox in {layout.state_dir} runs without a real node: "
-                    "`baton sandbox down`, then `up --real-node`"
-                )
-            # Never restart a live sandbox others may be using because it answers slowly
-            # (a loaded machine): wait for it, and fail rather than wipe it.
-            live = state
-            try:
-                wait_for("the running sandbox's API server", lambda: api_ready(layout, live), REUSE_TIMEOUT_S)
-            except NotReady:
-                raise SandboxError(
-                    f"sandbox processes in {layout.state_dir} run but the API server is not ready after "
-                    f"{REUSE_TIMEOUT_S:.0f} s; see {layout.logs}, or `baton sandbox down` and `up` again"
-                ) from None
-            log(f"sandbox already up ({layout.state_dir})")
-            return handle(layout, state), False
+            return _reuse(layout, state, real_node, log), False
         if state is not None:
             _clear_dead(layout, state, log)
         t0 = time.monotonic()
@@ -295,80 +290,12 @@ def up(
             log(f"  [{time.monotonic() - t0:5.1f} s] {msg}")
 
         bins = resolve(build_missing=True, log=log)
-        if real_node:
-            realnode.preflight(bins)
-        _remove_state_dir(layout)
-        layout.state_dir.mkdir(parents=True)
-        layout.state_dir.chmod(0o700)
-        ports = Ports(*procs.free_ports(6))
-        host = api_host(real_node)
-        _write_configs(layout, ports, host)
-        state = State(
-            ports=ports,
-            binaries={k: str(v) for k, v in bins.paths.items()},
-            started_at=time.time(),
-            api_host=host,
-        )
-        if real_node:
-            state.node = realnode.NodeState(
-                ports=NodePorts(*procs.free_ports(6)), host=realnode.snapshot_host()
-            )
-        save_state(layout, state)
-        try:
-            if real_node:
-                # The API server binds to the bridge's address: the bridge comes first.
-                realnode.setup_bridge()
-            sandbox = handle(layout, state)
-            names: set[str] = set()
-
-            def create_nodes() -> None:
-                # Nodes exist before kwok and the node-lifecycle controller start: both pick
-                # them up in their first sync instead of on a later event.
-                names.update(_create_nodes(sandbox, nodepools, real_node))
-
-            _start_control_plane(layout, state, bins, progress, create_nodes)
-            n = _wait_nodes(layout, state, names, progress)
-            if real_node:
-                n += _start_real_node(layout, state, sandbox, bins, progress)
-        except (NotReady, SandboxError, RuntimeError) as exc:
-            _stop_everything(layout, state)
-            raise SandboxError(str(exc)) from None
+        state = _fresh_state(layout, bins, real_node)
+        sandbox, n = _start(layout, state, bins, nodepools, real_node, progress)
         state.ready_after_s = time.monotonic() - t0
         save_state(layout, state)
         progress(f"sandbox ready: {n} nodes, default ServiceAccount present")
         return sandbox, True
-
-
-def _start_real_node(
-    layout: Layout, state: State, sandbox: Sandbox, bins: Resolved, log: Callable[[str], None]
-) -> int:
-    """containerd with the images loaded, kubelet, kube-proxy and CoreDNS; returns 1 (the node)."""
-    from .images import build_images, image_exists, tool
-
-    node = state.node
-    assert node is not None
-    paths = realnode.node_paths(layout.state_dir)
-    realnode.write_configs(paths, node.ports, layout.pki, server_url(state.ports, state.api_host))
-    sandbox.apply(rbac_manifests())
-
-    def record(rec: procs.ProcRecord) -> None:
-        node.procs.append(rec)
-        save_state(layout, state)
-
-    realnode.start_containerd(paths, layout.logs, record, log)
-    podman = tool("podman")
-    wanted = {"pause": PAUSE_IMAGE, "operator": OPERATOR_IMAGE, "worker": WORKER_IMAGE}
-    missing = [key for key, ref in wanted.items() if not image_exists(podman, ref)]
-    if missing:
-        log(f"building images {', '.join(missing)} (`make images`)")
-        build_images(missing, log=log)
-    node_images.load_images(paths, wanted.values(), log)
-
-    def node_ready() -> bool:
-        return _nodes_ready(layout, state, {NODE_NAME})
-
-    realnode.start_agents(paths, node.ports, bins, layout.logs, record, node_ready, log)
-    return 1
 
 
 def load_node_images(state_dir: Path | None, references: list[str], log: Callable[[str], None]) -> bool:
@@ -382,38 +309,11 @@ def load_node_images(state_dir: Path | None, references: list[str], log: Callabl
     return True
 
 
-def _drain_real_node(layout: Layout, state: State) -> None:
-    """Cordon the real node and delete its pods while the API server runs, so kubelet stops
-    the containers and tears their networking down itself."""
-    if state.node is None or not running_ok(layout, state):
-        return
-    sandbox = handle(layout, state)
-    sandbox.kubectl("cordon", NODE_NAME, check=False)
-    sandbox.kubectl(
-        "delete",
-        "pods",
-        "--all-namespaces",
-        f"--field-selector=spec.nodeName={NODE_NAME}",
-        "--grace-period=2",
-        "--wait=false",
-        check=False,
-    )
-    node_stop.wait_containers_gone(realnode.node_paths(layout.state_dir))
-
-
 def _stop_everything(layout: Layout, state: State) -> list[str]:
     """The real node (drained first), then every other recorded process; returns what stuck."""
-    stuck: list[str] = []
-    if state.node is not None:
-        _drain_real_node(layout, state)
-        kube_proxy = state.binaries.get("kube-proxy")
-
-        def cleanup_iptables() -> None:
-            if kube_proxy:
-                subprocess.run([kube_proxy, "--cleanup"], capture_output=True, timeout=60, check=False)
-
-        stuck += node_stop.stop(realnode.node_paths(layout.state_dir), state.node, cleanup_iptables)
-    return stuck + stop_all(layout, state)
+    if state.node is not None and running_ok(layout, state):
+        nodes.drain_real_node(layout, handle(layout, state))
+    return nodes.stop_real_node(layout, state) + stop_all(layout, state)
 
 
 def _clear_dead(layout: Layout, state: State, log: Callable[[str], None]) -> None:

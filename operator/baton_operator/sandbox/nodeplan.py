@@ -18,13 +18,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from baton_operator.names import NODE_POOL_LABEL, REAL_NODE_LABEL
+
 from .addresses import BRIDGE, NODE_IP, NODE_NAME, POD_SUBNET
 from .certs import KUBELET_SERVING, Pki
 from .imageplan import PAUSE_IMAGE
 
 NODE_POOL = "real"
-NODE_POOL_LABEL = "baton.dev/node-pool"
-REAL_NODE_LABEL = "baton.dev/real-node"
 CLUSTER_DOMAIN = "cluster.local"
 CNI_NETWORK = "baton-sandbox"
 # Processes of the real node, in start order (stopped in reverse).

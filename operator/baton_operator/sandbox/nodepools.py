@@ -9,8 +9,10 @@ from typing import Any
 
 import yaml
 
+from baton_operator.names import NODE_POOL_LABEL
+
 DEFAULT_NODEPOOLS = Path(__file__).with_name("nodepools.yaml")
-POOL_LABEL = "baton.dev/node-pool"
+POOL_LABEL = NODE_POOL_LABEL
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 KWOK_ANNOTATION_VALUE = "fake"
 GPU_RESOURCE = "nvidia.com/gpu"
