@@ -7,7 +7,7 @@ BATON := $(VENV)/bin/baton
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test unit integration lint binaries system-packages images e2e clean
+.PHONY: install demo test unit chart integration lint binaries system-packages images e2e clean
 
 # Debian packages of the images and the sandbox's real node: podman builds the images from a
 # Debian rootfs made by mmdebstrap (gcc compiles the pause binary); containerd, runc, the CNI
@@ -52,8 +52,13 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Needs none of the sandbox's binaries (helm, kubectl, ...): the chart tests are `make chart`.
 unit: install
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+# The Helm chart rendered and linted by the sandbox's helm.
+chart: binaries
+	$(PY) -m pytest -q tests/chart $(PYTEST_ARGS)
 
 # Every test: lint, unit, integration (real processes, real gRPC/NIXL), the sandbox tests and the
 # end-to-end tier (the images, and an InferencePool served by real pods on the real node).

@@ -8,11 +8,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from polling import wait_until
 
 if TYPE_CHECKING:
     from baton_operator.sandbox.handle import Sandbox
@@ -22,23 +23,6 @@ T = TypeVar("T")
 PROMPTS = ["Hello", "The KV cache moves from prefill to decode over the network", "Kubernetes runs pods"]
 CHAT = [{"role": "user", "content": "Which pool decodes the tokens?"}]
 MAX_TOKENS = 24
-
-
-def wait_until(pred: Callable[[], T | None], timeout: float, what: str, interval: float = 0.5) -> T:
-    """Poll ``pred`` until it returns a truthy value; fail naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = pred()
-        except Exception as exc:  # noqa: BLE001 - a transient API error is retried until the deadline
-            last = exc
-        else:
-            if last:
-                return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
-        time.sleep(interval)
 
 
 def pods(sb: Sandbox, selector: str, namespace: str = "default") -> list[dict[str, Any]]:
@@ -134,7 +118,7 @@ def local_stack() -> Iterator[str]:
                     return m.group(1)
             return None
 
-        base = wait_until(url, 240, "`baton up` to be ready", interval=0.2)
+        base = wait_until(url, timeout=240, what="`baton up` to be ready", interval=0.2)
         yield base if base.endswith("/v1") else base.rstrip("/") + "/v1"
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_helpers import http_get, wait_until
+from cluster_helpers import http_get
+from polling import wait_until
 
 pytestmark = [pytest.mark.images, pytest.mark.slow]
 
@@ -98,7 +99,7 @@ def container(image: str, *args: str, ready: str, timeout: float = 180) -> Itera
             text = out.stdout + out.stderr
             return text if ready in text else ""
 
-        wait_until(logs, timeout, f"{image} {args[0]} to log {ready!r}")
+        wait_until(logs, timeout=timeout, what=f"{image} {args[0]} to log {ready!r}", interval=0.5)
         yield cid
     finally:
         subprocess.run(["podman", "rm", "--force", "--time=5", cid], capture_output=True, check=False)
@@ -243,8 +244,9 @@ def test_operator_image_liveness_endpoint_answers(real_sandbox: Any, tmp_path: P
     try:
         wait_until(
             lambda: _running(cid) and http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200,
-            120,
-            "the operator's /healthz",
+            timeout=120,
+            what="the operator's /healthz",
+            interval=0.5,
         )
     finally:
         subprocess.run(["podman", "rm", "--force", "--time=5", cid], capture_output=True, check=False)

@@ -25,8 +25,8 @@ from cluster_helpers import (
     pods,
     ready,
     ready_pods,
-    wait_until,
 )
+from polling import wait_until
 
 pytestmark = [pytest.mark.real_node, pytest.mark.slow]
 
@@ -63,8 +63,9 @@ def operator_pod(real_sandbox: Any) -> dict[str, Any]:
     install_chart(real_sandbox, chart, in_cluster_operator_values(), wait_s=REAL_NODE_HELM_TIMEOUT_S)
     found = wait_until(
         lambda: ready_pods(real_sandbox, "app.kubernetes.io/component=operator", 1, NAMESPACE),
-        START_S,
-        "the operator pod to be Ready",
+        timeout=START_S,
+        what="the operator pod to be Ready",
+        interval=0.5,
     )
     return found[0]
 
@@ -74,11 +75,14 @@ def pool(real_sandbox: Any, operator_pod: dict[str, Any]) -> dict[str, Any]:
     """The CPU example applied and Ready: its router Service's base URL and the pool object."""
     real_sandbox.kubectl("apply", "-f", str(EXAMPLE))
     for role in ("prefill", "decode", "router"):
-        wait_until(lambda role=role: ready_pods(real_sandbox, sel(role), 1), START_S, f"the {role} pod Ready")
+        wait_until(
+            lambda role=role: ready_pods(real_sandbox, sel(role), 1),
+            timeout=START_S,
+            what=f"the {role} pod Ready",
+            interval=0.5,
+        )
     obj = wait_until(
-        lambda: ready_pool(real_sandbox),
-        START_S,
-        f"InferencePool {POOL} Ready",
+        lambda: ready_pool(real_sandbox), timeout=START_S, what=f"InferencePool {POOL} Ready", interval=0.5
     )
     ip = real_sandbox.kubectl_json("get", "service", f"{POOL}-router")["spec"]["clusterIP"]
     return {"url": f"http://{ip}:8000/v1", "object": obj}
@@ -137,8 +141,9 @@ def test_the_next_turn_of_a_conversation_reuses_the_cached_prefix(pool: dict[str
     for role in ("prefill", "decode"):
         wait_until(
             lambda role=role: metric(http_get(router)[1], "baton_router_prefix_view_blocks", role=role) >= 8,
-            30,
-            f"the router's view of the {role} worker's prefix cache",
+            timeout=30,
+            what=f"the router's view of the {role} worker's prefix cache",
+            interval=0.5,
         )
     before = http_get(router)[1]
     second = first + answer + "\nUser: and then?\nAssistant:"
@@ -208,8 +213,9 @@ def test_a_decode_pod_deleted_mid_stream_loses_and_repeats_no_token(
             for p in pods(real_sandbox, sel("decode"))
             if p["metadata"]["uid"] != old["metadata"]["uid"] and ready(p)
         ],
-        START_S,
-        "a replacement decode pod Ready",
+        timeout=START_S,
+        what="a replacement decode pod Ready",
+        interval=0.5,
     )
     assert len(new) == 1
 
@@ -217,12 +223,22 @@ def test_a_decode_pod_deleted_mid_stream_loses_and_repeats_no_token(
 def test_scaling_decode_to_two_sends_requests_to_the_new_pod(real_sandbox: Any, pool: dict[str, Any]) -> None:
     from openai import OpenAI
 
-    wait_until(lambda: ready_pods(real_sandbox, sel("decode"), 1), START_S, "one Ready decode pod")
+    wait_until(
+        lambda: ready_pods(real_sandbox, sel("decode"), 1),
+        timeout=START_S,
+        what="one Ready decode pod",
+        interval=0.5,
+    )
     (first,) = pods(real_sandbox, sel("decode"))
     real_sandbox.kubectl(
         "patch", "inferencepool", POOL, "--type=merge", "-p", '{"spec":{"decode":{"replicas":2}}}'
     )
-    both = wait_until(lambda: ready_pods(real_sandbox, sel("decode"), 2), START_S, "two Ready decode pods")
+    both = wait_until(
+        lambda: ready_pods(real_sandbox, sel("decode"), 2),
+        timeout=START_S,
+        what="two Ready decode pods",
+        interval=0.5,
+    )
     (added,) = [p for p in both if p["metadata"]["uid"] != first["metadata"]["uid"]]
     client = OpenAI(base_url=pool["url"], api_key="unused", max_retries=0, timeout=120)
 
@@ -247,13 +263,17 @@ def test_scaling_decode_to_two_sends_requests_to_the_new_pod(real_sandbox: Any, 
         _, text = http_get(f"http://{added['status']['podIP']}:8081/metrics")
         return metric(text, "baton_worker_requests_total", role="decode")
 
-    assert wait_until(served_by_added, 120, "the new decode pod to serve requests", interval=0.1) > 0
+    assert (
+        wait_until(served_by_added, timeout=120, what="the new decode pod to serve requests", interval=0.1)
+        > 0
+    )
     wait_until(
         lambda: (
             real_sandbox.kubectl_json("get", "inferencepool", POOL)["status"]["decode"]["readyReplicas"] == 2
         ),
-        60,
-        "status.decode.readyReplicas == 2",
+        timeout=60,
+        what="status.decode.readyReplicas == 2",
+        interval=0.5,
     )
 
 
@@ -268,14 +288,17 @@ def test_a_model_settings_change_rolls_the_pods(real_sandbox: Any, pool: dict[st
         fresh = [p for p in now if p["metadata"]["uid"] not in before]
         return len(now) == 3 and len(fresh) == 3 and all(ready(p) for p in fresh)
 
-    wait_until(rolled, 2 * START_S, "new prefill and decode pods Ready after the spec change")
+    wait_until(
+        rolled,
+        timeout=2 * START_S,
+        what="new prefill and decode pods Ready after the spec change",
+        interval=0.5,
+    )
     for p in pods(real_sandbox, sel("decode")):
         cmd = p["spec"]["containers"][0]["command"]
         assert cmd[cmd.index("--max-model-len") + 1] == "1024"
     obj = wait_until(
-        lambda: ready_pool(real_sandbox),
-        START_S,
-        "the pool Ready again",
+        lambda: ready_pool(real_sandbox), timeout=START_S, what="the pool Ready again", interval=0.5
     )
     assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
     assert answers(pool["url"], MODEL)["completions"][0]
@@ -311,8 +334,9 @@ def test_a_restricted_namespace_runs_a_keyed_cpu_pool_and_refuses_an_rdma_one(
         for role in ("prefill", "decode", "router"):
             wait_until(
                 lambda role=role: ready_pods(real_sandbox, sel(role), 1, ns),
-                START_S,
-                f"the {role} pod Ready in {ns}",
+                timeout=START_S,
+                what=f"the {role} pod Ready in {ns}",
+                interval=0.5,
             )
         ip = real_sandbox.kubectl_json("get", "service", f"{POOL}-router", "-n", ns)["spec"]["clusterIP"]
 
@@ -341,8 +365,9 @@ def test_a_restricted_namespace_runs_a_keyed_cpu_pool_and_refuses_an_rdma_one(
                 for e in real_sandbox.kubectl_json("get", "events", "-n", ns)["items"]
                 if e["reason"] == "FailedCreate" and "IPC_LOCK" in e["message"]
             ],
-            START_S,
-            "the RDMA pool's pods refused by PodSecurity",
+            timeout=START_S,
+            what="the RDMA pool's pods refused by PodSecurity",
+            interval=0.5,
         )
         assert "violates PodSecurity" in refused[0]["message"]
         template = real_sandbox.kubectl_json("get", "deployment", "rdma-decode", "-n", ns)["spec"]["template"]
@@ -370,14 +395,20 @@ def test_gpu_pools_still_land_on_the_simulated_gpu_nodes(
         for role, pool_prefix in (("prefill", "h100-"), ("decode", "a100-")):
             (pod,) = wait_until(
                 lambda role=role: ready_pods(real_sandbox, f"baton.dev/pool=tiny,baton.dev/role={role}", 1),
-                START_S,
-                f"the GPU pool's {role} pod Running on a kwok node",
+                timeout=START_S,
+                what=f"the GPU pool's {role} pod Running on a kwok node",
+                interval=0.5,
             )
             assert pod["spec"]["nodeName"].startswith(pool_prefix), pod["spec"]["nodeName"]
             assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     finally:
         real_sandbox.kubectl("delete", "inferencepool", "tiny", "--wait=false", check=False)
-    wait_until(lambda: not pods(real_sandbox, "baton.dev/pool=tiny"), START_S, "the GPU pool's pods gone")
+    wait_until(
+        lambda: not pods(real_sandbox, "baton.dev/pool=tiny"),
+        timeout=START_S,
+        what="the GPU pool's pods gone",
+        interval=0.5,
+    )
 
 
 def test_deleting_the_pool_removes_every_child_and_pod(real_sandbox: Any, pool: dict[str, Any]) -> None:
@@ -391,5 +422,5 @@ def test_deleting_the_pool_removes_every_child_and_pod(real_sandbox: Any, pool: 
         children = real_sandbox.kubectl_json("get", kinds, "-l", f"baton.dev/pool={POOL}")["items"]
         return not children and not pods(real_sandbox, f"baton.dev/pool={POOL}")
 
-    wait_until(gone, START_S, f"every child and pod of {POOL} to be gone")
+    wait_until(gone, timeout=START_S, what=f"every child and pod of {POOL} to be gone", interval=0.5)
     assert real_sandbox.kubectl("get", "inferencepool", POOL, check=False).returncode != 0

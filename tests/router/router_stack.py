@@ -15,20 +15,10 @@ import threading
 import time
 from pathlib import Path
 
+from polling import wait_until
+
 MODEL = "builtin://tiny"
 READY_TIMEOUT_S = 180.0  # generous: a loaded two-core machine loads the model slowly
-
-
-def wait_until(pred, timeout: float, what: str, interval: float = 0.05):  # type: ignore[no-untyped-def]
-    """Poll ``pred`` until it returns a truthy value; fail naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def pid_alive(pid: int) -> bool:
@@ -61,7 +51,9 @@ class LocalStack:
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        self.ready_line = wait_until(self._ready, READY_TIMEOUT_S, "the `baton up ... ready` line", 0.1)
+        self.ready_line = wait_until(
+            self._ready, timeout=READY_TIMEOUT_S, what="the `baton up ... ready` line", interval=0.1
+        )
         self.ready_s = time.monotonic() - self.started
         self.url = re.search(r"url=(\S+)", self.ready_line).group(1)  # type: ignore[union-attr]
         self.pids: dict[str, int] = {}
@@ -105,7 +97,9 @@ class LocalStack:
                 f"baton up did not stop within 60s of SIGTERM:\n{self.output()[-3000:]}"
             ) from None
         assert code == 0, f"baton up exited with {code}:\n{self.output()[-3000:]}"
-        wait_until(lambda: not [p for p in children if pid_alive(p)], 10, f"children {children} to exit")
+        wait_until(
+            lambda: not [p for p in children if pid_alive(p)], timeout=10, what=f"children {children} to exit"
+        )
 
 
 def reference_generate(prompts: list[list[int]], **sampling: object) -> list[list[int]]:
@@ -147,7 +141,7 @@ def _reference_model():  # type: ignore[no-untyped-def]
 @functools.cache
 def tokenizer():  # type: ignore[no-untyped-def]
     """The router's own tokenizer of MODEL (what the router uses to encode and decode)."""
-    from baton_worker.router.tokenizer import load_tokenizer
+    from baton_worker.text import load_tokenizer
 
     return load_tokenizer(MODEL)
 
@@ -177,4 +171,4 @@ def start_router(*args: str, env: dict[str, str] | None = None) -> tuple[subproc
             raise AssertionError(f"router exited with {proc.returncode}:\n" + "\n".join(lines[-30:]))
         return ready[0] if ready else None
 
-    return proc, wait_until(is_ready, 120, "the router's ready line", 0.1)
+    return proc, wait_until(is_ready, timeout=120, what="the router's ready line", interval=0.1)

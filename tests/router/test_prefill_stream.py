@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent import futures
 
 import grpc
@@ -19,7 +19,7 @@ import pytest
 from baton_worker.router.prefill_stream import FALLBACK_S, PrefillCaller
 from baton_worker.rpc import pb2, pb2_grpc
 from baton_worker.server.prefill_stream import CallRefused, CallState, PrefillStreams
-from router_stack import wait_until
+from polling import wait_until, wait_until_async
 
 
 class Engine:
@@ -107,15 +107,6 @@ def request(rid: str, tokens: int = 3) -> pb2.PrefillRequest:
     return pb2.PrefillRequest(request_id=rid, prompt_token_ids=list(range(tokens)))
 
 
-async def until(pred: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Poll ``pred`` from inside the event loop; AssertionError naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 def run_client(address: str, body) -> object:  # noqa: ANN001
     """Run ``await body(caller)`` with a PrefillCaller on a fresh grpc.aio channel."""
 
@@ -183,22 +174,28 @@ def test_a_call_past_its_deadline_fails_and_the_worker_knows_nobody_waits(worker
     assert nxt.handle.request_id == "sleep-1-after"
     # The engine finished the abandoned call and saw it inactive: the real service frees its KV.
     wait_until(
-        lambda: "block-deadline" in worker.engine.seen_inactive, 10, "the abandoned call to be inactive"
+        lambda: "block-deadline" in worker.engine.seen_inactive,
+        timeout=10,
+        what="the abandoned call to be inactive",
     )
 
 
 def test_a_cancelled_caller_tells_the_worker_over_the_open_stream(worker: Worker) -> None:
     async def body(caller: PrefillCaller) -> tuple[bool, bool]:
         task = asyncio.create_task(caller.prefill(request("block-cancel"), 30))
-        await until(lambda: "block-cancel" in worker.engine.remaining, "the worker to start block-cancel")
+        await wait_until_async(
+            lambda: "block-cancel" in worker.engine.remaining,
+            timeout=10,
+            what="the worker to start block-cancel",
+        )
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         # The cancel message, not the end of the stream, must stop the call: the stream stays open.
-        await until(
+        await wait_until_async(
             lambda: "block-cancel" in worker.engine.seen_inactive,
-            "the worker to see block-cancel given up",
-            5,
+            timeout=5,
+            what="the worker to see block-cancel given up",
         )
         return "block-cancel" in worker.engine.seen_inactive, caller.streaming
 
@@ -214,14 +211,16 @@ def test_calls_waiting_for_a_serving_slot_past_their_deadline_never_run() -> Non
             # Two calls take both slots until their deadline (1 s); four more wait for a slot, and
             # their own deadline (0.3 s) passes while they wait.
             running = [asyncio.create_task(caller.prefill(request(f"block-run-{i}"), 1.0)) for i in range(2)]
-            await until(lambda: len(w.engine.remaining) >= 2, "two calls to run")
+            await wait_until_async(lambda: len(w.engine.remaining) >= 2, timeout=10, what="two calls to run")
             waiting = [caller.prefill(request(f"block-wait-{i}"), 0.3) for i in range(4)]
             return await asyncio.gather(*running, *waiting, return_exceptions=True)
 
         outcomes = run_client(w.address, body)
         assert all(isinstance(o, grpc.aio.AioRpcError) for o in outcomes), outcomes
         assert {o.code() for o in outcomes} == {grpc.StatusCode.DEADLINE_EXCEEDED}
-        wait_until(lambda: len(w.engine.seen_inactive) >= 2, 10, "the two running calls to give up")
+        wait_until(
+            lambda: len(w.engine.seen_inactive) >= 2, timeout=10, what="the two running calls to give up"
+        )
         # The waiting calls were answered without running once a slot freed.
         assert sorted(w.engine.remaining) == ["block-run-0", "block-run-1"]
     finally:
@@ -254,7 +253,9 @@ def test_a_broken_stream_fails_calls_in_flight_unavailable_and_the_next_call_rec
 
     async def body(caller: PrefillCaller) -> tuple:
         task = asyncio.create_task(caller.prefill(request("block-dies"), 30))
-        await until(lambda: "block-dies" in first.engine.remaining, "the worker to start block-dies")
+        await wait_until_async(
+            lambda: "block-dies" in first.engine.remaining, timeout=10, what="the worker to start block-dies"
+        )
         t0 = time.monotonic()
         await asyncio.to_thread(first.stop)  # the worker dies mid-call
         with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -289,7 +290,11 @@ def test_a_broken_stream_fails_calls_in_flight_unavailable_and_the_next_call_rec
 def test_reset_fails_calls_in_flight_at_once(worker: Worker) -> None:
     async def body(caller: PrefillCaller) -> grpc.aio.AioRpcError:
         task = asyncio.create_task(caller.prefill(request("block-reset"), 30))
-        await until(lambda: "block-reset" in worker.engine.remaining, "the worker to start block-reset")
+        await wait_until_async(
+            lambda: "block-reset" in worker.engine.remaining,
+            timeout=10,
+            what="the worker to start block-reset",
+        )
         caller.reset("worker stopped answering Health (DEADLINE_EXCEEDED)")
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await asyncio.wait_for(task, 5)
@@ -298,7 +303,9 @@ def test_reset_fails_calls_in_flight_at_once(worker: Worker) -> None:
     err = run_client(worker.address, body)
     assert err.code() == grpc.StatusCode.UNAVAILABLE
     assert "was reset: worker stopped answering Health" in err.details()
-    wait_until(lambda: "block-reset" in worker.engine.seen_inactive, 10, "the reset call to be inactive")
+    wait_until(
+        lambda: "block-reset" in worker.engine.seen_inactive, timeout=10, what="the reset call to be inactive"
+    )
 
 
 @pytest.mark.parametrize(
@@ -331,11 +338,15 @@ def test_end_all_ends_streams_and_callers_reconnect(worker: Worker) -> None:
         await caller.prefill(request("sleep-1-a"), 5)
         assert worker.streams is not None and worker.streams.open_streams == 1
         inflight = asyncio.create_task(caller.prefill(request("block-at-end"), 30))
-        await until(lambda: "block-at-end" in worker.engine.remaining, "the worker to start block-at-end")
+        await wait_until_async(
+            lambda: "block-at-end" in worker.engine.remaining,
+            timeout=10,
+            what="the worker to start block-at-end",
+        )
         worker.streams.end_all()
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await asyncio.wait_for(inflight, 10)
-        await until(lambda: not caller.streaming, "the stream to end")
+        await wait_until_async(lambda: not caller.streaming, timeout=10, what="the stream to end")
         streaming_after_end = caller.streaming
         b = await caller.prefill(request("sleep-1-b"), 5)
         return err.value, streaming_after_end, b, worker.servicer.streams_opened
@@ -344,7 +355,9 @@ def test_end_all_ends_streams_and_callers_reconnect(worker: Worker) -> None:
     # A call in flight when the worker ends its streams fails retryable, and the worker knows
     # nobody waits for it.
     assert err.code() == grpc.StatusCode.UNAVAILABLE
-    wait_until(lambda: "block-at-end" in worker.engine.seen_inactive, 10, "the cut call to be inactive")
+    wait_until(
+        lambda: "block-at-end" in worker.engine.seen_inactive, timeout=10, what="the cut call to be inactive"
+    )
     assert streaming_after_end is False
     assert b.handle.request_id == "sleep-1-b"
     assert opened == 2
@@ -353,8 +366,10 @@ def test_end_all_ends_streams_and_callers_reconnect(worker: Worker) -> None:
 def test_closing_the_caller_still_delivers_calls_in_flight(worker: Worker) -> None:
     async def body(caller: PrefillCaller) -> str:
         task = asyncio.create_task(caller.prefill(request("sleep-300-inflight"), 10))
-        await until(
-            lambda: "sleep-300-inflight" in worker.engine.remaining, "the worker to start sleep-300-inflight"
+        await wait_until_async(
+            lambda: "sleep-300-inflight" in worker.engine.remaining,
+            timeout=10,
+            what="the worker to start sleep-300-inflight",
         )
         await caller.close()  # half-close: the worker finishes what it has
         return (await task).handle.request_id

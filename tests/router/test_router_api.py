@@ -13,7 +13,8 @@ import httpx
 import openai
 import pytest
 from baton_worker.rpc import pb2, pb2_grpc
-from router_stack import MODEL, reference_generate, start_router, tokenizer, wait_until
+from polling import wait_until
+from router_stack import MODEL, reference_generate, start_router, tokenizer
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -249,13 +250,13 @@ def test_router_client_disconnect_cancels_work_on_both_workers(stack) -> None:  
         lambda: (
             (h := _health(stack.grpc["decode-0"], "decode")).running == 0 and h.free_blocks == h.total_blocks
         ),
-        15,
-        "the decode worker to cancel the request and free its blocks",
+        timeout=15,
+        what="the decode worker to cancel the request and free its blocks",
     )
     wait_until(
         lambda: (h := _health(stack.grpc["prefill-0"], "prefill")).free_blocks == h.total_blocks,
-        15,
-        "the prefill worker to hold no blocks",
+        timeout=15,
+        what="the prefill worker to hold no blocks",
     )
 
 
@@ -272,8 +273,8 @@ def test_router_overload_answers_429_and_503_with_retry_after() -> None:
                 lambda: (
                     'baton_queue_depth{role="decode"} 1.0' in httpx.get(base + "/metrics", timeout=5).text
                 ),
-                30,
-                "the first request to wait for a decode worker",
+                timeout=30,
+                what="the first request to wait for a decode worker",
             )
             r = httpx.post(base + "/v1/completions", json=body, timeout=30)
             assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1, r.text

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from router_stack import start_router, wait_until
+from polling import wait_until
+from router_stack import start_router
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(900)]
 
@@ -74,25 +75,29 @@ def test_router_follows_endpointslices_with_readiness(kube) -> None:  # type: ig
             return httpx.get(url + "/health", timeout=5).json()[role]["known"]
 
         # Only the ready endpoint of the decode Service counts; the prefill Service has none.
-        wait_until(lambda: known("decode") == 1 and known("prefill") == 0, 30, "1 ready decode endpoint")
+        wait_until(
+            lambda: known("decode") == 1 and known("prefill") == 0, timeout=30, what="1 ready decode endpoint"
+        )
         disc.patch_namespaced_endpoint_slice(
             "pool-decode-a",
             ns,
             _slice("pool-decode-a", "pool-decode", [("10.9.0.1", True, False), ("10.9.0.2", None, False)]),
         )
-        wait_until(lambda: known("decode") == 2, 30, "the second endpoint to become ready")
+        wait_until(lambda: known("decode") == 2, timeout=30, what="the second endpoint to become ready")
         disc.create_namespaced_endpoint_slice(
             ns, _slice("pool-prefill-a", "pool-prefill", [("10.9.1.1", True, False)])
         )
-        wait_until(lambda: known("prefill") == 1, 30, "a prefill endpoint")
+        wait_until(lambda: known("prefill") == 1, timeout=30, what="a prefill endpoint")
         disc.patch_namespaced_endpoint_slice(
             "pool-decode-a",
             ns,
             _slice("pool-decode-a", "pool-decode", [("10.9.0.1", True, True), ("10.9.0.2", True, False)]),
         )
-        wait_until(lambda: known("decode") == 1, 30, "the terminating endpoint to leave")
+        wait_until(lambda: known("decode") == 1, timeout=30, what="the terminating endpoint to leave")
         disc.delete_namespaced_endpoint_slice("pool-decode-a", ns)
-        wait_until(lambda: known("decode") == 0, 30, "no decode endpoints after the slice is deleted")
+        wait_until(
+            lambda: known("decode") == 0, timeout=30, what="no decode endpoints after the slice is deleted"
+        )
         # No usable decode worker: the router says so instead of hanging.
         assert httpx.get(url + "/health", timeout=5).status_code == 503
     finally:

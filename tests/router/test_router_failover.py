@@ -11,7 +11,8 @@ import signal
 import httpx
 import openai
 import pytest
-from router_stack import MODEL, wait_until
+from polling import wait_until
+from router_stack import MODEL
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -125,7 +126,9 @@ def test_router_failover_kill_prefill_and_decode_during_burst_loses_nothing(stac
     assert _counter(after, "baton_decode_resumes_total") > _counter(before, "baton_decode_resumes_total")
     # The dead workers are ejected: the router reports them as such.
     wait_until(
-        lambda: 'baton_workers{role="decode",state="ejected"} 1.0' in _metrics(stack), 10, "decode ejection"
+        lambda: 'baton_workers{role="decode",state="ejected"} 1.0' in _metrics(stack),
+        timeout=10,
+        what="decode ejection",
     )
     assert 'baton_workers{role="prefill",state="ejected"} 1.0' in _metrics(stack)
     # And serving goes on with the survivors.

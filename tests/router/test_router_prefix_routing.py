@@ -9,7 +9,8 @@ import re
 import httpx
 import openai
 import pytest
-from router_stack import MODEL, reference_generate, tokenizer, wait_until
+from polling import wait_until
+from router_stack import MODEL, reference_generate, tokenizer
 
 pytestmark = pytest.mark.timeout(600)
 WORDS = "prefill decode router cache block token stream batch handle worker pool queue".split()
@@ -68,8 +69,8 @@ def test_each_turn_goes_to_the_decode_worker_holding_the_conversation(stack) -> 
                 lambda v=view_before: (
                     _metrics(router).get('baton_router_prefix_view_blocks{role="decode"}', 0.0) > v
                 ),
-                15,
-                "the router's view of the decode caches to grow",
+                timeout=15,
+                what="the router's view of the decode caches to grow",
             )
     # The two decode workers reused what they held instead of pulling it again.
     hits = sum(

@@ -20,7 +20,8 @@ import openai
 import pytest
 from baton_worker.pki import issue_pool, new_leaf, pool_identity, write_dir
 from baton_worker.rpc import pb2, pb2_grpc
-from router_stack import MODEL, LocalStack, wait_until
+from polling import wait_until
+from router_stack import MODEL, LocalStack
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -142,14 +143,17 @@ def test_rotation_while_streaming_loses_nothing(stack: LocalStack, tls_dir: Path
     placed = _counter(after, 'baton_prefill_placement_total{decision="remote"')
     stack.kill("prefill-0")
     wait_until(
-        lambda: stack.output().count("[prefill-0] baton worker ready") == 2, 180, "prefill-0 restarted", 0.5
+        lambda: stack.output().count("[prefill-0] baton worker ready") == 2,
+        timeout=180,
+        what="prefill-0 restarted",
+        interval=0.5,
     )
 
     def prefill_usable() -> bool:
         health = httpx.get(stack.url.removesuffix("/v1") + "/health", timeout=5).json()
         return int((health.get("prefill") or {}).get("usable") or 0) == 1
 
-    wait_until(prefill_usable, 180, "the restarted prefill worker to be usable", 0.5)
+    wait_until(prefill_usable, timeout=180, what="the restarted prefill worker to be usable", interval=0.5)
     assert _stream(stack.url, prompts[0]) == baseline[0]
     placed_after = _counter(_metrics(stack), 'baton_prefill_placement_total{decision="remote"')
     assert placed_after == placed + 1

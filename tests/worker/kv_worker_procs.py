@@ -10,8 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import grpc
 from baton_worker.rpc import pb2, pb2_grpc
@@ -81,15 +80,6 @@ class WorkerProc:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
         return self.proc.returncode
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 15.0, interval: float = 0.05) -> None:
-    """Poll ``check`` until it is true; AssertionError naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def all_blocks_free(worker: WorkerProc) -> bool:

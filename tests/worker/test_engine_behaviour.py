@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-import time
 
 import pytest
 import torch
@@ -22,6 +21,7 @@ from baton_worker.engine import (
     load_model,
 )
 from baton_worker.engine.prefill import PoolExhaustedError
+from polling import wait_until
 
 torch.set_num_threads(1)
 
@@ -166,10 +166,9 @@ def test_engine_prefill_waits_for_blocks_then_runs() -> None:
         target=lambda: result.update(r=runner.prefill("second", _prompt(8), SamplingParams()))
     )
     waiter.start()
-    deadline = time.monotonic() + 10
-    while runner.stats().waiting != 1:
-        assert time.monotonic() < deadline, "the second prefill never started waiting"
-        time.sleep(0.01)
+    wait_until(
+        lambda: runner.stats().waiting == 1, timeout=10, what="the second prefill to wait", interval=0.01
+    )
     assert runner.stats().queued_prompt_tokens == 8
     assert runner.release("first")
     waiter.join(10)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import openai
 import pytest
-from kv_worker_procs import WorkerProc, running, wait_for
+from kv_worker_procs import WorkerProc, running
+from polling import wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "router"))
 from router_stack import MODEL, start_router  # noqa: E402
@@ -89,8 +90,10 @@ def test_router_sends_prefills_only_where_decode_can_use_the_kv(
                 return r.read().decode()
 
         # Every worker's Health has been read once the router counts them all usable.
-        wait_for(
-            "the router to see every worker usable", lambda: _usable(base) == (len(prefill), 1), timeout=60
+        wait_until(
+            lambda: _usable(base) == (len(prefill), 1),
+            timeout=60,
+            what="the router to see every worker usable",
         )
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
         for _ in range(6):

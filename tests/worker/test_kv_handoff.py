@@ -29,7 +29,8 @@ from baton_worker.engine import (
 )
 from baton_worker.router.prefill_stream import PrefillCaller
 from baton_worker.rpc import pb2
-from kv_worker_procs import WorkerProc, all_blocks_free, generate, running, wait_for
+from kv_worker_procs import WorkerProc, all_blocks_free, generate, running
+from polling import wait_until
 
 torch.set_num_threads(1)
 
@@ -122,8 +123,8 @@ def test_kv_handoff_equals_single_process(
     per_block = 4 * 2 * 8 * 16 * 32 * 4
     assert chunks[0].kv_transfer_bytes in (3 * per_block, per_block)
     assert chunks[0].kv_transfer_seconds > 0
-    wait_for("prefill blocks freed after the handoff", lambda: all_blocks_free(prefill))
-    wait_for("decode blocks freed after the request", lambda: all_blocks_free(decode))
+    wait_until(lambda: all_blocks_free(prefill), timeout=15, what="prefill blocks freed after the handoff")
+    wait_until(lambda: all_blocks_free(decode), timeout=15, what="decode blocks freed after the request")
 
 
 def _stream_prefill(worker: WorkerProc, request: pb2.PrefillRequest, timeout: float) -> pb2.PrefillResponse:
@@ -154,8 +155,8 @@ def test_kv_handoff_over_the_prefill_stream_equals_single_process(
     assert pre.handle.request_id == rid and pre.handle.backend == backend
     tokens, _ = generate(decode, rid, PROMPT, SAMPLED, pre)
     assert tokens == ref_for(SAMPLED)
-    wait_for("prefill blocks freed after the handoff", lambda: all_blocks_free(prefill))
-    wait_for("decode blocks freed after the request", lambda: all_blocks_free(decode))
+    wait_until(lambda: all_blocks_free(prefill), timeout=15, what="prefill blocks freed after the handoff")
+    wait_until(lambda: all_blocks_free(decode), timeout=15, what="decode blocks freed after the request")
 
 
 def test_kv_stream_call_past_its_deadline_leaves_no_blocks(workers: dict[str, WorkerProc]) -> None:
@@ -181,7 +182,10 @@ def test_kv_stream_call_past_its_deadline_leaves_no_blocks(workers: dict[str, Wo
                 codes.append(err.value.code())
             # Well before the 60 s TTL, with the stream still open.
             await asyncio.to_thread(
-                wait_for, "prefill blocks freed after abandoned calls", lambda: all_blocks_free(prefill), 10
+                wait_until,
+                lambda: all_blocks_free(prefill),
+                timeout=10,
+                what="prefill blocks freed after abandoned calls",
             )
             still_open = caller.streaming
             await caller.close()
@@ -230,7 +234,9 @@ def test_kv_failover_resume_continues_the_same_stream(workers: dict[str, WorkerP
     chunks = list(workers[f"decode-{backend}"].decode_stub().Generate(req, timeout=60))
     assert [t for c in chunks for t in c.token_ids] == ref[k:]
     assert chunks[-1].completion_tokens == len(ref)
-    wait_for("prefill blocks freed", lambda: all_blocks_free(workers[f"prefill-{backend}"]))
+    wait_until(
+        lambda: all_blocks_free(workers[f"prefill-{backend}"]), timeout=15, what="prefill blocks freed"
+    )
 
 
 def test_kv_nixl_handle_pulled_over_grpc_by_a_grpc_decoder(workers: dict[str, WorkerProc]) -> None:
@@ -239,7 +245,7 @@ def test_kv_nixl_handle_pulled_over_grpc_by_a_grpc_decoder(workers: dict[str, Wo
     pre = _prefill(workers["prefill-nixl"], rid, GREEDY)
     tokens, chunks = generate(workers["decode-grpc"], rid, PROMPT, GREEDY, pre)
     assert tokens == ref_for(GREEDY)
-    wait_for("prefill blocks freed", lambda: all_blocks_free(workers["prefill-nixl"]))
+    wait_until(lambda: all_blocks_free(workers["prefill-nixl"]), timeout=15, what="prefill blocks freed")
 
 
 def _rehash(handle: pb2.KvHandle, **changes: object) -> pb2.KvHandle:
@@ -305,7 +311,7 @@ def test_kv_refuses_incompatible_and_corrupted_handles(workers: dict[str, Worker
         for word in words:
             assert word in err.details(), (name, word, err.details())
         # The refused handle's blocks are released at once on the prefill side, none held on decode.
-        wait_for(f"{name}: prefill blocks freed", lambda: all_blocks_free(prefill), timeout=5)
+        wait_until(lambda: all_blocks_free(prefill), timeout=5, what=f"{name}: prefill blocks freed")
         assert all_blocks_free(decode)
 
 
@@ -335,7 +341,7 @@ def test_kv_ttl_frees_abandoned_blocks(workers: dict[str, WorkerProc]) -> None:
     rid = f"ttl-{uuid.uuid4().hex[:6]}"
     pre = _prefill(victim, rid, GREEDY)
     assert not all_blocks_free(victim)
-    wait_for("TTL (2 s) to free the abandoned blocks", lambda: all_blocks_free(victim), timeout=10)
+    wait_until(lambda: all_blocks_free(victim), timeout=10, what="TTL (2 s) to free the abandoned blocks")
     # A late decoder gets a typed retryable error, not stale bytes.
     err = _generate_error(decode, rid, pre.handle, pre.first_token)
     assert err.code() == grpc.StatusCode.UNAVAILABLE
@@ -359,10 +365,10 @@ def test_kv_prefill_killed_mid_grpc_transfer(workers: dict[str, WorkerProc]) -> 
 
     th = threading.Thread(target=run)
     th.start()
-    wait_for(
-        "the decode worker to start pulling",
+    wait_until(
         lambda: decode.health().queue_depth > 0,
         timeout=5,
+        what="the decode worker to start pulling",
         interval=0.01,
     )
     t_kill = time.monotonic()
@@ -373,7 +379,7 @@ def test_kv_prefill_killed_mid_grpc_transfer(workers: dict[str, WorkerProc]) -> 
     assert isinstance(err, grpc.RpcError), result
     assert err.code() == grpc.StatusCode.UNAVAILABLE and "kv_transfer_failed" in err.details()
     assert float(result["t"]) - t_kill < 6  # within the decode worker's 5 s KV deadline
-    wait_for("decode blocks back after the failed pull", lambda: all_blocks_free(decode), timeout=5)
+    wait_until(lambda: all_blocks_free(decode), timeout=5, what="decode blocks back after the failed pull")
 
 
 def test_kv_prefill_killed_before_nixl_read(workers: dict[str, WorkerProc]) -> None:
@@ -390,7 +396,7 @@ def test_kv_prefill_killed_before_nixl_read(workers: dict[str, WorkerProc]) -> N
     assert time.monotonic() - t0 < 8
     assert err.code() == grpc.StatusCode.UNAVAILABLE, err.details()
     assert "kv_" in err.details()
-    wait_for("decode blocks back after the failed READ", lambda: all_blocks_free(decode), timeout=5)
+    wait_until(lambda: all_blocks_free(decode), timeout=5, what="decode blocks back after the failed READ")
     # The decode worker still serves: a local-prefill request works afterwards.
     tokens, _ = generate(decode, f"after-{uuid.uuid4().hex[:6]}", PROMPT, GREEDY)
     assert tokens == ref_for(GREEDY)

@@ -18,6 +18,7 @@ from baton_worker.kv.handle import check_handle
 from baton_worker.kv.nixl_agent import READ_LANE_MIN_BYTES, default_read_lanes, nixl_available
 from baton_worker.kv.sink import KvSink
 from baton_worker.rpc import pb2, pb2_grpc
+from polling import wait_until
 
 pytestmark = pytest.mark.skipif(not nixl_available(), reason="NIXL does not load here")
 
@@ -73,10 +74,7 @@ def _held(stub: pb2_grpc.PrefillWorkerStub, handle: pb2.KvHandle) -> bool:
 
 
 def _wait_freed(stub: pb2_grpc.PrefillWorkerStub, handle: pb2.KvHandle, timeout: float = 10) -> None:
-    end = time.monotonic() + timeout
-    while _held(stub, handle):
-        assert time.monotonic() < end, f"{handle.request_id}: blocks still held after the pull"
-        time.sleep(0.05)
+    wait_until(lambda: not _held(stub, handle), timeout=timeout, what=f"{handle.request_id}: blocks freed")
 
 
 @pytest.mark.parametrize(("blocks", "lanes_used"), [(4, 1), (40, 2)])

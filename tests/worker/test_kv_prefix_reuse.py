@@ -13,7 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 from baton_worker.rpc import pb2
-from kv_worker_procs import WorkerProc, all_blocks_free, generate, running, wait_for
+from kv_worker_procs import WorkerProc, all_blocks_free, generate, running
+from polling import wait_until
 
 GREEDY = pb2.SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
 PER_BLOCK = 4 * 2 * 8 * 16 * 32 * 4  # builtin://tiny, float32, 16 tokens a block
@@ -71,8 +72,8 @@ def test_a_second_turn_moves_only_the_blocks_the_decode_worker_lacks(
     other = "grpc" if backend == "nixl" else "nixl"
     reference, _, cold_moved = _turn(pairs[f"prefill-{other}"], pairs[f"decode-{other}"], second)
     assert cold_moved == 5 * PER_BLOCK and reference == again
-    wait_for("prefill blocks freed", lambda: all_blocks_free(prefill))
-    wait_for("decode blocks freed", lambda: all_blocks_free(decode))
+    wait_until(lambda: all_blocks_free(prefill), timeout=15, what="prefill blocks freed")
+    wait_until(lambda: all_blocks_free(decode), timeout=15, what="decode blocks freed")
 
 
 def test_a_prompt_held_whole_moves_no_byte_and_frees_the_prefill_copy(pairs: dict[str, WorkerProc]) -> None:
@@ -86,5 +87,5 @@ def test_a_prompt_held_whole_moves_no_byte_and_frees_the_prefill_copy(pairs: dic
     # The prefill worker recomputed only its last block (a prefill must compute a token).
     assert _metric(prefill, "baton_worker_prefix_cache_hit_tokens_total") >= 2 * 16
     # Nobody reads the prefill side's copy: Release frees it without waiting for the TTL.
-    wait_for("prefill blocks freed", lambda: all_blocks_free(prefill), timeout=5)
-    wait_for("decode blocks freed", lambda: all_blocks_free(decode))
+    wait_until(lambda: all_blocks_free(prefill), timeout=5, what="prefill blocks freed")
+    wait_until(lambda: all_blocks_free(decode), timeout=15, what="decode blocks freed")

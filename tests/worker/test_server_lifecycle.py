@@ -13,7 +13,8 @@ import uuid
 import grpc
 import pytest
 from baton_worker.rpc import pb2
-from kv_worker_procs import WorkerProc, generate, running, wait_for
+from kv_worker_procs import WorkerProc, generate, running
+from polling import wait_until
 
 PROMPT = list(range(10, 40))
 
@@ -79,7 +80,7 @@ def _long_generate(worker: WorkerProc, max_tokens: int, out: dict) -> threading.
 
     th = threading.Thread(target=run)
     th.start()
-    wait_for("the request to run", lambda: worker.health().running == 1, timeout=30, interval=0.02)
+    wait_until(lambda: worker.health().running == 1, timeout=30, what="the request to run", interval=0.02)
     return th
 
 
@@ -88,7 +89,9 @@ def test_server_sigterm_drains_running_requests(pair: dict[str, WorkerProc]) -> 
     out: dict = {}
     th = _long_generate(decode, 150, out)
     decode.proc.send_signal(15)
-    wait_for("readiness to drop", lambda: http_get(decode, "/health")[0] == 503, timeout=5, interval=0.02)
+    wait_until(
+        lambda: http_get(decode, "/health")[0] == 503, timeout=5, what="readiness to drop", interval=0.02
+    )
     assert "draining" in http_get(decode, "/health")[1]
     h = decode.health()
     assert h.draining and not h.ready

@@ -16,7 +16,8 @@ import torch
 from baton_worker.engine import load_model
 from baton_worker.pki import Pem, issue_pool, pool_identity, write_dir
 from baton_worker.rpc import pb2, pb2_grpc
-from kv_worker_procs import WorkerProc, all_blocks_free, generate, wait_for
+from kv_worker_procs import WorkerProc, all_blocks_free, generate
+from polling import wait_until
 
 torch.set_num_threads(1)
 
@@ -81,5 +82,5 @@ def test_tp_handoff_over_tls(workers: dict[str, WorkerProc]) -> None:
     assert metadata_code(address, channel(address, LEAF)) == grpc.StatusCode.OK
     tokens, _ = generate(decode, "tls-tp", PROMPT, GREEDY, pre, timeout=120)
     assert tokens == reference()
-    wait_for("prefill blocks freed", lambda: all_blocks_free(prefill), timeout=30)
-    wait_for("decode blocks freed", lambda: all_blocks_free(decode), timeout=30)
+    wait_until(lambda: all_blocks_free(prefill), timeout=30, what="prefill blocks freed")
+    wait_until(lambda: all_blocks_free(decode), timeout=30, what="decode blocks freed")

@@ -23,7 +23,8 @@ from baton_worker.engine import (
 )
 from baton_worker.pki import Pem, issue_pool, new_leaf, pool_identity, write_dir
 from baton_worker.rpc import pb2, pb2_grpc
-from kv_worker_procs import WorkerProc, all_blocks_free, generate, running, wait_for
+from kv_worker_procs import WorkerProc, all_blocks_free, generate, running
+from polling import wait_until
 
 torch.set_num_threads(1)
 
@@ -150,7 +151,7 @@ def handoff(workers: dict[str, WorkerProc], decode: str) -> tuple[list[int], pb2
     # After the first handoff a decode worker holds the prompt's full blocks in its prefix cache
     # and pulls only the last one: that still goes over TLS.
     tokens, chunks = generate(workers[decode], rid, PROMPT, GREEDY, pre)
-    wait_for("prefill blocks freed", lambda: all_blocks_free(workers["prefill"]))
+    wait_until(lambda: all_blocks_free(workers["prefill"]), timeout=15, what="prefill blocks freed")
     return tokens, chunks[0]
 
 

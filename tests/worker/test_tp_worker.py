@@ -17,7 +17,8 @@ import pytest
 import torch
 from baton_worker.engine import load_model
 from baton_worker.rpc import pb2
-from kv_worker_procs import WorkerProc, all_blocks_free, generate, wait_for
+from kv_worker_procs import WorkerProc, all_blocks_free, generate
+from polling import wait_until
 
 torch.set_num_threads(1)
 
@@ -81,8 +82,8 @@ def test_tp_worker_prefill_tp_n_to_decode_tp_m_equals_single_process(
     assert (
         chunks[0].kv_transfer_bytes == 4 * 3 * 2 * 8 * 16 * 32 * 4
     )  # layers, blocks, K/V, heads, slots, dim, f32
-    wait_for("prefill blocks freed after the pull", lambda: all_blocks_free(prefill))
-    wait_for("decode blocks freed after the request", lambda: all_blocks_free(decode))
+    wait_until(lambda: all_blocks_free(prefill), timeout=15, what="prefill blocks freed after the pull")
+    wait_until(lambda: all_blocks_free(decode), timeout=15, what="decode blocks freed after the request")
 
 
 def test_tp_worker_decode_tp2_local_prefill_equals_single_process(
@@ -99,7 +100,7 @@ def test_tp_worker_refuses_a_tp_size_the_model_cannot_split() -> None:
         "prefill", "--model", "builtin://tiny-qwen2", "--kv-backend", "nixl", "--tensor-parallel-size", "8"
     )
     assert bad.proc.wait(timeout=120) == 1
-    wait_for("the error line", lambda: any("KV heads" in line for line in bad.lines), timeout=10)
+    wait_until(lambda: any("KV heads" in line for line in bad.lines), timeout=10, what="the error line")
     assert any(
         "tensorParallelSize: 8 does not divide the model's 4 KV heads" in line for line in bad.lines
     ), bad.lines[-5:]

@@ -14,8 +14,8 @@ for the autoscaling tests:
 
 Before starting, it stops a background operator that `baton sandbox up` may have left running
 (it would hold the leader Lease and run older code), and starts it again at the end. ``namespace`` gives each test its own
-namespace (deleted afterwards, without waiting). ``operator_helpers.wait_for`` polls a predicate
-with a deadline.
+namespace (deleted afterwards, without waiting). ``polling.wait_until`` (tests/polling.py) polls a
+predicate with a deadline.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ from baton_operator.sandbox.operator_proc import (
     start_operator,
     stop_operator,
 )
-from operator_helpers import RESYNC_SECONDS, ROOT, metric, wait_for
+from operator_helpers import RESYNC_SECONDS, ROOT, metric
+from polling import wait_until
 
 LEASE_WAIT_S = 30.0
 
@@ -68,17 +69,18 @@ class OperatorUnderTest:
 
     def wait_serving(self, timeout: float = 60.0) -> None:
         """Until the metrics endpoint answers (the process is up; leadership may follow)."""
-        wait_for(
+        wait_until(
             lambda: serves_metric(self.metrics_url, "baton_operator_reconciles_total"),
-            timeout,
-            "operator metrics endpoint",
+            timeout=timeout,
+            what="operator metrics endpoint",
+            interval=0.25,
         )
 
     def restart(self, kill: bool = False) -> None:
         """Stop the operator (SIGKILL when ``kill``, else SIGTERM) and start a fresh process."""
         if kill:
             os.kill(self.process.pid, signal.SIGKILL)
-            wait_for(lambda: not self.process.running(), 10, "operator to die")
+            wait_until(lambda: not self.process.running(), timeout=10, what="operator to die", interval=0.25)
         stop_operator(self.sandbox, self.process)
         self.process = _start(self.sandbox, self.metrics_port, self.args)
         self.wait_serving()

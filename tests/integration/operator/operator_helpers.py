@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import copy
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 from baton_operator.bench import scrape_metric
 from baton_operator.sandbox.handle import Sandbox
+from polling import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = ROOT / "examples" / "inferencepool.yaml"
@@ -19,24 +18,6 @@ H100 = "NVIDIA-H100-80GB-HBM3"
 A100 = "NVIDIA-A100-SXM4-80GB"
 READY_TIMEOUT_S = 60.0
 RESYNC_SECONDS = 5  # the test operator's --resync-seconds
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as e:  # a transient kubectl failure: keep polling until the deadline
-            last_error = e
-        time.sleep(interval)
-    raise AssertionError(
-        f"timed out after {timeout:.0f}s waiting for {what}"
-        + (f" (last error: {last_error})" if last_error else "")
-    )
 
 
 def metric(url: str, name: str, **labels: str) -> float:
@@ -121,6 +102,9 @@ def children(sandbox: Sandbox, namespace: str, pool: str) -> dict[str, list[str]
 def delete_pool_and_pods(sandbox: Sandbox, namespace: str, name: str, timeout: float = 60.0) -> None:
     """Delete a pool and wait until its pods are gone, so their GPUs are free for the next test."""
     sandbox.kubectl("delete", "inferencepool", name, "-n", namespace, "--ignore-not-found", "--wait=false")
-    wait_for(
-        lambda: pods(sandbox, namespace, f"baton.dev/pool={name}") == [], timeout, f"pods of {name} gone"
+    wait_until(
+        lambda: pods(sandbox, namespace, f"baton.dev/pool={name}") == [],
+        timeout=timeout,
+        what=f"pods of {name} gone",
+        interval=0.25,
     )

@@ -17,7 +17,8 @@ from urllib.parse import urlparse
 import pytest
 from baton_operator.autoscaling.queue_endpoint import QueueEndpoint
 from baton_operator.sandbox import procs
-from operator_helpers import get, tiny_pool, wait_for
+from operator_helpers import get, tiny_pool
+from polling import wait_until
 
 pytestmark = pytest.mark.sandbox
 
@@ -77,10 +78,20 @@ def test_autoscaler_scrapes_every_router_and_counts_the_workers_once(sandbox, op
             autoscaling={"intervalSeconds": 1},
         )
         sandbox.kubectl("apply", "-f", "-", input=json.dumps(pool))
-        wait_for(lambda: _queue_depth(sandbox, namespace, "decode") == 15, 60, "decode queueDepth 15")
+        wait_until(
+            lambda: _queue_depth(sandbox, namespace, "decode") == 15,
+            timeout=60,
+            what="decode queueDepth 15",
+            interval=0.25,
+        )
         assert a.scrapes and b.scrapes  # both routers were read (the sum would say 27, one router 14 or 13)
         b.stop()  # a router that stops answering: its held requests are missing, the workers' are not
-        wait_for(lambda: _queue_depth(sandbox, namespace, "decode") == 14, 30, "decode queueDepth 14")
+        wait_until(
+            lambda: _queue_depth(sandbox, namespace, "decode") == 14,
+            timeout=30,
+            what="decode queueDepth 14",
+            interval=0.25,
+        )
         status = get(sandbox, "inferencepool", namespace, "p")["status"]
         assert status["autoscaling"]["metricsAvailable"] is True
     finally:

@@ -21,8 +21,8 @@ from operator_helpers import (
     pods,
     pool_status,
     tiny_pool,
-    wait_for,
 )
+from polling import wait_until
 
 pytestmark = pytest.mark.sandbox
 
@@ -45,7 +45,9 @@ EXPECTED_CHILDREN = {
 
 def test_operator_create_becomes_ready_with_labelled_owned_children(sandbox, operator_process, namespace):
     apply(sandbox, tiny_pool("p", namespace))
-    wait_for(lambda: is_ready(sandbox, namespace, "p"), READY_TIMEOUT_S, "pool p Ready")
+    wait_until(
+        lambda: is_ready(sandbox, namespace, "p"), timeout=READY_TIMEOUT_S, what="pool p Ready", interval=0.25
+    )
     assert children(sandbox, namespace, "p") == EXPECTED_CHILDREN
     pool = get(sandbox, "inferencepool", namespace, "p")
     status = pool["status"]
@@ -80,7 +82,12 @@ def test_operator_example_pool_lands_on_the_right_gpu_nodes(sandbox, operator_pr
     name = body["metadata"]["name"]
     apply(sandbox, body)
     try:
-        wait_for(lambda: is_ready(sandbox, namespace, name), READY_TIMEOUT_S, f"example pool {name} Ready")
+        wait_until(
+            lambda: is_ready(sandbox, namespace, name),
+            timeout=READY_TIMEOUT_S,
+            what=f"example pool {name} Ready",
+            interval=0.25,
+        )
         check_example_placement(sandbox, namespace, name)
     finally:
         delete_pool_and_pods(sandbox, namespace, name)  # it fills both H100 nodes
@@ -109,7 +116,9 @@ def check_example_placement(sandbox, namespace, name):
 
 def test_operator_spec_update_rolls_out(sandbox, operator_process, namespace):
     apply(sandbox, tiny_pool("p", namespace))
-    wait_for(lambda: is_ready(sandbox, namespace, "p"), READY_TIMEOUT_S, "pool p Ready")
+    wait_until(
+        lambda: is_ready(sandbox, namespace, "p"), timeout=READY_TIMEOUT_S, what="pool p Ready", interval=0.25
+    )
     ucx = {"UCX_LOG_LEVEL": "warn"}
     apply(
         sandbox,
@@ -125,9 +134,16 @@ def test_operator_spec_update_rolls_out(sandbox, operator_process, namespace):
         cmd = deploy["spec"]["template"]["spec"]["containers"][0]["command"]
         return deploy["spec"]["replicas"] == 2 and cmd[cmd.index("--max-batch-size") + 1] == "32"
 
-    wait_for(rolled_out, 30, "decode Deployment updated to 2 replicas, batch 32")
+    wait_until(
+        rolled_out, timeout=30, what="decode Deployment updated to 2 replicas, batch 32", interval=0.25
+    )
     # spec.kvTransfer.ucx reaches both worker roles' environment, and not the router's.
-    wait_for(lambda: env("statefulset", "p-prefill").get("UCX_LOG_LEVEL") == "warn", 30, "prefill UCX env")
+    wait_until(
+        lambda: env("statefulset", "p-prefill").get("UCX_LOG_LEVEL") == "warn",
+        timeout=30,
+        what="prefill UCX env",
+        interval=0.25,
+    )
     assert env("deployment", "p-decode")["UCX_LOG_LEVEL"] == "warn"
     assert "UCX_LOG_LEVEL" not in env("deployment", "p-router")
     pool = get(sandbox, "inferencepool", namespace, "p")
@@ -140,7 +156,12 @@ def test_operator_spec_update_rolls_out(sandbox, operator_process, namespace):
             and is_ready(sandbox, namespace, "p")
         )
 
-    wait_for(converged, READY_TIMEOUT_S, "status 2/2 decode Ready at the new generation")
+    wait_until(
+        converged,
+        timeout=READY_TIMEOUT_S,
+        what="status 2/2 decode Ready at the new generation",
+        interval=0.25,
+    )
     decode_pods = pods(sandbox, namespace, "baton.dev/pool=p,baton.dev/role=decode")
     live = [p for p in decode_pods if not p["metadata"].get("deletionTimestamp")]
     assert len(live) == 2
@@ -151,19 +172,27 @@ def test_operator_spec_update_rolls_out(sandbox, operator_process, namespace):
 
 def test_operator_restores_deleted_and_edited_children(sandbox, operator_process, namespace):
     apply(sandbox, tiny_pool("p", namespace))
-    wait_for(lambda: is_ready(sandbox, namespace, "p"), READY_TIMEOUT_S, "pool p Ready")
+    wait_until(
+        lambda: is_ready(sandbox, namespace, "p"), timeout=READY_TIMEOUT_S, what="pool p Ready", interval=0.25
+    )
     old_uid = get(sandbox, "service", namespace, "p-router")["metadata"]["uid"]
     sandbox.kubectl("delete", "service", "p-router", "-n", namespace)
-    wait_for(
+    wait_until(
         lambda: (
             (get(sandbox, "service", namespace, "p-router") or {}).get("metadata", {}).get("uid")
             not in (None, old_uid)
         ),
-        20,
-        "router Service re-created",
+        timeout=20,
+        what="router Service re-created",
+        interval=0.25,
     )
     sandbox.kubectl("delete", "configmap", "p-config", "-n", namespace)
-    wait_for(lambda: get(sandbox, "configmap", namespace, "p-config"), 20, "ConfigMap re-created")
+    wait_until(
+        lambda: get(sandbox, "configmap", namespace, "p-config"),
+        timeout=20,
+        what="ConfigMap re-created",
+        interval=0.25,
+    )
     # An edit by another field manager: replicas and the image
     sandbox.kubectl("scale", "deployment", "p-decode", "-n", namespace, "--replicas=3")
     sandbox.kubectl("set", "image", "statefulset/p-prefill", "worker=evil:latest", "-n", namespace)
@@ -174,16 +203,33 @@ def test_operator_restores_deleted_and_edited_children(sandbox, operator_process
         image = prefill["spec"]["template"]["spec"]["containers"][0]["image"]
         return decode["spec"]["replicas"] == 1 and image == Options.default_image
 
-    wait_for(restored, 20, "decode replicas and prefill image restored")
-    wait_for(lambda: is_ready(sandbox, namespace, "p"), READY_TIMEOUT_S, "pool p Ready again")
+    wait_until(restored, timeout=20, what="decode replicas and prefill image restored", interval=0.25)
+    wait_until(
+        lambda: is_ready(sandbox, namespace, "p"),
+        timeout=READY_TIMEOUT_S,
+        what="pool p Ready again",
+        interval=0.25,
+    )
 
 
 def test_operator_delete_removes_every_child(sandbox, operator_process, namespace):
     apply(sandbox, tiny_pool("p", namespace))
-    wait_for(lambda: is_ready(sandbox, namespace, "p"), READY_TIMEOUT_S, "pool p Ready")
+    wait_until(
+        lambda: is_ready(sandbox, namespace, "p"), timeout=READY_TIMEOUT_S, what="pool p Ready", interval=0.25
+    )
     sandbox.kubectl("delete", "inferencepool", "p", "-n", namespace, "--wait=true", "--timeout=30s")
-    wait_for(lambda: children(sandbox, namespace, "p") == {}, 45, "children garbage-collected")
-    wait_for(lambda: pods(sandbox, namespace, "baton.dev/pool=p") == [], 45, "pods gone")
+    wait_until(
+        lambda: children(sandbox, namespace, "p") == {},
+        timeout=45,
+        what="children garbage-collected",
+        interval=0.25,
+    )
+    wait_until(
+        lambda: pods(sandbox, namespace, "baton.dev/pool=p") == [],
+        timeout=45,
+        what="pods gone",
+        interval=0.25,
+    )
 
 
 def test_operator_status_write_is_a_merge_that_keeps_autoscaler_fields(sandbox, operator_process, namespace):
@@ -193,7 +239,12 @@ def test_operator_status_write_is_a_merge_that_keeps_autoscaler_fields(sandbox, 
         decode={"replicas": 1, "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 3}},
     )
     apply(sandbox, body)
-    wait_for(lambda: get(sandbox, "deployment", namespace, "p-decode"), 30, "decode Deployment")
+    wait_until(
+        lambda: get(sandbox, "deployment", namespace, "p-decode"),
+        timeout=30,
+        what="decode Deployment",
+        interval=0.25,
+    )
     deploy = get(sandbox, "deployment", namespace, "p-decode")
     owners = {m["manager"]: json.dumps(m.get("fieldsV1", {})) for m in deploy["metadata"]["managedFields"]}
     assert '"f:replicas"' not in owners["baton-operator"]  # the autoscaler owns replicas
@@ -209,7 +260,9 @@ def test_operator_status_write_is_a_merge_that_keeps_autoscaler_fields(sandbox, 
         "-p",
         json.dumps(patch),
     )
-    wait_for(lambda: is_ready(sandbox, namespace, "p"), READY_TIMEOUT_S, "pool p Ready")
+    wait_until(
+        lambda: is_ready(sandbox, namespace, "p"), timeout=READY_TIMEOUT_S, what="pool p Ready", interval=0.25
+    )
     st = pool_status(sandbox, namespace, "p")
     assert st["decode"]["queueDepth"] == 7 and st["decode"]["lastScaleReason"] == "test"
     assert condition(st, "ScalingActive")["status"] in ("True", "False")

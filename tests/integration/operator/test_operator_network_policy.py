@@ -20,8 +20,8 @@ from operator_helpers import (
     get,
     is_ready,
     tiny_pool,
-    wait_for,
 )
+from polling import wait_until
 
 pytestmark = pytest.mark.sandbox
 
@@ -40,7 +40,9 @@ def _policies(sandbox, namespace: str) -> list[str]:
 
 def test_operator_network_policies_follow_the_spec_and_go_when_disabled(sandbox, operator_process, namespace):
     apply(sandbox, tiny_pool("p", namespace, networkPolicy={"metricsFrom": [PROM]}))
-    wait_for(lambda: is_ready(sandbox, namespace, "p"), READY_TIMEOUT_S, "pool p Ready")
+    wait_until(
+        lambda: is_ready(sandbox, namespace, "p"), timeout=READY_TIMEOUT_S, what="pool p Ready", interval=0.25
+    )
     assert _policies(sandbox, namespace) == POLICIES
     uid = get(sandbox, "inferencepool", namespace, "p")["metadata"]["uid"]
     pool_labels = {
@@ -68,10 +70,11 @@ def test_operator_network_policies_follow_the_spec_and_go_when_disabled(sandbox,
 
     # A spec change reaches the policies; the CRD refuses a peer with nothing in it.
     apply(sandbox, tiny_pool("p", namespace, networkPolicy={"metricsFrom": [PROM], "routerFrom": [CLIENTS]}))
-    wait_for(
+    wait_until(
         lambda: _spec(sandbox, namespace, "p-router")["ingress"][0].get("from") == [CLIENTS, PROM],
-        30,
-        "router policy restricted to routerFrom + metricsFrom",
+        timeout=30,
+        what="router policy restricted to routerFrom + metricsFrom",
+        interval=0.25,
     )
     # ... and what the API server stored equals what the operator builds: no write on a resync.
     pool = parse_pool(get(sandbox, "inferencepool", namespace, "p"), "unused")
@@ -94,14 +97,29 @@ def test_operator_network_policies_follow_the_spec_and_go_when_disabled(sandbox,
     }
     sandbox.kubectl("apply", "-f", "-", input=json.dumps(users))
     apply(sandbox, tiny_pool("p", namespace, networkPolicy={"enabled": False}))
-    wait_for(lambda: _policies(sandbox, namespace) == ["users-own"], 30, "the pool's policies deleted")
+    wait_until(
+        lambda: _policies(sandbox, namespace) == ["users-own"],
+        timeout=30,
+        what="the pool's policies deleted",
+        interval=0.25,
+    )
     events = sandbox.kubectl_json(
         "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=p"
     )
     deleted = [e["message"] for e in events["items"] if e["reason"] == "Deleted"]
     assert deleted and all(f"NetworkPolicy/{name}" in " ".join(deleted) for name in POLICIES)
-    wait_for(lambda: is_ready(sandbox, namespace, "p"), READY_TIMEOUT_S, "pool p still Ready")
+    wait_until(
+        lambda: is_ready(sandbox, namespace, "p"),
+        timeout=READY_TIMEOUT_S,
+        what="pool p still Ready",
+        interval=0.25,
+    )
 
     # Back on: re-created.
     apply(sandbox, tiny_pool("p", namespace))
-    wait_for(lambda: _policies(sandbox, namespace) == [*POLICIES, "users-own"], 30, "policies re-created")
+    wait_until(
+        lambda: _policies(sandbox, namespace) == [*POLICIES, "users-own"],
+        timeout=30,
+        what="policies re-created",
+        interval=0.25,
+    )

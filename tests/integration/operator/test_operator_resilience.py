@@ -17,8 +17,8 @@ from operator_helpers import (
     metric,
     pods,
     tiny_pool,
-    wait_for,
 )
+from polling import wait_until
 
 pytestmark = pytest.mark.sandbox
 
@@ -52,8 +52,11 @@ def test_operator_runs_under_the_charts_least_privilege_rbac(sandbox, operator_p
     ]:
         assert not can_i(sandbox, verb, resource, namespace), f"operator may {verb} {resource}"
     apply(sandbox, tiny_pool("p", namespace))
-    wait_for(
-        lambda: is_ready(sandbox, namespace, "p"), READY_TIMEOUT_S, "pool p Ready under the chart's RBAC"
+    wait_until(
+        lambda: is_ready(sandbox, namespace, "p"),
+        timeout=READY_TIMEOUT_S,
+        what="pool p Ready under the chart's RBAC",
+        interval=0.25,
     )
     assert "Forbidden" not in operator_process.log_tail(200)
 
@@ -67,7 +70,12 @@ def test_operator_noop_resync_writes_nothing(sandbox, operator_process, namespac
     url = f"http://127.0.0.1:{port}/metrics"
     try:
         apply(sandbox, tiny_pool("p", namespace))
-        wait_for(lambda: is_ready(sandbox, namespace, "p"), READY_TIMEOUT_S, "pool p Ready")
+        wait_until(
+            lambda: is_ready(sandbox, namespace, "p"),
+            timeout=READY_TIMEOUT_S,
+            what="pool p Ready",
+            interval=0.25,
+        )
         kinds = "inferencepools,statefulsets,deployments,services,configmaps,poddisruptionbudgets"
 
         def versions():
@@ -83,16 +91,16 @@ def test_operator_noop_resync_writes_nothing(sandbox, operator_process, namespac
         def quiet_resync_window():
             # a whole resync period in which the pool was reconciled again and nothing was written
             w0, r0, v0, t0 = writes(), reconciles(), versions(), time.monotonic()
-            wait_for(
+            wait_until(
                 lambda: time.monotonic() - t0 > RESYNC_SECONDS + 1 and reconciles() >= r0 + 1,
-                RESYNC_SECONDS * 4,
-                "a resync",
+                timeout=RESYNC_SECONDS * 4,
+                what="a resync",
                 interval=0.5,
             )
             return writes() == w0 and versions() == v0
 
         # The first window may still see the last readiness update; a no-op resync must then be silent.
-        wait_for(quiet_resync_window, 60, "a resync period without API writes", interval=0)
+        wait_until(quiet_resync_window, timeout=60, what="a resync period without API writes", interval=0)
         assert reconciles() >= 2  # it did look at the pool, again and again, and wrote nothing
     finally:
         stop_operator(sandbox, own)
@@ -101,9 +109,14 @@ def test_operator_noop_resync_writes_nothing(sandbox, operator_process, namespac
 def test_operator_restart_mid_reconcile_converges(sandbox, operator_process, namespace):
     apply(sandbox, tiny_pool("p", namespace, decode={"replicas": 2}))
     # kill the operator as soon as it has started creating children (mid-reconcile)
-    wait_for(lambda: children(sandbox, namespace, "p"), 30, "first children", interval=0.05)
+    wait_until(lambda: children(sandbox, namespace, "p"), timeout=30, what="first children", interval=0.05)
     operator_process.restart(kill=True)
-    wait_for(lambda: is_ready(sandbox, namespace, "p"), READY_TIMEOUT_S, "pool p Ready after the restart")
+    wait_until(
+        lambda: is_ready(sandbox, namespace, "p"),
+        timeout=READY_TIMEOUT_S,
+        what="pool p Ready after the restart",
+        interval=0.25,
+    )
     assert len(children(sandbox, namespace, "p")["StatefulSet"]) == 1
     live = [
         p for p in pods(sandbox, namespace, "baton.dev/pool=p") if not p["metadata"].get("deletionTimestamp")
@@ -118,9 +131,10 @@ def test_operator_restart_mid_reconcile_converges(sandbox, operator_process, nam
     t0 = time.monotonic()
     operator_process.restart()
     apply(sandbox, tiny_pool("p", namespace, decode={"replicas": 1}))
-    wait_for(
+    wait_until(
         lambda: get(sandbox, "deployment", namespace, "p-decode")["spec"]["replicas"] == 1,
-        30,
-        "update after restart",
+        timeout=30,
+        what="update after restart",
+        interval=0.25,
     )
     assert time.monotonic() - t0 < 30

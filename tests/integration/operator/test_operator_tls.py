@@ -16,7 +16,8 @@ import json
 import pytest
 from baton_operator import tls
 from baton_worker.pki import Pem, new_leaf, read_cert, signed_by
-from operator_helpers import READY_TIMEOUT_S, apply, get, is_ready, tiny_pool, wait_for
+from operator_helpers import READY_TIMEOUT_S, apply, get, is_ready, tiny_pool
+from polling import wait_until
 
 pytestmark = pytest.mark.sandbox
 
@@ -33,7 +34,9 @@ def _tls_volume(pod_spec: dict) -> dict:
 
 def test_operator_issues_mounts_and_renews_the_tls_secret(sandbox, operator_process, namespace):
     apply(sandbox, tiny_pool("p", namespace, tls={"enabled": True}))
-    wait_for(lambda: is_ready(sandbox, namespace, "p"), READY_TIMEOUT_S, "pool p Ready")
+    wait_until(
+        lambda: is_ready(sandbox, namespace, "p"), timeout=READY_TIMEOUT_S, what="pool p Ready", interval=0.25
+    )
     secret = get(sandbox, "secret", namespace, "p-tls")
     assert secret is not None and secret["type"] == "kubernetes.io/tls"
     uid = get(sandbox, "inferencepool", namespace, "p")["metadata"]["uid"]
@@ -74,7 +77,7 @@ def test_operator_issues_mounts_and_renews_the_tls_secret(sandbox, operator_proc
         current = _secret_data(sandbox, namespace, "p-tls")
         return current if current["tls.crt"] not in (aged.cert, data["tls.crt"]) else None
 
-    renewed = wait_for(renewed_data, 60, "the aged certificate renewed")
+    renewed = wait_until(renewed_data, timeout=60, what="the aged certificate renewed", interval=0.25)
     leaf = read_cert(renewed["tls.crt"])
     assert signed_by(leaf.pem, pki.signer.pem) and renewed["ca.crt"] == data["ca.crt"]  # the same CA
     assert abs(leaf.not_after - (now + dt.timedelta(days=30))) < dt.timedelta(minutes=5)
@@ -89,7 +92,12 @@ def test_operator_issues_mounts_and_renews_the_tls_secret(sandbox, operator_proc
 
 def test_operator_leaves_a_pool_s_own_secret_alone(sandbox, operator_process, namespace):
     apply(sandbox, tiny_pool("b", namespace, tls={"enabled": True, "secretName": "from-cert-manager"}))
-    deploy = wait_for(lambda: get(sandbox, "deployment", namespace, "b-router"), 60, "router Deployment")
+    deploy = wait_until(
+        lambda: get(sandbox, "deployment", namespace, "b-router"),
+        timeout=60,
+        what="router Deployment",
+        interval=0.25,
+    )
     assert _tls_volume(deploy["spec"]["template"]["spec"])["secret"]["secretName"] == "from-cert-manager"
     assert get(sandbox, "secret", namespace, "b-tls") is None
     assert get(sandbox, "secret", namespace, "from-cert-manager") is None  # not created either

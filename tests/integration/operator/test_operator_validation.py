@@ -18,8 +18,8 @@ from operator_helpers import (
     metric,
     pool_status,
     tiny_pool,
-    wait_for,
 )
+from polling import wait_until
 
 pytestmark = pytest.mark.sandbox
 
@@ -110,7 +110,9 @@ def check_unschedulable(sandbox, namespace):
         ready = condition(pool_status(sandbox, namespace, "big"), "Ready")
         return ready if ready.get("reason") == "Unschedulable" else None
 
-    ready = wait_for(unschedulable, READY_TIMEOUT_S, "Ready=False reason Unschedulable")
+    ready = wait_until(
+        unschedulable, timeout=READY_TIMEOUT_S, what="Ready=False reason Unschedulable", interval=0.25
+    )
     assert ready["status"] == "False"
     assert "prefill pods unschedulable" in ready["message"]
     assert "Insufficient nvidia.com/gpu" in ready["message"], ready["message"]
@@ -133,7 +135,9 @@ def test_operator_gpu_type_without_nodes_reports_the_selector(sandbox, operator_
         ready = condition(pool_status(sandbox, namespace, "l4"), "Ready")
         return ready if ready.get("reason") == "Unschedulable" else None
 
-    ready = wait_for(reason, READY_TIMEOUT_S, "Ready=False reason Unschedulable")
+    ready = wait_until(
+        reason, timeout=READY_TIMEOUT_S, what="Ready=False reason Unschedulable", interval=0.25
+    )
     assert "decode pods unschedulable" in ready["message"]
     assert "node affinity/selector" in ready["message"], ready["message"]
 
@@ -156,7 +160,12 @@ def test_operator_pod_options_reach_every_pod_and_a_resync_writes_nothing(
     own = start_operator(sandbox, args=args, name="operator-podopts")
     try:
         apply(sandbox, tiny_pool("opts", namespace, **POD_OPTIONS))
-        wait_for(lambda: is_ready(sandbox, namespace, "opts"), READY_TIMEOUT_S, "pool opts Ready")
+        wait_until(
+            lambda: is_ready(sandbox, namespace, "opts"),
+            timeout=READY_TIMEOUT_S,
+            what="pool opts Ready",
+            interval=0.25,
+        )
         check_pod_options(sandbox, namespace)
         check_quiet_resync(f"http://127.0.0.1:{port}/metrics")
     finally:
@@ -190,16 +199,16 @@ def check_quiet_resync(url):
         writes = metric(url, "baton_operator_api_writes_total")
         reconciles = metric(url, "baton_operator_reconciles_total", result="ok")
         t0 = time.monotonic()
-        wait_for(
+        wait_until(
             lambda: (
                 time.monotonic() - t0 > RESYNC_SECONDS + 1
                 and metric(url, "baton_operator_reconciles_total", result="ok") > reconciles
             ),
-            RESYNC_SECONDS * 4,
-            "a resync",
+            timeout=RESYNC_SECONDS * 4,
+            what="a resync",
             interval=0.5,
         )
         return metric(url, "baton_operator_api_writes_total") == writes
 
     # The first window may still see the last readiness update; then a resync must be silent.
-    wait_for(quiet_window, 60, "a resync period without API writes", interval=0)
+    wait_until(quiet_window, timeout=60, what="a resync period without API writes", interval=0)

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 from baton_operator.sandbox.handle import KubectlError, Sandbox
-from baton_operator.sandbox.health import wait_for
 from baton_operator.sandbox.nodepools import POOL_LABEL
+from polling import wait_until
 
 pytestmark = pytest.mark.sandbox
 
@@ -23,10 +23,11 @@ def namespace(sandbox_cluster: Sandbox) -> Iterator[str]:
     name = f"sbx-{uuid.uuid4().hex[:8]}"
     sandbox_cluster.kubectl("create", "namespace", name)
     # Pods are rejected until the namespace's default ServiceAccount exists.
-    wait_for(
-        f"default ServiceAccount in {name}",
+    wait_until(
         lambda: sandbox_cluster.kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0,
-        30,
+        timeout=30,
+        what=f"default ServiceAccount in {name}",
+        interval=0.1,
     )
     yield name
     sandbox_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
@@ -136,13 +137,13 @@ def test_h100_pods_land_on_h100_nodes_and_one_gpu_too_many_stays_pending(
         return None
 
     # GPUs held by other tests' pods can only be freed meanwhile (tests run one at a time).
-    wait_for(
-        f">= {free // 4} Ready H100 pods",
+    wait_until(
         lambda: len([p for p in _pods(sb, namespace, "app=h100-tp4") if _ready(p)]) >= free // 4,
-        60,
-        interval_s=0.3,
+        timeout=60,
+        what=f">= {free // 4} Ready H100 pods",
+        interval=0.3,
     )
-    reason = wait_for("an unschedulable H100 pod", pending_reason, 60, interval_s=0.3)
+    reason = wait_until(pending_reason, timeout=60, what="an unschedulable H100 pod", interval=0.3)
     assert reason.startswith("Unschedulable"), reason
     assert f"Insufficient {GPU}" in reason, reason
     pods = _pods(sb, namespace, "app=h100-tp4")
@@ -165,11 +166,11 @@ def test_deleting_an_owner_garbage_collects_its_dependents(sandbox_cluster: Sand
         "-n",
         namespace,
     )
-    wait_for(
-        "2 Ready router pods",
+    wait_until(
         lambda: len([p for p in _pods(sb, namespace, "app=router") if _ready(p)]) == 2,
-        60,
-        interval_s=0.3,
+        timeout=60,
+        what="2 Ready router pods",
+        interval=0.3,
     )
     nodes = {p["spec"]["nodeName"] for p in _pods(sb, namespace, "app=router")}
     assert all(n.startswith("system-") for n in nodes), nodes
@@ -197,8 +198,11 @@ def test_deleting_an_owner_garbage_collects_its_dependents(sandbox_cluster: Sand
         cm = sb.kubectl("get", "configmap", "dependent", "-n", namespace, check=False)
         return not rs and not pods and cm.returncode != 0 and "NotFound" in cm.stderr
 
-    wait_for(
-        "garbage collection of the ReplicaSet, pods and dependent ConfigMap", collected, 60, interval_s=0.3
+    wait_until(
+        collected,
+        timeout=60,
+        what="garbage collection of the ReplicaSet, pods and dependent ConfigMap",
+        interval=0.3,
     )
 
 
@@ -226,10 +230,11 @@ def test_rbac_denies_what_a_role_does_not_grant(sandbox_cluster: Sandbox, namesp
         "-n",
         namespace,
     )
-    wait_for(
-        "the RoleBinding to take effect",
+    wait_until(
         lambda: sb.kubectl("get", "pods", "-n", namespace, kubeconfig=kc, check=False).returncode == 0,
-        30,
+        timeout=30,
+        what="the RoleBinding to take effect",
+        interval=0.1,
     )
     with pytest.raises(KubectlError, match="Forbidden|forbidden"):
         sb.kubectl("create", "-f", "-", input=json.dumps(pod), kubeconfig=kc)

@@ -8,7 +8,6 @@ import pytest
 from baton_operator.sandbox import procs
 from baton_operator.sandbox.cluster import load_state
 from baton_operator.sandbox.handle import Sandbox
-from baton_operator.sandbox.health import wait_for
 from baton_operator.sandbox.operator_proc import (
     NAMESPACE,
     SERVICE_ACCOUNT,
@@ -17,6 +16,7 @@ from baton_operator.sandbox.operator_proc import (
     start_operator,
     stop_operator,
 )
+from polling import wait_until
 
 pytestmark = pytest.mark.sandbox
 
@@ -51,7 +51,7 @@ def test_operator_runs_under_the_chart_service_account_and_stops(sandbox: Sandbo
         state = load_state(sandbox.layout)
         assert state is not None and op.pid in [p.pid for p in state.extra]
         assert running_operators(sandbox, name="operator-proc-test")[0].pid == op.pid
-        wait_for("the operator's liveness endpoint", lambda: _alive(port), 60, interval_s=0.3)
+        wait_until(lambda: _alive(port), timeout=60, what="the operator's liveness endpoint", interval=0.3)
         assert op.running(), procs.tail(op.log)
     finally:
         assert stop_operator(sandbox, op)
