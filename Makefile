@@ -17,10 +17,13 @@ DEBIAN_PACKAGES := podman skopeo mmdebstrap gcc libc6-dev containerd runc contai
 # A virtual environment with baton and its worker/dev extras, at the versions constraints.txt
 # pins (tools/lock.py writes it; the images install the same). torch is large: pip's cache
 # serves it after the first install on a machine.
-$(STAMP): pyproject.toml constraints.txt
+# dev/ holds the development tools (sandbox, benchmarks, profiler), a package of its own so the
+# images carry only what runs in production.
+$(STAMP): pyproject.toml dev/pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[worker,dev]'
+	$(PY) -m pip install -q --no-deps -e ./dev
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from polling import wait_until
 
 if TYPE_CHECKING:
-    from baton_operator.sandbox.handle import Sandbox
+    from baton_dev.sandbox.handle import Sandbox
 
 T = TypeVar("T")
 

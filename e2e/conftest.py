@@ -1,6 +1,6 @@
 """Fixtures of the end-to-end tier: a sandbox with a real kubelet node (`up --real-node`).
 
-``real_sandbox`` (session scope) yields a ``baton_operator.sandbox.handle.Sandbox`` whose
+``real_sandbox`` (session scope) yields a ``baton_dev.sandbox.handle.Sandbox`` whose
 cluster has the kwok GPU pools plus the real node ``real-0``, with the local images
 (``make images``) loaded into the node's containerd. It lives in its own state directory
 (``$BATON_REAL_SANDBOX_DIR``, default ``~/.cache/baton/sandbox/real``), apart from the kwok-only
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from baton_operator.sandbox.handle import Sandbox
+    from baton_dev.sandbox.handle import Sandbox
 
 
 def _cmdlines() -> list[str]:
@@ -34,8 +34,8 @@ def _cmdlines() -> list[str]:
 
 def machine_state(state_dir: Path) -> dict[str, Any]:
     """What `up --real-node` changes on the machine and `down` must put back."""
-    from baton_operator.sandbox import realnode
-    from baton_operator.sandbox.addresses import BRIDGE
+    from baton_dev.sandbox import realnode
+    from baton_dev.sandbox.addresses import BRIDGE
 
     snap = realnode.snapshot_host()
     mounts = [
@@ -56,10 +56,10 @@ def machine_state(state_dir: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def real_sandbox() -> Iterator[Sandbox]:
-    from baton_operator.sandbox import cluster, procs
-    from baton_operator.sandbox.imageplan import OPERATOR_IMAGE, PAUSE_IMAGE, WORKER_IMAGE
-    from baton_operator.sandbox.layout import real_node_state_dir
-    from baton_operator.sandbox.nodeplan import NODE_COMPONENTS
+    from baton_dev.sandbox import cluster, procs
+    from baton_dev.sandbox.imageplan import OPERATOR_IMAGE, PAUSE_IMAGE, WORKER_IMAGE
+    from baton_dev.sandbox.layout import real_node_state_dir
+    from baton_dev.sandbox.nodeplan import NODE_COMPONENTS
 
     if os.geteuid() != 0:
         pytest.fail("the real-node tests need root (kubelet, containerd and CNI); run `make e2e` as root")

@@ -50,7 +50,7 @@ run)
     export PYTHONPATH=/tmp/site:$PWD/worker PYTHONUNBUFFERED=1
     nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/gpu.txt"
     python3 -c "import nixl_cu13, torch; print('nixl ok; torch', torch.__version__, torch.cuda.get_device_name())"
-    python3 -m baton_worker.bench.kv --json --device cuda --sizes "$SIZES" --backends nixl,memcpy \
+    python3 -m baton_dev.bench.kv --json --device cuda --sizes "$SIZES" --backends nixl,memcpy \
         --repeats 5 --ucx-tls "$SETTINGS" --setting-timeout-s 90 | tee "$out/kv_same_gpu.json"
     ;;
 *)

@@ -50,7 +50,7 @@ def sel(role: str) -> str:
 @pytest.fixture(scope="module")
 def operator_pod(real_sandbox: Any) -> dict[str, Any]:
     """`helm upgrade --install` of the chart with the operator Deployment on (the local image)."""
-    from baton_operator.sandbox.operator_proc import (
+    from baton_dev.sandbox.operator_proc import (
         NAMESPACE,
         REAL_NODE_HELM_TIMEOUT_S,
         find_chart,
@@ -91,7 +91,7 @@ def pool(real_sandbox: Any, operator_pod: dict[str, Any]) -> dict[str, Any]:
 def test_the_operator_runs_as_a_pod_under_its_service_account(
     real_sandbox: Any, operator_pod: dict[str, Any]
 ) -> None:
-    from baton_operator.sandbox.operator_proc import NAMESPACE, SERVICE_ACCOUNT, running_operators
+    from baton_dev.sandbox.operator_proc import NAMESPACE, SERVICE_ACCOUNT, running_operators
 
     spec, status = operator_pod["spec"], operator_pod["status"]
     assert spec["nodeName"] == "real-0"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from baton_operator.sandbox import build, versions
+from baton_dev.sandbox import build, versions
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "baton"

@@ -1,6 +1,6 @@
 """Session fixtures for the integration tests that need the Kubernetes sandbox.
 
-``sandbox`` (session scope) yields a ``baton_operator.sandbox.handle.Sandbox``:
+``sandbox`` (session scope) yields a ``baton_dev.sandbox.handle.Sandbox``:
 
 - ``sandbox.kubeconfig``: admin kubeconfig path (group ``system:masters``);
 - ``sandbox.kubectl_path`` / ``sandbox.helm_path``: the sandbox's own kubectl and helm (v1.35);
@@ -16,7 +16,7 @@
 It brings the sandbox up once (reusing one that is already up in ``$BATON_SANDBOX_DIR`` or
 ``~/.cache/baton/sandbox/state``), installs charts/baton with helm when the chart exists
 (``operator.enabled=false``), and does NOT start the background operator: tests that need one
-start their own with ``baton_operator.sandbox.operator_proc.start_operator(sandbox, args=...)``
+start their own with ``baton_dev.sandbox.operator_proc.start_operator(sandbox, args=...)``
 and stop it with ``stop_operator(sandbox, op)``. At session end it runs ``down`` only if a test
 session started the sandbox and no other test session still uses it.
 
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from baton_operator.sandbox.handle import Sandbox
+    from baton_dev.sandbox.handle import Sandbox
 
 # The sandbox modules are imported inside the fixtures, so integration tests that never use
 # the sandbox do not depend on its imports.
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 @pytest.fixture(scope="session")
 def sandbox_cluster() -> Iterator[Sandbox]:
     """The running sandbox control plane with its node pools (no chart step)."""
-    from baton_operator.sandbox import cluster
+    from baton_dev.sandbox import cluster
 
     handle, started = cluster.up(log=lambda msg: print(f"[sandbox] {msg}"))
     # Several test sessions may share one sandbox: the last to leave stops it, and only if
@@ -58,7 +58,7 @@ def sandbox_cluster() -> Iterator[Sandbox]:
 @pytest.fixture(scope="session")
 def sandbox(sandbox_cluster: Sandbox) -> Sandbox:
     """The sandbox with charts/baton installed (when the chart exists), operator not running."""
-    from baton_operator.sandbox.operator_proc import find_chart, install_chart
+    from baton_dev.sandbox.operator_proc import find_chart, install_chart
 
     chart = find_chart()
     if chart is not None:

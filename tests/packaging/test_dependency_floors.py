@@ -95,7 +95,7 @@ FLOORS = (
         "numpy",
         "1.17",
         "numpy.random.default_rng",
-        "worker/baton_worker/bench/kv.py",
+        "dev/baton_dev/bench/kv.py",
         "np.random.default_rng(",
     ),
     Floor(

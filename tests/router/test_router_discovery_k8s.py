@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(900)]
 @pytest.fixture(scope="module")
 def kube() -> Iterator[tuple[object, str]]:
     """(CoreV1 + Discovery API clients, kubeconfig path) of the sandbox, in a fresh namespace."""
-    from baton_operator.sandbox import cluster
+    from baton_dev.sandbox import cluster
     from kubernetes import client, config
 
     handle, started = cluster.up(log=lambda msg: print(f"[sandbox] {msg}"))

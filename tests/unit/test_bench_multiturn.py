@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from baton_worker.bench.multiturn import round_figures
-from baton_worker.bench.serve import Sample
+from baton_dev.bench.multiturn import round_figures
+from baton_dev.bench.serve import Sample
 
 
 def test_round_figures_are_deltas_of_the_counters_per_request() -> None:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from baton_dev.sandbox import imageplan
+from baton_dev.sandbox.imageplan import Pin
 from baton_operator import __version__
 from baton_operator.images import (
     DEFAULT_OPERATOR_IMAGE,
@@ -18,8 +20,6 @@ from baton_operator.images import (
     qualified,
 )
 from baton_operator.runtime import Options
-from baton_operator.sandbox import imageplan
-from baton_operator.sandbox.imageplan import Pin
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -223,6 +223,6 @@ CTR_LS_HEADER = "REF TYPE DIGEST SIZE PLATFORMS LABELS"
     ],
 )
 def test_stale_images(rows: list[str], stale: list[str]) -> None:
-    from baton_operator.sandbox.node_images import stale_images
+    from baton_dev.sandbox.node_images import stale_images
 
     assert stale_images("\n".join([CTR_LS_HEADER, *rows])) == stale

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from baton_worker.bench.kv_sweep import parse_ucx_settings, ucx_env, why_failed
+from baton_dev.bench.kv_sweep import parse_ucx_settings, ucx_env, why_failed
 from baton_worker.kv import nixl_agent
 
 

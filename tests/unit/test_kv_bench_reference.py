@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from baton_worker.bench import kv as bench
-from baton_worker.bench.kv_reference import CopyReference, lanes_used, pull_runs
+from baton_dev.bench import kv as bench
+from baton_dev.bench.kv_reference import CopyReference, lanes_used, pull_runs
 from baton_worker.kv.layout import split_runs
 from baton_worker.kv.nixl_agent import READ_LANE_MIN_BYTES
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from baton_operator.bench import serves_metric
+from baton_dev.bench.operator_pools import serves_metric
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
 

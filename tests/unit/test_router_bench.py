@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from baton_worker.bench.serve import Sample, arrival_times, percentile, summarize
+from baton_dev.bench.serve import Sample, arrival_times, percentile, summarize
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from baton_operator.sandbox.build import go_output_name, parse_replaces, wrapper_gomod
-from baton_operator.sandbox.versions import GO_MINIMUM, KUBERNETES_VERSION, components, staging_version
+from baton_dev.sandbox.build import go_output_name, parse_replaces, wrapper_gomod
+from baton_dev.sandbox.versions import GO_MINIMUM, KUBERNETES_VERSION, components, staging_version
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -108,7 +108,7 @@ def test_go_output_name_skips_major_version_suffix() -> None:
 
 
 def test_missing_go_is_one_clear_line(monkeypatch, tmp_path) -> None:
-    from baton_operator.sandbox import build
+    from baton_dev.sandbox import build
 
     monkeypatch.setattr(build.shutil, "which", lambda name: None)
     monkeypatch.setattr(build, "GO_FALLBACKS", (str(tmp_path / "no-go"),))
@@ -118,7 +118,7 @@ def test_missing_go_is_one_clear_line(monkeypatch, tmp_path) -> None:
 
 
 def test_missing_go_names_the_oldest_go_that_builds_the_pins(monkeypatch, tmp_path) -> None:
-    from baton_operator.sandbox import build
+    from baton_dev.sandbox import build
 
     monkeypatch.setattr(build.shutil, "which", lambda name: None)
     monkeypatch.setattr(build, "GO_FALLBACKS", (str(tmp_path / "no-go"),))

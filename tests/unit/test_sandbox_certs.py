@@ -5,8 +5,8 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from baton_operator.sandbox.certs import CLIENTS, ensure_pki
-from baton_operator.sandbox.kubeconfig import kubeconfig_dict
+from baton_dev.sandbox.certs import CLIENTS, ensure_pki
+from baton_dev.sandbox.kubeconfig import kubeconfig_dict
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from baton_operator.sandbox.layout import COMPONENTS, CONTROLLERS, Layout, Ports, command, server_url
+from baton_dev.sandbox.layout import COMPONENTS, CONTROLLERS, Layout, Ports, command, server_url
 
 PORTS = Ports(
     etcd_client=2379, etcd_peer=2380, apiserver=6443, controller_manager=10257, scheduler=10259, kwok=10247

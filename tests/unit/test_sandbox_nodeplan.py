@@ -6,10 +6,10 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from baton_operator.sandbox import nodeplan
-from baton_operator.sandbox.addresses import BRIDGE, NODE_IP, NODE_NAME, POD_SUBNET
-from baton_operator.sandbox.certs import CLIENTS, Pki
-from baton_operator.sandbox.layout import POD_CIDR, Layout, Ports, apiserver_args, server_url
+from baton_dev.sandbox import nodeplan
+from baton_dev.sandbox.addresses import BRIDGE, NODE_IP, NODE_NAME, POD_SUBNET
+from baton_dev.sandbox.certs import CLIENTS, Pki
+from baton_dev.sandbox.layout import POD_CIDR, Layout, Ports, apiserver_args, server_url
 
 PATHS = nodeplan.NodePaths(
     state_dir=Path("/home/u/.cache/baton/sandbox/some-long-state-dir-name"), cache_dir=Path("/c")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from baton_operator.sandbox.nodepools import (
+from baton_dev.sandbox.nodepools import (
     GPU_RESOURCE,
     KWOK_ANNOTATION,
     POOL_LABEL,

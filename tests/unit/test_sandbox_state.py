@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from baton_operator.sandbox import procs
-from baton_operator.sandbox.cluster import State, _died, join, leave, load_state, node_schedulable, save_state
-from baton_operator.sandbox.layout import Layout, Ports
+from baton_dev.sandbox import procs
+from baton_dev.sandbox.cluster import State, _died, join, leave, load_state, node_schedulable, save_state
+from baton_dev.sandbox.layout import Layout, Ports
 
 PORTS = Ports(1, 2, 3, 4, 5, 6)
 

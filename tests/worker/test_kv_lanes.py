@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 import torch
-from baton_worker.bench import kv as bench
+from baton_dev.bench import kv as bench
 from baton_worker.kv.errors import KvTransferError
 from baton_worker.kv.handle import check_handle
 from baton_worker.kv.nixl_agent import READ_LANE_MIN_BYTES, default_read_lanes, nixl_available

@@ -2,11 +2,15 @@
 
 Each subcommand lives in its own module exposing ``main(argv) -> int`` and is imported
 only when used, so `baton operator` never imports torch and the operator image stays small.
+What runs in production (worker, router, operator, up, plan) comes with baton; the sandbox,
+the benchmarks and `baton profile` are development tools in the ``baton_dev`` package
+(``dev/`` of a checkout, installed by `make install`), which the images do not carry.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 
 # subcommand -> (module, one-line help)
@@ -18,9 +22,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("baton_worker.server.main", "run a prefill or decode worker (--role prefill|decode)"),
     "router": ("baton_worker.router.main", "run the OpenAI-compatible router"),
     "operator": ("baton_operator.main", "run the InferencePool operator (kopf)"),
-    "sandbox": ("baton_operator.sandbox.cli", "local Kubernetes control plane with simulated GPU pools"),
+    "sandbox": ("baton_dev.sandbox.cli", "local Kubernetes control plane with simulated GPU pools"),
     "profile": (
-        "baton_worker.bench.profile",
+        "baton_dev.bench.profile",
         "measure this machine's prefill, decode and KV times for `baton plan`",
     ),
     "plan": (
@@ -29,16 +33,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
 }
 BENCHES: dict[str, tuple[str, str]] = {
-    "kv": ("baton_worker.bench.kv", "KV transfer bandwidth between two processes (nixl, grpc, memcpy)"),
-    "decode": ("baton_worker.bench.decode", "prefill and decode tokens/s of the engine"),
-    "serve": ("baton_worker.bench.serve", "TTFT, ITL and goodput: disaggregated vs colocated"),
+    "kv": ("baton_dev.bench.kv", "KV transfer bandwidth between two processes (nixl, grpc, memcpy)"),
+    "decode": ("baton_dev.bench.decode", "prefill and decode tokens/s of the engine"),
+    "serve": ("baton_dev.bench.serve", "TTFT, ITL and goodput: disaggregated vs colocated"),
     "operator": (
-        "baton_operator.bench",
+        "baton_dev.bench.operator_pools",
         "InferencePools to Ready on the sandbox, API writes on a no-op resync",
     ),
-    "autoscale": ("baton_operator.autoscaling.bench", "reaction time from a queue spike to new replicas"),
+    "autoscale": ("baton_dev.bench.autoscale", "reaction time from a queue spike to new replicas"),
     "plan": (
-        "baton_worker.bench.plan_check",
+        "baton_dev.bench.plan_check",
         "the planner's predictions against the real stack at several loads",
     ),
 }
@@ -52,8 +56,21 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+DEV_PACKAGE = "baton_dev"
+
+
 def _run(module: str, argv: list[str]) -> int:
-    mod = importlib.import_module(module)
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError:
+        if not module.startswith(DEV_PACKAGE + ".") or importlib.util.find_spec(DEV_PACKAGE) is not None:
+            raise
+        print(
+            f"baton: {module} is one of baton's development tools, not installed here: from a "
+            "baton checkout run `make install` (or `pip install -e dev/`)",
+            file=sys.stderr,
+        )
+        return 2
     return int(mod.main(argv) or 0)
 
 

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from baton_operator.bench import serves_metric
-from baton_operator.sandbox import procs
-from baton_operator.sandbox.handle import Sandbox
-from baton_operator.sandbox.operator_proc import (
+from baton_dev.bench.operator_pools import serves_metric
+from baton_dev.sandbox import procs
+from baton_dev.sandbox.handle import Sandbox
+from baton_dev.sandbox.operator_proc import (
     OperatorProcess,
     ensure_operator,
     running_operators,

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from baton_operator.bench import scrape_metric
-from baton_operator.sandbox.handle import Sandbox
+from baton_dev.bench.operator_pools import scrape_metric
+from baton_dev.sandbox.handle import Sandbox
 from polling import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]

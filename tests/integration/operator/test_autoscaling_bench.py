@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from baton_operator.sandbox.handle import Sandbox
+from baton_dev.sandbox.handle import Sandbox
 
 pytestmark = pytest.mark.sandbox
 

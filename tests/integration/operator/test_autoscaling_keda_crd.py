@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from baton_dev.sandbox.handle import KubectlError, Sandbox
 from baton_operator.autoscaling.keda import build_scaled_objects
-from baton_operator.sandbox.handle import KubectlError, Sandbox
 
 pytestmark = pytest.mark.sandbox
 

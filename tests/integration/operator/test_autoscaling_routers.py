@@ -15,8 +15,8 @@ import subprocess
 from urllib.parse import urlparse
 
 import pytest
-from baton_operator.autoscaling.queue_endpoint import QueueEndpoint
-from baton_operator.sandbox import procs
+from baton_dev.queue_endpoint import QueueEndpoint
+from baton_dev.sandbox import procs
 from operator_helpers import get, tiny_pool
 from polling import wait_until
 

@@ -11,8 +11,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from baton_operator.autoscaling.queue_endpoint import QueueEndpoint
-from baton_operator.autoscaling.scenario import (
+from baton_dev.queue_endpoint import QueueEndpoint
+from baton_dev.sandbox.handle import Sandbox
+from baton_dev.sandbox.operator_proc import OperatorProcess
+from baton_dev.scenario import (
     Replicas,
     RoleKnobs,
     autoscaled_pool,
@@ -20,8 +22,6 @@ from baton_operator.autoscaling.scenario import (
     private_gpu_node,
     wait_until,
 )
-from baton_operator.sandbox.handle import Sandbox
-from baton_operator.sandbox.operator_proc import OperatorProcess
 
 pytestmark = pytest.mark.sandbox
 

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from baton_operator.autoscaling.queue_endpoint import QueueEndpoint
+from baton_dev.queue_endpoint import QueueEndpoint
 from baton_operator.autoscaling.signal import SignalError, Source, read_queue_depths
 
 

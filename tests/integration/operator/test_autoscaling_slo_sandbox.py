@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from baton_operator.autoscaling.queue_endpoint import QueueEndpoint
-from baton_operator.autoscaling.scenario import (
+from baton_dev.queue_endpoint import QueueEndpoint
+from baton_dev.sandbox.handle import KubectlError, Sandbox
+from baton_dev.sandbox.operator_proc import OperatorProcess, start_operator, stop_operator
+from baton_dev.scenario import (
     Replicas,
     RoleKnobs,
     autoscaled_pool,
@@ -29,8 +31,6 @@ from baton_operator.autoscaling.scenario import (
 from baton_operator.autoscaling.slo_plan import Bounds, plan_pool
 from baton_operator.autoscaling.slo_rate import planned_inputs
 from baton_operator.planning.profile import load_profile
-from baton_operator.sandbox.handle import KubectlError, Sandbox
-from baton_operator.sandbox.operator_proc import OperatorProcess, start_operator, stop_operator
 from baton_operator.spec_slo import SloSpec
 
 pytestmark = pytest.mark.sandbox

@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import pytest
+from baton_dev.queue_endpoint import QueueEndpoint
 from baton_operator.autoscaling import slo_signal
-from baton_operator.autoscaling.queue_endpoint import QueueEndpoint
 from baton_operator.autoscaling.signal import SignalError, Source
 from baton_operator.autoscaling.slo_rate import estimate, window
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from baton_operator.sandbox import procs
-from baton_operator.sandbox.operator_proc import start_operator, stop_operator
+from baton_dev.sandbox import procs
+from baton_dev.sandbox.operator_proc import start_operator, stop_operator
 from operator_helpers import (
     READY_TIMEOUT_S,
     RESYNC_SECONDS,

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from baton_operator.sandbox.handle import KubectlError, Sandbox
-from baton_operator.sandbox.nodepools import POOL_LABEL
+from baton_dev.sandbox.handle import KubectlError, Sandbox
+from baton_dev.sandbox.nodepools import POOL_LABEL
 from polling import wait_until
 
 pytestmark = pytest.mark.sandbox

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from baton_operator.sandbox import procs
-from baton_operator.sandbox.cluster import load_state
-from baton_operator.sandbox.layout import COMPONENTS, Layout
+from baton_dev.sandbox import procs
+from baton_dev.sandbox.cluster import load_state
+from baton_dev.sandbox.layout import COMPONENTS, Layout
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import urllib.request
 
 import pytest
-from baton_operator.sandbox import procs
-from baton_operator.sandbox.cluster import load_state
-from baton_operator.sandbox.handle import Sandbox
-from baton_operator.sandbox.operator_proc import (
+from baton_dev.sandbox import procs
+from baton_dev.sandbox.cluster import load_state
+from baton_dev.sandbox.handle import Sandbox
+from baton_dev.sandbox.operator_proc import (
     NAMESPACE,
     SERVICE_ACCOUNT,
     find_chart,

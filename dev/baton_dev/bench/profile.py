@@ -65,9 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
 def profile_prefill(model: Any, lengths: list[int], repeats: int) -> list[dict[str, Any]]:
     """Median seconds per prompt length. The lengths take turns within each repeat, so a burst of
     load from elsewhere on the machine lands on all of them alike rather than on one."""
-    from baton_worker.bench.decode import _prompts, _sync
     from baton_worker.engine import KvBlockPool
     from baton_worker.engine.model import PagedModel
+
+    from baton_dev.bench.decode import _prompts, _sync
 
     runs = {}
     for n in lengths:
@@ -92,7 +93,7 @@ def profile_prefill(model: Any, lengths: list[int], repeats: int) -> list[dict[s
 
 
 def profile_decode(model: Any, batches: list[int], contexts: list[int], repeats: int) -> list[dict[str, Any]]:
-    from baton_worker.bench.decode import measure_decode
+    from baton_dev.bench.decode import measure_decode
 
     rows = []
     for context in contexts:
@@ -144,7 +145,6 @@ class _Worker:
 def profile_kv(opts: argparse.Namespace, backend: str, lengths: list[int]) -> list[dict[str, Any]]:
     """Seconds of the KV handoff between two worker processes on this host, per prompt length."""
     import grpc
-
     from baton_worker.rpc import pb2, pb2_grpc
 
     common = ["--model", opts.model, "--device", opts.device, "--dtype", opts.dtype, "--kv-backend", backend]
@@ -207,7 +207,6 @@ def _cpu_name() -> str:
 
 def run_profile(opts: argparse.Namespace) -> dict[str, Any]:
     import torch
-
     from baton_worker.engine import KvBlockPool, load_model
 
     if opts.threads:
@@ -222,7 +221,7 @@ def run_profile(opts: argparse.Namespace) -> dict[str, Any]:
         kv += profile_kv(opts, backend, _ints(opts.kv_tokens))
     router_s, decode_how = 0.0, "DecodeEngine.step"
     if opts.serving:
-        from baton_worker.bench.profile_serving import serving_figures
+        from baton_dev.bench.profile_serving import serving_figures
 
         router_s, decode = serving_figures(
             opts.model,

@@ -18,7 +18,7 @@ import json
 import sys
 from typing import Any
 
-from baton_worker.bench.serve import MODES, Sample, _Stack, arrival_times, drive, make_prompts
+from baton_dev.bench.serve import MODES, Sample, _Stack, arrival_times, drive, make_prompts
 
 TOLERANCE = 0.20  # the planner's accuracy target on TTFT p90 and ITL p50
 

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 
 import httpx
 
-from baton_worker.bench.serve import Sample, _Stack, one_request, percentile
+from baton_dev.bench.serve import Sample, _Stack, one_request, percentile
 
 BASE = ["--prefill", "1", "--decode", "2", "--local-prefill-max-tokens", "0"]
 SETUPS = {

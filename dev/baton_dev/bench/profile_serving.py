@@ -16,7 +16,7 @@ import asyncio
 import statistics
 from typing import Any
 
-from baton_worker.bench.serve import MODES, Sample, _Stack, drive
+from baton_dev.bench.serve import MODES, Sample, _Stack, drive
 
 WORDS = "prefill decode router cache block token stream batch handle worker pool queue".split()
 

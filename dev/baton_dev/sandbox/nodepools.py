@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from baton_operator.names import NODE_POOL_LABEL
 
 DEFAULT_NODEPOOLS = Path(__file__).with_name("nodepools.yaml")

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from baton_worker.bench.kv_source import (
+from baton_dev.bench.kv_source import (
     BLOCK,
     BLOCK_BYTES,
     HEAD_DIM,
@@ -41,10 +41,11 @@ from baton_worker.bench.kv_source import (
 )
 
 if TYPE_CHECKING:
-    from baton_worker.bench.kv_reference import CopyFigure, CopyReference
     from baton_worker.kv.layout import Run
     from baton_worker.kv.sink import KvSink
     from baton_worker.rpc.pb2_grpc import PrefillWorkerStub
+
+    from baton_dev.bench.kv_reference import CopyFigure, CopyReference
 
 DEFAULT_SIZES = [1, 4, 16, 64, 256, 512, 1024]
 RTT_SAMPLES = 60
@@ -181,9 +182,9 @@ def _measure(
     bench: _Bench, address: str, sizes_mib: list[int], backends: list[str], repeats: int
 ) -> list[dict]:
     """The result rows of every size; the control plane's figures go into ``bench.meta``."""
-    from baton_worker.bench.kv_reference import lanes_used, pull_runs
-    from baton_worker.bench.kv_report import memcpy_row, pull_row, rtt_metadata, with_ratios
-    from baton_worker.bench.kv_rtt import handle_round_trips
+    from baton_dev.bench.kv_reference import lanes_used, pull_runs
+    from baton_dev.bench.kv_report import memcpy_row, pull_row, rtt_metadata, with_ratios
+    from baton_dev.bench.kv_rtt import handle_round_trips
 
     max_blocks = geometry_blocks(max(sizes_mib) * MIB)
     nixl_sink = bench.sinks.get("nixl")
@@ -219,8 +220,6 @@ def run(sizes_mib: list[int], backends: list[str], repeats: int, device: str = "
     pull went over another backend)."""
     import grpc
     import torch
-
-    from baton_worker.bench.kv_reference import CopyReference
     from baton_worker.kv.nixl_agent import (
         UCX_DEFAULTS_ALWAYS,
         UCX_DEFAULTS_CPU,
@@ -229,6 +228,8 @@ def run(sizes_mib: list[int], backends: list[str], repeats: int, device: str = "
         default_read_lanes,
     )
     from baton_worker.rpc import pb2_grpc
+
+    from baton_dev.bench.kv_reference import CopyReference
 
     torch.set_num_threads(1)
     require_nixl(backends)
@@ -333,7 +334,7 @@ def _print_text(out: dict) -> None:
 
 def _sweep(a: argparse.Namespace, sizes: list[int], backends: list[str]) -> dict | None:
     """``--ucx-tls``: the bench once per setting (None, said on stderr, for a bad list)."""
-    from baton_worker.bench.kv_sweep import parse_ucx_settings, sweep
+    from baton_dev.bench.kv_sweep import parse_ucx_settings, sweep
 
     try:
         settings = parse_ucx_settings(a.ucx_tls)
@@ -349,7 +350,7 @@ def _sweep(a: argparse.Namespace, sizes: list[int], backends: list[str]) -> dict
 def main(argv: list[str]) -> int:
     a = _parser().parse_args(argv)
     if a.tp:
-        from baton_worker.engine.tp_bench import kv_main
+        from baton_dev.bench.tp import kv_main
 
         return kv_main(a.tp, repeats=max(1, a.repeats), as_json=a.json)
     if a.serve_source:

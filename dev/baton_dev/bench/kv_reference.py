@@ -19,10 +19,10 @@ from concurrent import futures
 from dataclasses import dataclass
 
 import torch
-
-from baton_worker.bench.kv_source import BLOCK, HEAD_DIM, HEADS, LAYERS, fill_pattern
 from baton_worker.kv.layout import PoolGeometry, Run, plan_runs, split_runs
 from baton_worker.kv.nixl_agent import READ_LANE_MIN_BYTES
+
+from baton_dev.bench.kv_source import BLOCK, HEAD_DIM, HEADS, LAYERS, fill_pattern
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ def sweep(settings: list[str], bench_args: list[str], timeout_s: float) -> dict:
     for setting in settings:
         env = {k: v for k, v in os.environ.items() if k != "UCX_TLS"}
         env.update(ucx_env(setting))
-        cmd = [sys.executable, "-m", "baton_worker.bench.kv", "--json", *bench_args]
+        cmd = [sys.executable, "-m", "baton_dev.bench.kv", "--json", *bench_args]
         try:
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:

@@ -1,7 +1,7 @@
 """A TP worker group driven from another process, for tests and benchmarks.
 
 :meth:`TpHost.start` runs rank 0 of a :class:`~baton_worker.engine.tp_group.TpGroup` in a child
-process (``python -m baton_worker.engine.tp_host --role ROLE``), which starts the other ranks.
+process (``python -m baton_dev.tp_host --role ROLE``), which starts the other ranks.
 The caller then asks it, over a private pipe, to prefill (a prefill group returns the first token
 and a real serialised KvHandle describing every rank's shard), to release, or to generate (a
 decode group checks the handle, has every rank pull its own heads over NIXL from the prefill
@@ -65,7 +65,7 @@ class TpHost:
         cmd_r, cmd_w = os.pipe()
         rep_r, rep_w = os.pipe()
         argv = [
-            sys.executable, "-m", "baton_worker.engine.tp_host", "--role", spec.role,
+            sys.executable, "-m", "baton_dev.tp_host", "--role", spec.role,
             "--spec", json.dumps(dataclasses.asdict(spec)), "--cmd-fd", str(cmd_r), "--reply-fd", str(rep_w),
         ]  # fmt: skip
         proc = subprocess.Popen(argv, pass_fds=(cmd_r, rep_w), stdin=subprocess.DEVNULL)
@@ -233,7 +233,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    # Run the module's own copy, so pickled classes are named baton_worker.engine.tp_host.*, not __main__.*
-    from baton_worker.engine.tp_host import main as _entry
+    # Run the module's own copy, so pickled classes are named baton_dev.tp_host.*, not __main__.*
+    from baton_dev.tp_host import main as _entry
 
     sys.exit(_entry(sys.argv[1:]))

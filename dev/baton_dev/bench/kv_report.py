@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 
-from baton_worker.bench.kv_reference import CopyFigure, summary
+from baton_dev.bench.kv_reference import CopyFigure, summary
 
 
 def memcpy_row(nbytes: int, copies: dict[int, list[CopyFigure]], lanes: int) -> dict:

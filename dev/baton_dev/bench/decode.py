@@ -204,7 +204,7 @@ def _print_table(figures: list[BatchFigures], ratio: float | None) -> None:
 def main(argv: list[str]) -> int:
     args = _parser(torch.cuda.is_available()).parse_args(argv)
     if args.tp:
-        from baton_worker.engine.tp_bench import decode_main
+        from baton_dev.bench.tp import decode_main
 
         return decode_main(
             args.tp, model=args.model or "builtin://tiny", device=args.device, dtype=args.dtype,

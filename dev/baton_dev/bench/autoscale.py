@@ -17,8 +17,8 @@ import time
 import uuid
 from typing import Any
 
-from baton_operator.autoscaling.queue_endpoint import QueueEndpoint
-from baton_operator.autoscaling.scenario import (
+from baton_dev.queue_endpoint import QueueEndpoint
+from baton_dev.scenario import (
     Replicas,
     RoleKnobs,
     autoscaled_pool,
@@ -89,8 +89,8 @@ def _time_spike(
 
 def run(runs: int, interval_s: int, timeout_s: float, log: Any = print) -> dict[str, Any]:
     """Run the bench against the running sandbox; returns the JSON document."""
-    from baton_operator.sandbox import cluster
-    from baton_operator.sandbox.operator_proc import running_operators, start_operator, stop_operator
+    from baton_dev.sandbox import cluster
+    from baton_dev.sandbox.operator_proc import running_operators, start_operator, stop_operator
 
     sandbox = cluster.current()
     ns = f"bench-autoscale-{uuid.uuid4().hex[:6]}"

@@ -2,7 +2,7 @@
 between a prefill TP-N group and a decode TP-M group (real processes, NIXL READs).
 
 Used by ``baton bench decode --tp N`` and ``baton bench kv --tp N[:M]``; also runnable alone:
-``python -m baton_worker.engine.tp_bench --tp 1,2 --prompt 512 [--transfer 2:1] [--json]``.
+``python -m baton_dev.bench.tp --tp 1,2 --prompt 512 [--transfer 2:1] [--json]``.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import uuid
 from dataclasses import asdict, dataclass
 
 from baton_worker.engine.tp_group import TpSpec
-from baton_worker.engine.tp_host import TpHost
 from baton_worker.engine.types import SamplingParams
+
+from baton_dev.tp_host import TpHost
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from baton_worker.engine.tp_bench import main as _entry
+    from baton_dev.bench.tp import main as _entry
 
     sys.exit(_entry(sys.argv[1:]))

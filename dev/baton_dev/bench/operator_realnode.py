@@ -28,10 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from baton_operator.names import pool_selector
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "inferencepool-cpu.yaml"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "inferencepool-cpu.yaml"
 KUBEPODS_MEMORY = Path("/sys/fs/cgroup/memory/kubepods/memory.stat")
 
 
@@ -51,8 +50,8 @@ def _wait(pred: Callable[[], Any], timeout: float, what: str, interval: float = 
 
 def bring_up(state_dir: Path, log: Callable[[str], None]) -> tuple[Any, float]:
     """`up --real-node` plus the chart with the in-cluster operator; seconds until its pod is Ready."""
-    from baton_operator.sandbox import cluster
-    from baton_operator.sandbox.operator_proc import (
+    from baton_dev.sandbox import cluster
+    from baton_dev.sandbox.operator_proc import (
         REAL_NODE_HELM_TIMEOUT_S,
         find_chart,
         in_cluster_operator_values,
@@ -120,8 +119,8 @@ def delete_pool(sandbox: Any, namespace: str, name: str, timeout: float) -> None
 
 def memory(state_dir: Path) -> dict[str, int]:
     """Resident memory (bytes) of the sandbox's processes and of its pods."""
-    from baton_operator.sandbox import cluster, procs
-    from baton_operator.sandbox.layout import Layout
+    from baton_dev.sandbox import cluster, procs
+    from baton_dev.sandbox.layout import Layout
 
     state = cluster.load_state(Layout(state_dir))
     if state is None or state.node is None:
@@ -148,8 +147,8 @@ def memory(state_dir: Path) -> dict[str, int]:
 
 
 def run(state_dir: Path, runs: int, cold: bool, timeout: float, log: Callable[[str], None]) -> dict[str, Any]:
-    from baton_operator.sandbox import cluster
-    from baton_operator.sandbox.realnode import node_paths
+    from baton_dev.sandbox import cluster
+    from baton_dev.sandbox.realnode import node_paths
 
     result: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]}}
     if cluster.down(state_dir):
@@ -206,7 +205,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     a = p.parse_args(argv)
-    from baton_operator.sandbox.layout import real_node_state_dir
+    from baton_dev.sandbox.layout import real_node_state_dir
 
     log = (lambda m: print(m, file=sys.stderr)) if a.json else print
     try:

@@ -1,12 +1,12 @@
 """The control plane of `baton bench kv`: what a request pays before its KV bytes move (the
 Prefill call that returns a KvHandle, then the decode side's check of it), and gRPC's own floor
-for the same round trip (:func:`baton_worker.bench.kv_report.rtt_metadata` reports them)."""
+for the same round trip (:func:`baton_dev.bench.kv_report.rtt_metadata` reports them)."""
 
 from __future__ import annotations
 
 import time
 
-from baton_worker.bench.kv_source import ECHO_METHOD, NO_HANDLE, bench_compat
+from baton_dev.bench.kv_source import ECHO_METHOD, NO_HANDLE, bench_compat
 
 
 async def handle_round_trips(address: str, ids: list[int], samples: int) -> dict[str, list[float]]:
@@ -25,7 +25,6 @@ async def handle_round_trips(address: str, ids: list[int], samples: int) -> dict
     The kinds take turns call by call, so that the machine's noise hits them alike.
     """
     import grpc
-
     from baton_worker.kv.handle import check_handle
     from baton_worker.router.prefill_stream import PrefillCaller
     from baton_worker.rpc import pb2, pb2_grpc

@@ -38,7 +38,7 @@ def private_gpu_node(tag: str, gpu: str, gpus: int = 8) -> dict[str, Any]:
     The bench and the tests pin their pools to such nodes, so the GPUs they scale into are known
     whatever else shares the sandbox (a full cluster would rightly stop the autoscaler).
     """
-    from baton_operator.sandbox.nodepools import GpuSpec, NodePool, node_manifest
+    from baton_dev.sandbox.nodepools import GpuSpec, NodePool, node_manifest
 
     product, memory = GPU_PRODUCTS[gpu]
     pool = NodePool(

@@ -37,7 +37,6 @@ def serve_source(num_blocks: int, device: str = "cpu") -> int:
     """The child: hold a patterned pool and serve the prefill side's control plane."""
     import grpc
     import torch
-
     from baton_worker.kv.grpc_stream import GRPC_OPTIONS
     from baton_worker.kv.nixl_agent import apply_ucx_defaults, nixl_available
     from baton_worker.kv.source import KvSource, PullRefused
@@ -113,7 +112,6 @@ def _echo_handler(source):  # noqa: ANN001, ANN202 - a KvSource; a grpc.GenericR
     PrefillReply carrying a real 4k-token handle. No protobuf, no framework: what any Python
     gRPC round trip of the same sizes costs on this machine."""
     import grpc
-
     from baton_worker.rpc import pb2
 
     n = geometry_blocks(RTT_MIB * MIB)
@@ -140,7 +138,7 @@ def start_source(num_blocks: int, device: str = "cpu") -> tuple[subprocess.Popen
         [
             sys.executable,
             "-m",
-            "baton_worker.bench.kv",
+            "baton_dev.bench.kv",
             "--serve-source",
             str(num_blocks),
             "--device",

@@ -41,7 +41,7 @@ BENCH_NODE_POOLS = ("bench-h100", "bench-a100", "bench-cpu")
 
 def bench_node_pools(pools: int) -> list[Any]:
     """Enough simulated nodes for ``pools`` pools: 8 GPUs per node, routers on CPU nodes."""
-    from baton_operator.sandbox.nodepools import GpuSpec, NodePool
+    from baton_dev.sandbox.nodepools import GpuSpec, NodePool
 
     gpu_nodes = -(-pools // 8)
     return [
@@ -162,10 +162,10 @@ def _noop_resync(url: str, pools: int, resync_seconds: float) -> tuple[float, in
 
 def run(pools: int, resync_seconds: float, timeout: float, log: Any = print) -> BenchResult:
     """Run the benchmark against the running sandbox; raises SandboxError/TimeoutError on failure."""
-    from baton_operator.sandbox import procs
-    from baton_operator.sandbox.cluster import current
-    from baton_operator.sandbox.nodepools import node_manifests
-    from baton_operator.sandbox.operator_proc import running_operators, start_operator
+    from baton_dev.sandbox import procs
+    from baton_dev.sandbox.cluster import current
+    from baton_dev.sandbox.nodepools import node_manifests
+    from baton_dev.sandbox.operator_proc import running_operators, start_operator
 
     sandbox = current()
     api = KubeApi.from_environment(str(sandbox.kubeconfig))
@@ -213,7 +213,7 @@ def run(pools: int, resync_seconds: float, timeout: float, log: Any = print) -> 
 
 def _cleanup(sandbox: Any, api: KubeApi, namespace: str, op: Any, restart_background: bool, log: Any) -> None:
     """Remove what the run created; problems are reported, never raised (the figures stand)."""
-    from baton_operator.sandbox.operator_proc import ensure_operator, stop_operator
+    from baton_dev.sandbox.operator_proc import ensure_operator, stop_operator
 
     # Delete the pools while the bench operator runs: kopf must lift its finalizer (the autoscaler's
     # timers put one on every pool), or the namespace would stay Terminating.
@@ -237,7 +237,7 @@ def _cleanup(sandbox: Any, api: KubeApi, namespace: str, op: Any, restart_backgr
 
 def main(argv: list[str]) -> int:
     if "--real-node" in argv:
-        from baton_operator import bench_realnode
+        from baton_dev.bench import operator_realnode as bench_realnode
 
         return bench_realnode.main(argv)
     p = argparse.ArgumentParser(prog="baton bench operator", description=__doc__.splitlines()[0])

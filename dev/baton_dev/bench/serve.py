@@ -279,7 +279,7 @@ def main(argv: list[str]) -> int:
     """Run the benchmark; 0 when every mode ran, 1 otherwise."""
     a = build_parser().parse_args(argv)
     if a.workload == "multiturn":
-        from baton_worker.bench.multiturn import run
+        from baton_dev.bench.multiturn import run
 
         return run(a)
     if a.requests < 1 or a.rate <= 0 or a.burstiness <= 0 or a.max_tokens < 2:

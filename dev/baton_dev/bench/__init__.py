@@ -1,0 +1,1 @@
+"""baton's benchmarks (`baton bench ...`, `baton profile`): each prints JSON with --json."""

@@ -1,1 +1,0 @@
-"""baton_worker.bench"""
