@@ -1,15 +1,14 @@
 """Model loading: HF-layout directories (Llama, Qwen2, Mistral) and builtin models.
 
 Sources: ``builtin://<name>``, ``file:///abs/dir``, a plain directory path, ``hf://org/model``
-(downloaded by transformers) and ``pvc://claim/path`` (the claim mounted at
-``$BATON_PVC_ROOT/<claim>``, default ``/models/<claim>``).
+(only the files the engine loads, downloaded with huggingface_hub) and ``pvc://claim/path`` (the
+claim mounted at ``$BATON_PVC_ROOT/<claim>``, default ``/models/<claim>``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -18,9 +17,8 @@ from typing import Any
 
 import torch
 
-from baton_worker.engine.builtin import ensure_builtin
 from baton_worker.engine.kv_pool import dtype_name, torch_dtype
-from baton_worker.text import context_limit, eos_token_ids
+from baton_worker.text import checkpoint_dir, context_limit, eos_token_ids
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
 
@@ -67,32 +65,12 @@ def _log(msg: str) -> None:
 
 
 def resolve_source(source: str) -> Path:
-    """Map a model source string to a local directory (building/downloading when needed)."""
-    if source.startswith("builtin://"):
-        return ensure_builtin(source[len("builtin://") :])
-    if source.startswith("file://"):
-        return Path(source[len("file://") :])
-    if source.startswith("pvc://"):
-        rest = source[len("pvc://") :]
-        claim, _, sub = rest.partition("/")
-        if not claim:
-            raise ValueError(f"model.source: {source!r} names no claim (pvc://claim/path)")
-        return Path(os.environ.get("BATON_PVC_ROOT", "/models")) / claim / sub
-    if source.startswith("hf://"):
-        from huggingface_hub import snapshot_download
+    """Map a model source string to a local directory (building/downloading when needed).
 
-        repo = source[len("hf://") :]
-        _log(f"downloading {repo} from the Hugging Face Hub")
-        return Path(
-            snapshot_download(
-                repo, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
-            )
-        )
-    if "://" in source:
-        raise ValueError(
-            f"model.source: unsupported scheme in {source!r} (builtin://, file://, pvc://, hf://)"
-        )
-    return Path(source)
+    hf:// downloads what the engine loads (config, safetensors, tokenizer, chat templates): the
+    router's table (:func:`baton_worker.text.checkpoint_files`) names the same files minus weights.
+    """
+    return checkpoint_dir(source, "worker")
 
 
 def _fingerprint(path: Path, config: dict) -> str:
