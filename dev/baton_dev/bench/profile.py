@@ -20,19 +20,14 @@ import argparse
 import json
 import os
 import platform
-import re
-import signal
 import socket
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 FORMAT = "baton-profile/v1"
-READY = re.compile(r"baton worker ready role=(\w+) grpc=(\S+) metrics=(\S+) kv_backend=(\w+)")
 
 
 def _ints(text: str) -> list[int]:
@@ -110,55 +105,23 @@ def profile_decode(model: Any, batches: list[int], contexts: list[int], repeats:
     return rows
 
 
-class _Worker:
-    """A `baton worker` child process (killed with its process group by ``stop``)."""
-
-    def __init__(self, role: str, args: list[str]) -> None:
-        cmd = [sys.executable, "-m", "baton_worker.cli", "worker", "--role", role, *args]
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-        )
-        self.ready = threading.Event()
-        self.address = self.backend = ""
-        self.lines: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip())
-            m = READY.search(line)
-            if m:
-                self.address, self.backend = m.group(2), m.group(4)
-                self.ready.set()
-
-    def wait(self, timeout: float) -> None:
-        if not self.ready.wait(timeout):
-            raise RuntimeError("worker not ready:\n" + "\n".join(self.lines[-20:]))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-
 def profile_kv(opts: argparse.Namespace, backend: str, lengths: list[int]) -> list[dict[str, Any]]:
     """Seconds of the KV handoff between two worker processes on this host, per prompt length."""
-    import grpc
-    from baton_worker.rpc import pb2, pb2_grpc
+    from baton_worker.rpc import pb2
+
+    from baton_dev.worker_proc import WorkerProc
 
     common = ["--model", opts.model, "--device", opts.device, "--dtype", opts.dtype, "--kv-backend", backend]
     common += ["--no-prefix-caching", "--kv-blocks", str(2 * (max(lengths) // 16 + 2))]
     if opts.threads:
         common += ["--threads", str(opts.threads)]
-    workers = [_Worker("prefill", common), _Worker("decode", common)]
+    workers = [WorkerProc("prefill", *common), WorkerProc("decode", *common)]
     try:
         for w in workers:
-            w.wait(300)
+            w.wait_ready(300)
         if any(w.backend != backend for w in workers):
             raise RuntimeError(f"asked for the {backend} backend, the workers run {workers[0].backend}")
-        prefill = pb2_grpc.PrefillWorkerStub(grpc.insecure_channel(workers[0].address))
-        decode = pb2_grpc.DecodeWorkerStub(grpc.insecure_channel(workers[1].address))
+        prefill, decode = workers[0].prefill_stub(), workers[1].decode_stub()
         sp = pb2.SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
         rows = []
         for n in lengths:
@@ -180,7 +143,7 @@ def profile_kv(opts: argparse.Namespace, backend: str, lengths: list[int]) -> li
         return rows
     finally:
         for w in workers:
-            w.stop()
+            w.kill()
 
 
 def _fixed_cost(rows: list[dict[str, Any]]) -> float:
