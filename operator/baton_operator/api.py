@@ -52,6 +52,7 @@ KINDS: dict[tuple[str, str], Kind] = {
         Kind("v1", "Secret", "secrets"),
         Kind("v1", "Service", "services"),
         Kind("v1", "ServiceAccount", "serviceaccounts"),
+        Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
         Kind("v1", "Pod", "pods"),
         Kind("v1", "Node", "nodes"),
         Kind("v1", "Event", "events"),

@@ -19,6 +19,7 @@ from baton_operator.names import (
     config_map_name,
     labels,
     metadata,
+    model_cache_claim_name,
     pool_labels,
     router_service_account_name,
     selector_labels,
@@ -91,6 +92,27 @@ def config_hash(pool: Pool) -> str:
     return hashlib.sha256(_config_text(pool).encode()).hexdigest()[:16]
 
 
+def build_model_cache_claim(pool: Pool) -> dict[str, Any] | None:
+    """The PersistentVolumeClaim the workers keep their model cache on (``spec.model.cache``),
+    None when the cache is off. Only the fields the user chose: the API server and the volume
+    binder fill in the rest (volumeMode, volumeName, the default class)."""
+    cache = pool.spec.model.cache
+    if not cache.enabled:
+        return None
+    spec: dict[str, Any] = {
+        "accessModes": [cache.access_mode],
+        "resources": {"requests": {"storage": cache.size}},
+    }
+    if cache.storage_class_name is not None:
+        spec["storageClassName"] = cache.storage_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": metadata(pool, model_cache_claim_name(pool), pool_labels(pool)),
+        "spec": spec,
+    }
+
+
 def build_config_map(pool: Pool) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -160,7 +182,7 @@ def _worker_resources(pool: Pool, role: RoleSpec) -> dict[str, Any]:
 
 def worker_pod_template(pool: Pool, role: RoleSpec) -> dict[str, Any]:
     """Pod template of a prefill or decode worker: GPUs, GPU-type node selector, probes, drain."""
-    pod_volumes, mounts = volumes(pool)
+    pod_volumes, mounts = volumes(pool, shared_cache=True)
     # Registering memory with an RDMA NIC pins pages.
     security = container_security(("IPC_LOCK",) if pool.spec.kv_transfer.rdma_resource else ())
     container: dict[str, Any] = {
@@ -390,6 +412,8 @@ def build_children(pool: Pool) -> list[dict[str, Any]]:
     """Every child of a pool, in apply order (config and identities before the pods that use them)."""
     return [
         build_config_map(pool),
+        # Before the workloads, whose pods cannot be scheduled until it exists.
+        *filter(None, [build_model_cache_claim(pool)]),
         *build_router_rbac(pool),
         build_service(pool, "prefill"),
         build_service(pool, "decode"),

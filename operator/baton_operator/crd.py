@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from baton_operator.crd_cache import model_cache_schema
 from baton_operator.crd_network import network_policy_schema
 from baton_operator.crd_pod import (
     env_from_schema,
@@ -106,6 +107,7 @@ def model_schema() -> S:
                 minimum=1,
             ),
             "secretRef": model_secret_ref_schema(),
+            "cache": model_cache_schema(),
         },
         required=["source"],
     )

@@ -25,7 +25,7 @@ def status_schema() -> S:
     condition = obj(
         "A condition of the pool.",
         {
-            "type": string("Ready, Progressing, Degraded or ScalingActive."),
+            "type": string("Ready, Progressing, Degraded, ScalingActive or ModelCacheReady."),
             "status": string("True, False or Unknown.", enum=["True", "False", "Unknown"]),
             "reason": string("One-word reason in CamelCase."),
             "message": string("What a human should know."),
@@ -39,7 +39,11 @@ def status_schema() -> S:
         {
             "observedGeneration": integer("The spec generation the operator last reconciled."),
             "conditions": {
-                **array("Ready, Progressing, Degraded and ScalingActive conditions.", condition),
+                **array(
+                    "Ready, Progressing, Degraded, ScalingActive (a role autoscales) and ModelCacheReady "
+                    "(spec.model.cache is on: whether its claim is Bound) conditions.",
+                    condition,
+                ),
                 "x-kubernetes-list-type": "map",
                 "x-kubernetes-list-map-keys": ["type"],
             },

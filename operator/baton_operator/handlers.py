@@ -26,6 +26,7 @@ CHILD_RESOURCES = (
     ("apps", "v1", "deployments"),
     ("", "v1", "services"),
     ("", "v1", "configmaps"),
+    ("", "v1", "persistentvolumeclaims"),  # spec.model.cache; its phase feeds ModelCacheReady
     ("", "v1", "serviceaccounts"),
     ("policy", "v1", "poddisruptionbudgets"),
     ("networking.k8s.io", "v1", "networkpolicies"),

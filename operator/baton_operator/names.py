@@ -45,6 +45,11 @@ def config_map_name(pool: Pool) -> str:
     return f"{pool.name}-config"
 
 
+def model_cache_claim_name(pool: Pool) -> str:
+    """The PersistentVolumeClaim of ``spec.model.cache``."""
+    return f"{pool.name}-model-cache"
+
+
 def router_service_account_name(pool: Pool) -> str:
     return f"{pool.name}-router"
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from baton_worker.router.auth import API_KEY_ENV
 
-from baton_operator.names import config_map_name, selector_labels
+from baton_operator.names import config_map_name, model_cache_claim_name, selector_labels
 from baton_operator.spec import Pool
 from baton_operator.spec_pod import MODEL_TOKEN_ENV
 from baton_operator.tls import tls_volume
@@ -43,12 +43,23 @@ def container_security(add: tuple[str, ...] = ()) -> dict[str, Any]:
     return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": caps}
 
 
-def volumes(pool: Pool, shm: bool = True) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def model_cache_volume(pool: Pool, shared: bool) -> dict[str, Any]:
+    """The ``model-cache`` volume: the pool's claim when ``shared`` and ``spec.model.cache`` is on,
+    else an emptyDir (filled again by every new pod)."""
+    if shared and pool.spec.model.cache.enabled:
+        return {"name": "model-cache", "persistentVolumeClaim": {"claimName": model_cache_claim_name(pool)}}
+    return {"name": "model-cache", "emptyDir": {}}
+
+
+def volumes(
+    pool: Pool, shm: bool = True, shared_cache: bool = False
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Volumes and mounts of the pool config and model (and /dev/shm for workers, when ``shm``),
-    and the TLS Secret when ``spec.tls`` is on."""
+    and the TLS Secret when ``spec.tls`` is on. ``shared_cache``: the model cache is the pool's
+    claim when it has one (workers; the router only fetches a tokenizer and keeps its emptyDir)."""
     vols: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": config_map_name(pool)}},
-        {"name": "model-cache", "emptyDir": {}},
+        model_cache_volume(pool, shared_cache),
         {"name": "tmp", "emptyDir": {}},
     ]
     mounts: list[dict[str, Any]] = [

@@ -128,6 +128,29 @@ def prune_children(api: KubeApi, pool: Pool, outcome: Outcome) -> str:
     return ""
 
 
+def prune_model_cache(api: KubeApi, pool: Pool, outcome: Outcome) -> str:
+    """Delete the pool's model cache claim once ``spec.model.cache`` is off. Looked up in the
+    watch-fed cache, not listed: most pools never had one, and a claim the cache has not seen yet
+    arrives as a watch event that triggers the next reconcile. Only a claim this pool controls
+    goes; one already terminating (its pods still mount it) is not deleted again. Returns an error
+    message, "" when none."""
+    if pool.spec.model.cache.enabled:
+        return ""
+    kind = KINDS[("v1", "PersistentVolumeClaim")]
+    name = names.model_cache_claim_name(pool)
+    claim = api.cache.get(("v1", kind.kind, pool.namespace, name))
+    if claim is None or not _owned_by(claim, pool) or claim["metadata"].get("deletionTimestamp"):
+        return ""
+    try:
+        if api.delete(kind, pool.namespace, name, claim["metadata"]["uid"]):
+            outcome.deleted.append(f"{kind.kind}/{name}")
+    except ApiError as e:
+        if e.transient:
+            raise
+        return f"deleting {kind.kind}/{name}: {e.message}"
+    return ""
+
+
 def reconcile_pool(api: KubeApi, namespace: str, name: str, default_image: str) -> Outcome:
     """Converge one pool. Raises ApiError only for transient failures worth a retry."""
     outcome = Outcome()
@@ -176,6 +199,7 @@ def reconcile_pool(api: KubeApi, namespace: str, name: str, default_image: str) 
         elif action == "updated":
             outcome.updated.append(label)
     prune_error = prune_children(api, pool, outcome)
+    prune_error = prune_model_cache(api, pool, outcome) or prune_error
     if prune_error:
         error, error_reason = prune_error, "ApplyFailed"
         log.warning("%s/%s: %s", namespace, name, error)
@@ -196,6 +220,7 @@ def reconcile_pool(api: KubeApi, namespace: str, name: str, default_image: str) 
         decode=workload("decode"),
         router=workload("router"),
         router_service=live.get(("v1", "Service", builders.child_name(pool, "router"))),
+        model_cache=live.get(("v1", "PersistentVolumeClaim", names.model_cache_claim_name(pool))),
         pods=pods,
         error=error,
         error_reason=error_reason,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from baton_operator.spec_base import SpecError, as_obj, read_bool, read_int, read_num, read_str
+from baton_operator.spec_cache import ModelCacheSpec, parse_model_cache
 from baton_operator.spec_network import NetworkPolicySpec, parse_network_policy
 from baton_operator.spec_pod import (
     DEFAULT_MODEL_SECRET_KEY,
@@ -99,6 +100,7 @@ class ModelSpec:
     max_model_len: int = 8192
     # spec.model.secretRef: the Secret key exposed as HF_TOKEN; None: no credentials.
     secret: SecretKeyRef | None = None
+    cache: ModelCacheSpec = field(default_factory=ModelCacheSpec)  # spec.model.cache (spec_cache.py)
 
 
 @dataclass(frozen=True)
@@ -338,6 +340,7 @@ def parse_spec(raw: Any, pool_name: str, default_image: str) -> PoolSpec:
             dtype=read_str(model, "dtype", "spec.model", "bfloat16", DTYPES),
             max_model_len=read_int(model, "maxModelLen", "spec.model", 8192, minimum=1),
             secret=parse_secret_ref(model.get("secretRef"), "spec.model.secretRef", DEFAULT_MODEL_SECRET_KEY),
+            cache=parse_model_cache(model),
         ),
         image=read_str(spec, "image", "spec", "") or default_image,
         prefill=_role(spec.get("prefill"), "prefill", auto.roles["prefill"]),

@@ -11,10 +11,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from baton_operator.names import ROLE_LABEL
+from baton_operator.names import ROLE_LABEL, model_cache_claim_name
 from baton_operator.spec import Pool
 
-CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "ScalingActive")
+CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "ScalingActive", "ModelCacheReady")
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class Observed:
     decode: Mapping[str, Any] | None = None  # the Deployment
     router: Mapping[str, Any] | None = None  # the Deployment
     router_service: Mapping[str, Any] | None = None
+    model_cache: Mapping[str, Any] | None = None  # the PersistentVolumeClaim of spec.model.cache
     pods: Sequence[Mapping[str, Any]] = field(default_factory=list)
     # A permanent problem (bad spec) or the last failed apply, already phrased for a user.
     error: str = ""
@@ -170,6 +171,41 @@ def _scaling_condition(
 Verdict = tuple[bool, str, str]
 
 
+def model_cache_verdict(pool: Pool, claim: Mapping[str, Any] | None) -> Verdict:
+    """ModelCacheReady: True once the cache's claim is Bound; else the claim's phase and the
+    likely cause (pods that mount an unbound claim cannot be scheduled)."""
+    cache = pool.spec.model.cache
+    name = model_cache_claim_name(pool)
+    if claim is None:
+        return (False, "ClaimMissing", f"model cache claim {name} does not exist yet")
+    if _get(claim, "metadata", "deletionTimestamp"):
+        return (False, "ClaimTerminating", f"model cache claim {name} is being deleted")
+    phase = str(_get(claim, "status", "phase", default="Pending"))
+    if phase == "Bound":
+        capacity = _get(claim, "status", "capacity", "storage", default=cache.size)
+        volume = _get(claim, "spec", "volumeName", default="")
+        return (
+            True,
+            "Bound",
+            f"model cache claim {name} is Bound to {volume} ({capacity}, {cache.access_mode})",
+        )
+    if phase == "Lost":
+        return (
+            False,
+            "ClaimLost",
+            f"model cache claim {name} is Lost: its PersistentVolume is gone; turn spec.model.cache off "
+            "and on again to replace the claim",
+        )
+    mode = cache.access_mode
+    if cache.storage_class_name is None:
+        hint = f"no StorageClass provides {mode}?"
+    elif cache.storage_class_name:
+        hint = f"StorageClass {cache.storage_class_name} is missing or provides no {mode} volume?"
+    else:
+        hint = f"no PersistentVolume without a class provides {mode} and {cache.size}?"
+    return (False, f"Claim{phase}", f"model cache claim {name} is {phase}: {hint}")
+
+
 def _worker_roles(
     pool: Pool, observed: Observed, previous_status: Mapping[str, Any]
 ) -> tuple[dict[str, RoleView], dict[str, dict[str, Any]]]:
@@ -250,9 +286,10 @@ def compute_status(
     """The operator's part of status.
 
     Promises: conditions Ready/Progressing/Degraded always present (ScalingActive when a role
-    autoscales); lastTransitionTime carried over unless the status flipped; Ready False naming the
-    scheduler's reason when pods are unschedulable; the autoscaler's fields never included for an
-    autoscaled role. ``now`` is an RFC 3339 timestamp.
+    autoscales, ModelCacheReady when spec.model.cache is on); lastTransitionTime carried over
+    unless the status flipped; Ready False naming the scheduler's reason when pods are
+    unschedulable; the autoscaler's fields never included for an autoscaled role. ``now`` is an
+    RFC 3339 timestamp.
     """
     previous_status = previous_status or {}
     previous = {c.get("type"): c for c in previous_status.get("conditions") or [] if isinstance(c, Mapping)}
@@ -268,6 +305,9 @@ def compute_status(
     scaling = _scaling_condition(pool, previous_status.get("autoscaling") or {}, previous, now)
     if scaling:
         conditions.append(scaling)
+    if pool.spec.model.cache.enabled:
+        verdict = model_cache_verdict(pool, observed.model_cache)
+        conditions.append(_condition("ModelCacheReady", *verdict, pool.generation, previous, now))
     return {
         "observedGeneration": pool.generation,
         "conditions": conditions,

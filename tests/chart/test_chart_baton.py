@@ -95,10 +95,14 @@ def test_cluster_rbac_is_least_privilege():
     assert rules[("", "nodes")] == {"get", "list"}  # the autoscaler's GPU capacity check
     # Only the pools' TLS Secrets, read by name and written: never listed or watched.
     assert rules[("", "secrets")] == {"get", "create", "patch"}
+    # spec.model.cache: the pool's claim, deleted when the cache is turned off.
+    assert rules[("", "persistentvolumeclaims")] == {"get", "list", "watch", "create", "patch", "delete"}
     assert all("*" not in verbs for verbs in rules.values())
-    assert not any(
-        "delete" in verbs for (group, _), verbs in rules.items() if group in ("apps", "", "baton.dev")
-    )
+    assert [
+        (group, resource)
+        for (group, resource), verbs in rules.items()
+        if "delete" in verbs and group in ("apps", "", "baton.dev")
+    ] == [("", "persistentvolumeclaims")]
 
 
 def test_no_secret_rights_without_operator_issued_tls():

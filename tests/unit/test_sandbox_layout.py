@@ -62,6 +62,8 @@ def test_controller_manager_runs_the_controllers_baton_needs() -> None:
         "statefulset-controller",
         "endpointslice-controller",
         "namespace-controller",
+        "persistentvolume-binder-controller",  # spec.model.cache claims
+        "persistentvolumeclaim-protection-controller",
     ):
         assert needed in enabled
     assert _flag(argv, "service-account-private-key-file") == "/state/pki/sa.key"

@@ -69,6 +69,12 @@ application) needs. Used by the ClusterRole (scope cluster) or each Role (scope 
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [get, list, watch, create, patch, delete]
+# spec.model.cache: each pool's claim <pool>-model-cache, a child like the others. delete: a
+# pool that turns the cache off has the operator remove the claim it created (owned by that pool,
+# by uid).
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [get, list, watch, create, patch, delete]
 {{- if .Values.rbac.tlsSecrets }}
 # spec.tls: the Secret <pool>-tls with each pool's CA and certificate, read by name (to renew it)
 # and written. No list or watch: the operator never enumerates Secrets, and one it does not own

@@ -23,7 +23,9 @@ COMPONENTS: tuple[str, ...] = ("etcd", "kube-apiserver", "kube-controller-manage
 # The controllers a real cluster needs for what baton creates (Deployments, StatefulSets,
 # Services, ServiceAccount tokens) and for garbage collection. node-lifecycle lifts the
 # not-ready taint that admission puts on every new Node once kwok reports it Ready (and would
-# taint nodes whose kwok heartbeats stop, as in a real cluster).
+# taint nodes whose kwok heartbeats stop, as in a real cluster). The volume controllers bind
+# claims (spec.model.cache) to PersistentVolumes and lift the protection finalizers, so a claim
+# or volume no pod uses can be deleted.
 CONTROLLERS: tuple[str, ...] = (
     "node-lifecycle-controller",
     "serviceaccount-token-controller",
@@ -41,6 +43,9 @@ CONTROLLERS: tuple[str, ...] = (
     "resourcequota-controller",
     "clusterrole-aggregation-controller",
     "root-ca-certificate-publisher-controller",
+    "persistentvolume-binder-controller",
+    "persistentvolumeclaim-protection-controller",
+    "persistentvolume-protection-controller",
 )
 
 

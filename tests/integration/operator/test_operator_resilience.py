@@ -40,6 +40,8 @@ def test_operator_runs_under_the_charts_least_privilege_rbac(sandbox, operator_p
     assert who.stdout.strip() == SA
     assert can_i(sandbox, "patch", "statefulsets.apps", namespace)
     assert can_i(sandbox, "patch", "inferencepools.baton.dev/status", namespace)
+    # spec.model.cache: the pool's claim, deleted when the cache is turned off.
+    assert can_i(sandbox, "delete", "persistentvolumeclaims", namespace)
     for verb, resource in [
         ("create", "pods"),
         ("delete", "deployments.apps"),
@@ -49,6 +51,8 @@ def test_operator_runs_under_the_charts_least_privilege_rbac(sandbox, operator_p
         ("watch", "secrets"),
         ("delete", "secrets"),
         ("delete", "inferencepools.baton.dev"),
+        # Claims only: volumes are the cluster's (or its provisioner's).
+        ("create", "persistentvolumes"),
     ]:
         assert not can_i(sandbox, verb, resource, namespace), f"operator may {verb} {resource}"
     apply(sandbox, tiny_pool("p", namespace))

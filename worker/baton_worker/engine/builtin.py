@@ -87,6 +87,12 @@ def _spec_hash(spec: TinySpec) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def builtin_revision(name: str) -> str:
+    """What identifies the built artefacts of builtin model ``name`` (its directory's suffix);
+    KeyError for an unknown name."""
+    return _spec_hash(BUILTINS[name])
+
+
 def build_tokenizer(vocab_target: int = 1024):
     """A byte-level BPE tokenizer trained on the embedded corpus, wrapped for transformers."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

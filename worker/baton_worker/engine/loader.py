@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from baton_worker import model_cache
 from baton_worker.engine.kv_pool import dtype_name, torch_dtype
 from baton_worker.text import checkpoint_dir, context_limit, eos_token_ids
 
@@ -69,8 +70,10 @@ def resolve_source(source: str) -> Path:
 
     hf:// downloads what the engine loads (config, safetensors, tokenizer, chat templates): the
     router's table (:func:`baton_worker.text.checkpoint_files`) names the same files minus weights.
+    hf:// and builtin:// sources are filled once per cache directory, which a pool's workers may
+    share (:mod:`baton_worker.model_cache`).
     """
-    return checkpoint_dir(source, "worker")
+    return model_cache.materialize(source, lambda: checkpoint_dir(source, "worker"))
 
 
 def _fingerprint(path: Path, config: dict) -> str:
