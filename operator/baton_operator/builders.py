@@ -11,6 +11,13 @@ import hashlib
 import json
 from typing import Any
 
+from baton_operator.builders_router import (
+    ROUTER_GRACE_SECONDS,
+    ROUTER_RESOURCES,
+    build_router_deployment,
+    build_router_rbac,
+    router_command,
+)
 from baton_operator.memory import worker_memory_request
 from baton_operator.names import (
     CONFIG_HASH_ANNOTATION,
@@ -21,7 +28,6 @@ from baton_operator.names import (
     metadata,
     model_cache_claim_name,
     pool_labels,
-    router_service_account_name,
     selector_labels,
 )
 from baton_operator.netpol import build_network_policies
@@ -43,6 +49,10 @@ from baton_operator.tls import tls_args
 __all__ = [
     "CONFIG_HASH_ANNOTATION",
     "MANAGED_BY",
+    "ROUTER_RESOURCES",
+    "build_router_deployment",
+    "build_router_rbac",
+    "router_command",
     "child_name",
     "config_map_name",
     "labels",
@@ -54,8 +64,7 @@ WORKER_METRICS_PORT = 8081
 # preStop pause so EndpointSlices drop the pod (the router stops sending) before SIGTERM drains it.
 PRE_STOP_SECONDS = 5
 # Long enough for a decode pod to finish its running sequences after readiness drops.
-GRACE_SECONDS = {"prefill": 120, "decode": 600, "router": 60}
-ROUTER_RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
+GRACE_SECONDS = {"prefill": 120, "decode": 600, "router": ROUTER_GRACE_SECONDS}
 
 
 def worker_config(pool: Pool) -> dict[str, Any]:
@@ -279,72 +288,6 @@ def build_decode_deployment(pool: Pool) -> dict[str, Any]:
     }
 
 
-def router_command(pool: Pool) -> list[str]:
-    """Router command line: it discovers workers through the role Services' EndpointSlices."""
-    return [
-        "baton",
-        "router",
-        "--host",
-        "0.0.0.0",
-        "--port",
-        str(pool.spec.router.port),
-        "--prefill-service",
-        child_name(pool, "prefill"),
-        "--decode-service",
-        child_name(pool, "decode"),
-        "--namespace",
-        pool.namespace,
-        "--served-model-name",
-        pool.spec.model.name,
-        "--max-model-len",
-        str(pool.spec.model.max_model_len),
-        *pool.spec.prefix_caching.router_args(),
-        *tls_args(pool),
-    ]
-
-
-def build_router_deployment(pool: Pool) -> dict[str, Any]:
-    router = pool.spec.router
-    # The router loads the model's tokenizer (chat template, prompt lengths): it reads the model
-    # source from the mounted config and the files from the model volume, but needs no /dev/shm.
-    pod_volumes, mounts = volumes(pool, shm=False)
-    container = {
-        "name": "router",
-        "image": pool.spec.image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": router_command(pool),
-        "ports": [{"name": "http", "containerPort": router.port, "protocol": "TCP"}],
-        "env": container_env(pool, "router"),
-        **container_extras(pool),
-        "volumeMounts": mounts,
-        "resources": ROUTER_RESOURCES,
-        "readinessProbe": probe("/health", "http", 2, 3),
-        "livenessProbe": liveness("http"),
-        "securityContext": container_security(),
-    }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": metadata(pool, child_name(pool, "router"), labels(pool, "router")),
-        "spec": {
-            "replicas": router.replicas,
-            "selector": {"matchLabels": selector_labels(pool, "router")},
-            "template": {
-                "metadata": {"labels": labels(pool, "router")},
-                "spec": {
-                    "serviceAccountName": router_service_account_name(pool),
-                    "securityContext": POD_SECURITY,
-                    "containers": [container],
-                    "volumes": pod_volumes,
-                    "terminationGracePeriodSeconds": GRACE_SECONDS["router"],
-                    "topologySpreadConstraints": spread(pool, "router"),
-                    **pod_extras(pool),
-                },
-            },
-        },
-    }
-
-
 def _port(name: str, port: int, target: str) -> dict[str, Any]:
     return {"name": name, "port": port, "targetPort": target, "protocol": "TCP"}
 
@@ -378,34 +321,6 @@ def build_pdb(pool: Pool, role: str) -> dict[str, Any]:
         "metadata": metadata(pool, child_name(pool, role), labels(pool, role)),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(pool, role)}},
     }
-
-
-def build_router_rbac(pool: Pool) -> list[dict[str, Any]]:
-    """ServiceAccount, Role and RoleBinding letting the router read its pool's EndpointSlices."""
-    name = router_service_account_name(pool)
-    meta = metadata(pool, name, labels(pool, "router"))
-    return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "Role",
-            "metadata": meta,
-            "rules": [
-                {
-                    "apiGroups": ["discovery.k8s.io"],
-                    "resources": ["endpointslices"],
-                    "verbs": ["get", "list", "watch"],
-                }
-            ],
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": meta,
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": pool.namespace}],
-        },
-    ]
 
 
 def build_children(pool: Pool) -> list[dict[str, Any]]:
