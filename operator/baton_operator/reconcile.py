@@ -15,15 +15,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from baton_operator import builders, names, netpol
-from baton_operator.api import KINDS, ApiError, KubeApi, now_rfc3339
+from baton_operator.api import KINDS, WORKLOADS, ApiError, KubeApi, now_rfc3339
 from baton_operator.spec import Pool, SpecError, parse_pool
 from baton_operator.status import Observed, compute_status, invalid_spec_status, status_patch
 from baton_operator.tls import tls_secret_name
 from baton_operator.tls_reconcile import ensure_tls_secret
 
 log = logging.getLogger(__name__)
-
-WORKLOAD_KINDS = {role: ("apps/v1", kind) for role, kind in names.WORKLOAD_KINDS.items()}
 
 
 @dataclass
@@ -211,8 +209,8 @@ def reconcile_pool(api: KubeApi, namespace: str, name: str, default_image: str) 
         api.post_event(body, "Normal", "Deleted", "deleted " + ", ".join(outcome.deleted))
 
     def workload(role: str) -> dict[str, Any] | None:
-        api_version, kind = WORKLOAD_KINDS[role]
-        return live.get((api_version, kind, builders.child_name(pool, role)))
+        kind = WORKLOADS[role]
+        return live.get((kind.api_version, kind.kind, builders.child_name(pool, role)))
 
     pods = api.list(KINDS[("v1", "Pod")], namespace, names.pool_selector(name))
     observed = Observed(
