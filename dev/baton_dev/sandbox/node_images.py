@@ -32,12 +32,16 @@ def _podman_id(reference: str) -> str | None:
     return proc.stdout.strip() or None if proc.returncode == 0 else None
 
 
+def image_rows(listing: str) -> list[tuple[str, str]]:
+    """(name, manifest digest) of each image in ``ctr images ls`` output (pure)."""
+    rows = [line.split() for line in listing.splitlines()[1:]]
+    return [(r[0], r[2]) for r in rows if len(r) >= 3]
+
+
 def _containerd_config_digest(paths: NodePaths, reference: str) -> str | None:
-    out = ctr(paths, "images", "ls", check=False)
-    for line in out.splitlines()[1:]:
-        cols = line.split()
-        if len(cols) >= 3 and cols[0] == reference:
-            manifest = ctr(paths, "content", "get", cols[2], check=False)
+    for name, digest in image_rows(ctr(paths, "images", "ls", check=False)):
+        if name == reference:
+            manifest = ctr(paths, "content", "get", digest, check=False)
             try:
                 return json.loads(manifest)["config"]["digest"].removeprefix("sha256:")
             except (ValueError, KeyError, TypeError):
@@ -135,14 +139,13 @@ def stale_images(listing: str) -> list[str]:
     (``repo@sha256:...``), so the replaced image and its 6 GB of layers would stay in the content
     store and the snapshotter for good. A digest name whose manifest no tag points at is stale.
     """
-    rows = [line.split() for line in listing.splitlines()[1:] if line.strip()]
-    rows = [r for r in rows if len(r) >= 3]
+    rows = image_rows(listing)
 
     def alias(name: str) -> bool:
         return name.startswith("sha256:") or "@sha256:" in name
 
-    tagged = {r[2] for r in rows if not alias(r[0])}
-    return sorted(r[0] for r in rows if alias(r[0]) and r[2] not in tagged)
+    tagged = {digest for name, digest in rows if not alias(name)}
+    return sorted(name for name, digest in rows if alias(name) and digest not in tagged)
 
 
 def prune_images(paths: NodePaths, log: Callable[[str], None]) -> list[str]:
