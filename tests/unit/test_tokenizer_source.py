@@ -10,7 +10,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 import pytest
-from baton_worker.text import WEIGHT_PATTERNS, checkpoint_dir, checkpoint_files
+from baton_worker.sources import WEIGHT_PATTERNS, checkpoint_dir, checkpoint_files
 
 # Listings as the Hub shows them (paths relative to the repository root).
 LLAMA3 = [

@@ -19,7 +19,8 @@ import torch
 
 from baton_worker import model_cache
 from baton_worker.engine.kv_pool import dtype_name, torch_dtype
-from baton_worker.text import checkpoint_dir, context_limit, eos_token_ids
+from baton_worker.sources import checkpoint_dir
+from baton_worker.text import context_limit, eos_token_ids
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
 
@@ -69,7 +70,7 @@ def resolve_source(source: str) -> Path:
     """Map a model source string to a local directory (building/downloading when needed).
 
     hf:// downloads what the engine loads (config, safetensors, tokenizer, chat templates): the
-    router's table (:func:`baton_worker.text.checkpoint_files`) names the same files minus weights.
+    router's table (:func:`baton_worker.sources.checkpoint_files`) names the same files minus weights.
     hf:// and builtin:// sources are filled once per cache directory, which a pool's workers may
     share (:mod:`baton_worker.model_cache`).
     """
