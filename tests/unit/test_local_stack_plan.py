@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from baton_worker.local_stack import build_parser, plan
+from baton_worker.local_stack import LOWEST_PORT, build_parser, free_port, plan, port_candidates
 
 
 def _plan(*argv: str):  # type: ignore[no-untyped-def]
@@ -99,3 +99,25 @@ def test_served_name_is_short_and_reaches_workers_and_router(model: str, served:
         assert _flag(child.cmd, "--served-model-name") == served
         assert _flag(child.cmd, "--model") == model
     assert {_flag(c.cmd, "--served-model-name") for c in _plan("--served-model-name", "chat")} == {"chat"}
+
+
+@pytest.mark.parametrize(("ephemeral_low", "expect_empty"), [(32768, False), (10050, True), (1024, True)])
+def test_ports_for_the_children_lie_below_the_ephemeral_range(ephemeral_low: int, expect_empty: bool) -> None:
+    import random
+
+    ports = port_candidates(ephemeral_low, random.Random(0))
+    assert (ports == []) is expect_empty
+    assert all(LOWEST_PORT <= p < ephemeral_low for p in ports)
+    assert len(set(ports)) == len(ports)
+
+
+def test_free_port_is_bindable_and_outside_the_ephemeral_range() -> None:
+    import socket
+    from pathlib import Path
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    port = free_port()
+    if low - LOWEST_PORT >= 64:
+        assert LOWEST_PORT <= port < low
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))

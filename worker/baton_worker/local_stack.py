@@ -14,6 +14,7 @@ import ctypes
 import json
 import os
 import queue
+import random
 import shutil
 import signal
 import socket
@@ -35,11 +36,42 @@ def _child_setup() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+EPHEMERAL_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
+# Ports handed to the children come from below the kernel's ephemeral range: a port there is
+# only ever taken by an explicit bind, never as the source port of some process's outbound
+# connection (NIXL/UCX, gRPC and HTTP clients connect all through start-up), which would make
+# the child's bind fail.
+LOWEST_PORT = 10000
+
+
+def port_candidates(ephemeral_low: int, rng: random.Random, count: int = 64) -> list[int]:
+    """Ports to try, below the ephemeral range and from ``LOWEST_PORT`` (pure); [] when the
+    range leaves no room below it."""
+    if ephemeral_low - LOWEST_PORT < count:
+        return []
+    return rng.sample(range(LOWEST_PORT, ephemeral_low), count)
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open(EPHEMERAL_RANGE_FILE) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the child binds it right after)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A TCP port that was free a moment ago (the child binds it right after), outside the
+    kernel's ephemeral range where one is available there."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for port in [*port_candidates(_ephemeral_low(), random.Random()), 0]:
+        with socket.socket(family) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise OSError(f"no free TCP port on {host}")
 
 
 @dataclass
