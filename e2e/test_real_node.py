@@ -339,6 +339,13 @@ def test_a_restricted_namespace_runs_a_keyed_cpu_pool_and_refuses_an_rdma_one(
                 interval=0.5,
             )
         ip = real_sandbox.kubectl_json("get", "service", f"{POOL}-router", "-n", ns)["spec"]["clusterIP"]
+        # A Ready pod is not yet a Service that answers: kube-proxy programs the ClusterIP after.
+        wait_until(
+            lambda: http_get(f"http://{ip}:8000/health")[0] == 200,
+            timeout=60,
+            what=f"the router's Service {ip}:8000 answering /health",
+            interval=0.5,
+        )
 
         def client(api_key: str) -> OpenAI:
             return OpenAI(base_url=f"http://{ip}:8000/v1", api_key=api_key, max_retries=0, timeout=120)
